@@ -1,0 +1,181 @@
+"""``interpbench run | list | leaderboard``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from .base import ComponentError
+
+# The embedded default experiment: runs offline on 2 CPU cores in a few minutes.
+DEFAULT_EXPERIMENT: dict[str, Any] = {
+    "experiment": "default",
+    "methods": ["gradient", "gradcam", "random", "center"],
+    "models": ["shapes:cnn", "timm:tf_efficientnet_lite0"],
+    "metrics": ["deletion", "insertion"],
+    "limit": 128,
+    # RISE's batched evaluation granularity (28 steps: 1,792 px per step at 224 px) for every model, so the
+    # default experiment stays within minutes on a CPU; the metrics' own default is one image row per step.
+    "metric_params": {"deletion": {"steps": 28}, "insertion": {"steps": 28}},
+}
+
+
+def _csv(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _params(items: list[str] | None, flag: str) -> dict[str, dict[str, Any]]:
+    """``--method-param rise.n_masks=4000`` -> ``{"rise": {"n_masks": 4000}}`` (values parsed as YAML)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        name, dot, rest = item.partition(".")
+        key, eq, value = rest.partition("=")
+        if not dot or not eq or not key:
+            raise ComponentError(f"{flag} {item!r}: expected NAME.PARAM=VALUE, e.g. {flag} deletion.step=224")
+        out.setdefault(name, {})[key] = yaml.safe_load(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="interpbench", description="Benchmark explanation methods of image classifiers.")
+    parser.add_argument("--strict", action="store_true", help="a plugin that fails to load is fatal")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment (no arguments: the embedded default experiment)")
+    run.add_argument("--methods", help="comma-separated method names (interpbench list methods)")
+    run.add_argument("--models", help="comma-separated model specs SOURCE:NAME[@WEIGHTS], e.g. timm:resnet50")
+    run.add_argument("--metrics", help="comma-separated metric names (default: deletion,insertion)")
+    run.add_argument("--dataset", "--datasets", dest="datasets", help="comma-separated dataset names from datasets.yaml "
+                     "(default: each model's embedded dataset)")
+    run.add_argument("--limit", type=int, help="use the first N samples of each dataset")
+    run.add_argument("--batch-size", type=int, default=16)
+    run.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    run.add_argument("--target", default="predicted", choices=["predicted", "label"],
+                     help="explain the predicted class (RISE convention) or the ground-truth label")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", help="experiment directory (store + leaderboard); default runs/<experiment>")
+    run.add_argument("--experiment", help="experiment name (default: 'default' without arguments, else 'custom')")
+    run.add_argument("--method-param", action="append", metavar="METHOD.PARAM=VALUE")
+    run.add_argument("--metric-param", action="append", metavar="METRIC.PARAM=VALUE")
+    run.add_argument("--datasets-config", help="a datasets.yaml overriding the packaged and ./datasets.yaml entries")
+    run.add_argument("--no-progress", action="store_true")
+
+    lst = sub.add_parser("list", help="list installed components and the plugins they come from")
+    lst.add_argument("kind", nargs="?", default="all",
+                     choices=["all", "methods", "models", "metrics", "datasets", "loaders", "plugins"])
+
+    lb = sub.add_parser("leaderboard", help="regenerate the tables of an experiment directory from its store")
+    lb.add_argument("directory")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from .leaderboard import wide_table, to_markdown
+    from .runner import RunConfig, Runner
+
+    is_default = not any([args.methods, args.models, args.metrics, args.datasets])
+    base = dict(DEFAULT_EXPERIMENT) if is_default else {"experiment": args.experiment or "custom",
+                                                         "metrics": ["deletion", "insertion"], "metric_params": {}}
+    metric_params = {**base.get("metric_params", {})}
+    for name, params in _params(args.metric_param, "--metric-param").items():
+        metric_params[name] = {**metric_params.get(name, {}), **params}
+    experiment = args.experiment or base["experiment"]
+    config = RunConfig(
+        methods=_csv(args.methods) or base.get("methods") or ["gradient", "gradcam", "random", "center"],
+        models=_csv(args.models) or base.get("models") or [],
+        metrics=_csv(args.metrics) or base["metrics"],
+        datasets=_csv(args.datasets),
+        out=args.out or f"runs/{experiment}",
+        limit=args.limit if args.limit is not None else base.get("limit"),
+        batch_size=args.batch_size,
+        device=args.device,
+        target=args.target,
+        seed=args.seed,
+        method_params=_params(args.method_param, "--method-param"),
+        metric_params=metric_params,
+        datasets_config=args.datasets_config,
+        progress=not args.no_progress,
+        experiment=experiment,
+        command="interpbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    runner = Runner(config, console)
+    table = runner.run()
+    wide = wide_table(table)
+    summary = Table(title=f"{experiment}: {config.out}")
+    for col in wide.columns:
+        summary.add_column(str(col))
+    for _, row in wide.iterrows():
+        summary.add_row(*["" if v is None else str(v) for v in row.tolist()])
+    Console().print(summary)
+    console.print(f"leaderboard written to {config.out}/methods.md")
+    if not runner.ok:
+        console.print("[red]some cells failed; see the table's 'Cells that did not run' section[/red]")
+    return 0 if runner.ok else 1
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    from .config import read_datasets
+    from .registry import get_registry
+
+    reg = get_registry()
+    kinds = ["methods", "metrics", "models", "datasets", "plugins"] if args.kind == "all" else [args.kind]
+    for kind in kinds:
+        table = Table(title=kind)
+        if kind == "plugins":
+            for col in ("plugin", "distribution", "version", "module"):
+                table.add_column(col)
+            for p in reg.plugins.values():
+                table.add_row(p.name, p.dist, p.version, p.module)
+            for f in reg.failures:
+                table.add_row(f"[red]{f.plugin}[/red]", f.dist, "", f"[red]failed: {f.error}[/red]")
+        elif kind == "datasets":
+            for col in ("dataset", "loader", "path", "description", "defined in"):
+                table.add_column(col)
+            for name, e in read_datasets().items():
+                table.add_row(name, e.loader, e.path or "(embedded)", e.description, e.source_file)
+        else:
+            registry_kind = "datasets" if kind == "loaders" else kind
+            for col in ("name", "version", "plugin", "distribution", "description"):
+                table.add_column(col)
+            for name, entry in reg.entries(registry_kind).items():
+                doc = (entry.cls.__doc__ or "").strip().splitlines()
+                table.add_row(name, str(getattr(entry.cls, "version", "")), entry.plugin.name,
+                              f"{entry.plugin.dist} {entry.plugin.version}", doc[0] if doc else "")
+        Console().print(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    try:
+        if args.strict:
+            from .registry import get_registry
+
+            get_registry(refresh=True, strict=True)
+        if args.command == "run":
+            return cmd_run(args, console)
+        if args.command == "list":
+            return cmd_list(args, console)
+        if args.command == "leaderboard":
+            from .leaderboard import regenerate
+
+            regenerate(args.directory)
+            console.print(f"tables regenerated in {args.directory}")
+            return 0
+    except (ComponentError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

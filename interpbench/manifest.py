@@ -1,0 +1,75 @@
+"""What a run records about its environment: versions, git sha, plugins, device."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LIBRARIES = ("torch", "torchvision", "timm", "numpy", "scipy", "pandas", "pluggy", "scikit-image")
+
+
+def stable_hash(obj: Any, bits: int = 63) -> int:
+    """A seed or key from the identity of a thing (canonical JSON), independent of run order and process."""
+    digest = hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << bits) - 1)
+
+
+def config_key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def git_sha() -> str | None:
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": sys.version.split()[0]}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = md.version(lib)
+        except md.PackageNotFoundError:
+            versions[lib] = None
+    return versions
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {"device": str(device), "platform": platform.platform(), "cpu_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+def environment(device: torch.device, registry: Any) -> dict[str, Any]:
+    from . import __version__
+
+    return {
+        "interpbench": {"version": __version__, "git_sha": git_sha()},
+        "libraries": library_versions(),
+        "device": device_info(device),
+        "plugins": [
+            {"name": p.name, "distribution": p.dist, "version": p.version, "module": p.module}
+            for p in registry.plugins.values()
+        ],
+        "plugin_failures": [str(f) for f in registry.failures],
+    }

@@ -1,0 +1,459 @@
+"""The experiment grid: models x datasets x methods x metrics (DESIGN.md section 5).
+
+For each model (loaded once) and each dataset it runs on, the model-scope metrics run once, then every batch is
+loaded once, its targets computed once, and each method's maps computed once and fed to every explanation-scope
+metric. Per-sample scores go to the store one transaction per batch; batches whose samples are all stored for
+every cell are skipped, so a killed run resumes and ends with the numbers of an uninterrupted one. Batches are
+formed from the dataset order alone and seeds from the identity of the cell and the batch, never from the order
+in which cells run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import api
+from .base import Batch, ComponentError, Method, Metric, Model, NotApplicable, RunContext, collate
+from .manifest import config_key, environment, stable_hash
+from .registry import get_registry
+from .store import Store
+
+TARGETS = ("predicted", "label")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    methods: list[str]
+    models: list[str]
+    metrics: list[str]
+    datasets: list[str] | None = None  # None: each model's default dataset
+    out: str | Path = "runs/default"
+    limit: int | None = None
+    batch_size: int = 16
+    device: str = "auto"
+    target: str = "predicted"
+    seed: int = 0
+    method_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    metric_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    datasets_config: str | None = None
+    progress: bool = True
+    experiment: str | None = None
+    command: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ComponentError(f"--target {self.target!r}: choose one of {list(TARGETS)}")
+        if self.batch_size < 1:
+            raise ComponentError(f"--batch-size {self.batch_size}: must be a positive integer")
+        if self.limit is not None and self.limit < 1:
+            raise ComponentError(f"--limit {self.limit}: must be a positive integer")
+        for kind, names in (("methods", self.methods), ("models", self.models), ("metrics", self.metrics)):
+            if not names:
+                raise ComponentError(f"no {kind} given; name at least one (see `interpbench list {kind}`)")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ComponentError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+    return dev
+
+
+def check_maps(maps: Any, images: torch.Tensor, method: str) -> torch.Tensor:
+    """Maps must be a finite float tensor B x H x W at the input resolution."""
+    b, _, h, w = images.shape
+    if not isinstance(maps, torch.Tensor):
+        raise ComponentError(f"method {method!r} returned {type(maps).__name__}, expected a tensor of shape {b}x{h}x{w}")
+    if tuple(maps.shape) != (b, h, w):
+        raise ComponentError(
+            f"method {method!r} returned maps of shape {tuple(maps.shape)}, expected (B, H, W) = {(b, h, w)}: "
+            "one map per image at the input resolution (upsample low-resolution maps bilinearly)"
+        )
+    maps = maps.detach().float()
+    bad = (~torch.isfinite(maps)).sum().item()
+    if bad:
+        raise ComponentError(f"method {method!r} returned {bad} non-finite values (NaN or inf) in its maps")
+    return maps
+
+
+def check_scores(scores: Any, n: int, metric: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    extra: dict[str, torch.Tensor] = {}
+    if isinstance(scores, dict):
+        if "score" not in scores:
+            raise ComponentError(f"metric {metric!r} returned a dict without a 'score' entry: {sorted(scores)}")
+        extra = {k: v for k, v in scores.items() if k != "score"}
+        scores = scores["score"]
+    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (n,):
+        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+        raise ComponentError(f"metric {metric!r} returned scores of shape {shape}, expected ({n},): one per sample")
+    scores = scores.detach().double().cpu()
+    bad = (~torch.isfinite(scores)).sum().item()
+    if bad:
+        raise ComponentError(f"metric {metric!r} returned {bad} non-finite scores (NaN or inf)")
+    return scores, {k: v.detach().cpu() for k, v in extra.items()}
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, ComponentError):
+        return str(exc)
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+@dataclasses.dataclass
+class Cell:
+    key: str
+    metric_name: str
+    metric: Metric
+    done: set[str]
+    status: str = "pending"
+    error: str | None = None
+    wall: float = 0.0
+
+
+@dataclasses.dataclass
+class MethodPlan:
+    name: str
+    method: Method | None
+    key: str
+    cells: list[Cell]
+    failed: str | None = None
+    status: str = "ok"
+
+
+class Runner:
+    def __init__(self, config: RunConfig, console: Console | None = None) -> None:
+        self.config = config
+        self.console = console or Console(stderr=True)
+        self.registry = get_registry()
+        self.device = resolve_device(config.device)
+        self.out = Path(config.out)
+        self.ok = True
+        # Validate every name up front: a typo fails before an hour of work, not after.
+        for name in config.methods:
+            self.registry.get("methods", name)
+        for name in config.metrics:
+            self.registry.get("metrics", name)
+        entries = api.read_datasets(config.datasets_config)
+        for name in config.datasets or []:
+            if name not in entries:
+                raise ComponentError(api.unknown_message("dataset", name, entries))
+
+    # ------------------------------------------------------------------ building components
+
+    def _method(self, name: str) -> Method:
+        return api.load_method(name, **self.config.method_params.get(name, {}))
+
+    def _metric(self, name: str) -> Metric:
+        return api.load_metric(name, **self.config.metric_params.get(name, {}))
+
+    def run(self) -> pd.DataFrame:
+        from .leaderboard import write_leaderboard
+
+        cfg = self.config
+        store = Store(self.out / "store.sqlite")
+        manifest: dict[str, Any] = {
+            "experiment": cfg.experiment or self.out.name,
+            "command": cfg.command,
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
+            "environment": environment(self.device, self.registry),
+            "precision": "fp32",
+            "models": {},
+            "datasets": {},
+            "methods": {},
+            "metrics": {},
+            "failures": [],
+        }
+        run_id = store.start_run(manifest)
+        self.position = 0
+        started = time.time()
+        with self._progress() as progress:
+            for spec in cfg.models:
+                self._run_model(spec, store, run_id, manifest, progress)
+        manifest["wall_time"] = time.time() - started
+        manifest["cells"] = [
+            {k: c[k] for k in ("key", "model", "dataset", "method", "metric", "status", "error", "n", "wall_time")}
+            for c in store.run_cells(run_id)
+        ]
+        store.finish_run(run_id, manifest)
+        self.ok = self.ok and all(c["status"] in ("done", "skipped", "not_applicable") for c in manifest["cells"])
+        table = write_leaderboard(store, self.out, run_id)
+        store.close()
+        return table
+
+    def _progress(self):
+        if not self.config.progress:
+            return nullcontext(None)
+        return Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=self.console, transient=False,
+        )
+
+    def _register_failed(self, store: Store, run_id: int, model: str, dataset: str, error: str) -> None:
+        """A model or dataset that cannot load: one failed row per cell it would have had."""
+        for method in self.config.methods:
+            for metric in self.config.metrics:
+                key = config_key({"failed": [model, dataset, method, metric]})
+                self._add_cell(store, run_id, key, model, dataset, method, metric, "explanation", True, {})
+                store.set_status(key, "failed", error)
+        self.ok = False
+
+    def _add_cell(self, store, run_id, key, model, dataset, method, metric, scope, hib, config) -> None:
+        store.add_cell(run_id, self.position, key, model=model, dataset=dataset, method=method, metric=metric,
+                       scope=scope, higher_is_better=hib, config=config)
+        self.position += 1
+
+    def _run_model(self, spec: str, store: Store, run_id: int, manifest: dict, progress) -> None:
+        cfg = self.config
+        try:
+            model = api.load_model(spec, device=str(self.device))
+        except Exception as exc:  # noqa: BLE001 - one failing model never loses the others
+            error = describe_error(exc)
+            self.console.print(f"[red]model {spec}: {error}[/red]")
+            manifest["failures"].append({"model": spec, "error": error})
+            self._register_failed(store, run_id, spec, "-", error)
+            return
+        manifest["models"][spec] = model.describe()
+        for ds_name in cfg.datasets or [model.default_dataset]:
+            try:
+                dataset = api.load_dataset(ds_name, split="test", size=model.input_size, config=cfg.datasets_config)
+                if cfg.limit is not None and cfg.limit < len(dataset):
+                    dataset = _Limited(dataset, cfg.limit)
+                if cfg.target == "label" and "label" not in dataset.provides:
+                    raise ComponentError(f"--target label: dataset {ds_name!r} has no labels; use --target predicted")
+                if cfg.target == "label" and dataset.label_space != model.label_space:
+                    raise ComponentError(
+                        f"--target label: dataset {ds_name!r} is labelled in {dataset.label_space!r} but model "
+                        f"{spec!r} predicts {model.label_space!r}; use --target predicted or a matching dataset"
+                    )
+            except Exception as exc:  # noqa: BLE001
+                error = describe_error(exc)
+                self.console.print(f"[red]dataset {ds_name} for {spec}: {error}[/red]")
+                manifest["failures"].append({"model": spec, "dataset": ds_name, "error": error})
+                self._register_failed(store, run_id, spec, ds_name, error)
+                continue
+            manifest["datasets"][ds_name] = {**dataset.identity(), "n": len(dataset)}
+            self._run_model_scope(model, spec, ds_name, dataset, store, run_id, manifest)
+            self._run_explanations(model, spec, ds_name, dataset, store, run_id, manifest, progress)
+
+    # ------------------------------------------------------------------ model-scope metrics
+
+    def _run_model_scope(self, model: Model, spec: str, ds_name: str, dataset, store: Store, run_id: int, manifest) -> None:
+        cfg = self.config
+        for metric_name in cfg.metrics:
+            metric = self._metric(metric_name)
+            if metric.scope != "model":
+                continue
+            manifest["metrics"][metric_name] = metric.describe()
+            identity = {"model": model.describe(), "dataset": dataset.identity(), "metric": metric.describe(),
+                        "limit": cfg.limit, "seed": cfg.seed}
+            key = config_key(identity)
+            self._add_cell(store, run_id, key, spec, ds_name, "-", metric_name, "model", metric.higher_is_better, identity)
+            if store.cell(key)["status"] == "done":
+                continue
+            missing = set(metric.needs) - set(dataset.provides)
+            if missing:
+                store.set_status(key, "skipped", f"dataset {ds_name!r} lacks {sorted(missing)} needed by {metric_name!r}")
+                continue
+            t0 = time.time()
+            ctx = RunContext(device=self.device, batch_size=cfg.batch_size, seed=stable_hash([cfg.seed, key]),
+                             out_dir=self.out / "artifacts" / f"{_slug(spec)}__{ds_name}__{metric_name}", limit=cfg.limit)
+            try:
+                values = metric.evaluate(model, dataset, ctx)
+                store.write_results(key, {k: float(v) for k, v in values.items()})
+                store.set_status(key, "done", None, time.time() - t0)
+            except NotApplicable as exc:
+                store.set_status(key, "not_applicable", str(exc), time.time() - t0)
+            except Exception as exc:  # noqa: BLE001
+                store.set_status(key, "failed", describe_error(exc), time.time() - t0)
+                self.ok = False
+
+    # ------------------------------------------------------------------ explanation-scope metrics
+
+    def _plans(self, model: Model, spec: str, ds_name: str, dataset, store: Store, run_id: int, manifest) -> list[MethodPlan]:
+        cfg = self.config
+        plans = []
+        for method_name in cfg.methods:
+            method = self._method(method_name)
+            manifest["methods"][method_name] = {**method.describe(), "requires_grad": method.requires_grad,
+                                                "deterministic": method.deterministic}
+            maps_identity = {"model": model.describe(), "dataset": dataset.identity(), "method": method.describe(),
+                             "target": cfg.target, "seed": cfg.seed}
+            if not method.deterministic:
+                maps_identity["batch_size"] = cfg.batch_size  # the batch seeds depend on its composition
+            plan = MethodPlan(method_name, method, config_key(maps_identity), [])
+            for metric_name in cfg.metrics:
+                metric = self._metric(metric_name)
+                if metric.scope != "explanation":
+                    continue
+                manifest["metrics"][metric_name] = metric.describe()
+                identity = {**maps_identity, "metric": metric.describe()}
+                if not metric.per_sample:
+                    identity["limit"] = cfg.limit  # a dataset-level number depends on the whole sample set
+                key = config_key(identity)
+                self._add_cell(store, run_id, key, spec, ds_name, method_name, metric_name, "explanation",
+                               metric.higher_is_better, identity)
+                row = store.cell(key)
+                if row["status"] == "failed":
+                    store.reset_failed(key)
+                    row = store.cell(key)
+                status = row["status"]
+                if metric.per_sample and status == "done":
+                    status = "pending"  # per batch, stored samples are skipped; a larger --limit extends the cell
+                cell = Cell(key, metric_name, metric, store.done_samples(key), status=status)
+                missing = set(metric.needs) - set(dataset.provides)
+                if missing and cell.status != "done":
+                    cell.status = "skipped"
+                    store.set_status(key, "skipped", f"dataset {ds_name!r} lacks {sorted(missing)} needed by {metric_name!r}")
+                if not metric.per_sample:
+                    metric.reset()
+                plan.cells.append(cell)
+            plans.append(plan)
+        return plans
+
+    def _run_explanations(self, model: Model, spec: str, ds_name: str, dataset, store: Store, run_id: int,
+                          manifest, progress) -> None:
+        cfg = self.config
+        plans = self._plans(model, spec, ds_name, dataset, store, run_id, manifest)
+        active = [c for p in plans for c in p.cells if c.status in ("pending",)]
+        if not active:
+            return
+        n = len(dataset)
+        n_batches = math.ceil(n / cfg.batch_size)
+        task = progress.add_task(f"{spec} on {ds_name}", total=n_batches) if progress is not None else None
+        for b in range(n_batches):
+            indices = range(b * cfg.batch_size, min(n, (b + 1) * cfg.batch_size))
+            samples = [dataset[i] for i in indices]
+            ids = [str(s["id"]) for s in samples]
+            todo = [(p, [c for c in p.cells if c.status == "pending" and (not c.metric.per_sample or not set(ids) <= c.done)])
+                    for p in plans if p.failed is None]
+            todo = [(p, cells) for p, cells in todo if cells]
+            if todo:
+                batch = self._batch(model, samples)
+                for plan, cells in todo:
+                    self._run_batch(model, plan, cells, batch, store)
+            if task is not None:
+                progress.advance(task)
+        for plan in plans:
+            for cell in plan.cells:
+                if cell.status != "pending":
+                    continue
+                if plan.failed is not None:
+                    status, error = plan.status, plan.failed
+                elif not cell.metric.per_sample:
+                    try:
+                        store.write_results(cell.key, {k: float(v) for k, v in cell.metric.compute().items()})
+                        status, error = "done", None
+                    except Exception as exc:  # noqa: BLE001
+                        status, error = "failed", describe_error(exc)
+                else:
+                    status, error = "done", None
+                store.set_status(cell.key, status, error)
+                if status == "failed":
+                    self.ok = False
+
+    def _batch(self, model: Model, samples: list[dict]) -> Batch:
+        data = collate(samples)
+        images = data["images"].to(self.device, non_blocking=True)
+        labels = data.get("labels")
+        if self.config.target == "label":
+            targets = labels.to(self.device)
+        else:
+            with torch.no_grad():
+                targets = model(images).argmax(dim=1)
+        return Batch(ids=data["ids"], images=images, targets=targets, samples=data["samples"],
+                     labels=None if labels is None else labels.to(self.device))
+
+    def _run_batch(self, model: Model, plan: MethodPlan, cells: list[Cell], batch: Batch, store: Store) -> None:
+        seed = stable_hash([plan.key, batch.ids[0], len(batch)])
+        t0 = time.time()
+        try:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                maps = plan.method.explain(model, batch.images, batch.targets)
+            maps = check_maps(maps, batch.images, plan.name)
+        except NotApplicable as exc:
+            plan.failed, plan.status = str(exc), "not_applicable"
+            return
+        except Exception as exc:  # noqa: BLE001 - one failing method never loses the other cells
+            plan.failed, plan.status = describe_error(exc), "failed"
+            self.console.print(f"[red]method {plan.name} on {model.spec}: {plan.failed}[/red]")
+            return
+        t_maps = time.time() - t0
+        rows: list[tuple[str, str, float, str | None]] = []
+        wall: dict[str, float] = {}
+        for cell in cells:
+            t1 = time.time()
+            try:
+                if cell.metric.per_sample:
+                    scores, extra = check_scores(cell.metric.score(model, batch, maps), len(batch), cell.metric_name)
+                    for i, sid in enumerate(batch.ids):
+                        blob = json.dumps({k: v[i].tolist() for k, v in extra.items()}) if extra else None
+                        rows.append((cell.key, sid, float(scores[i]), blob))
+                    cell.done.update(batch.ids)
+                else:
+                    cell.metric.update(model, batch, maps)
+            except NotApplicable as exc:
+                cell.status = "not_applicable"
+                store.set_status(cell.key, "not_applicable", str(exc))
+            except Exception as exc:  # noqa: BLE001
+                cell.status, cell.error = "failed", describe_error(exc)
+                store.set_status(cell.key, "failed", cell.error)
+                self.console.print(f"[red]metric {cell.metric_name} of {plan.name} on {model.spec}: {cell.error}[/red]")
+                self.ok = False
+            wall[cell.key] = t_maps + time.time() - t1
+        store.write_batch(rows, wall)
+
+
+class _Limited(torch.utils.data.Dataset):
+    """The first ``limit`` samples of a dataset, keeping its attributes."""
+
+    def __init__(self, dataset, limit: int) -> None:
+        self.dataset, self.limit = dataset, limit
+
+    def __len__(self) -> int:
+        return self.limit
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.limit:
+            raise IndexError(i)
+        return self.dataset[i]
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["dataset"], name)
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def run(
+    methods: Iterable[str],
+    models: Iterable[str],
+    metrics: Iterable[str],
+    datasets: Iterable[str] | None = None,
+    out: str | Path = "runs/default",
+    **options: Any,
+) -> pd.DataFrame:
+    """Run the grid and write the leaderboard under ``out``; returns the long results table."""
+    config = RunConfig(methods=list(methods), models=list(models), metrics=list(metrics),
+                       datasets=None if datasets is None else list(datasets), out=out, **options)
+    runner = Runner(config)
+    table = runner.run()
+    table.attrs["ok"] = runner.ok
+    return table

@@ -1,0 +1,59 @@
+"""Shared fixtures: installing tiny plugin distributions into the test environment."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+def make_distribution(site: Path, dist: str, version: str, modules: list[str], entry_points: dict[str, str]) -> Path:
+    """Write a real installed distribution (a .dist-info with METADATA and entry_points.txt) into ``site``."""
+    site.mkdir(parents=True, exist_ok=True)
+    for module in modules:
+        shutil.copy(PLUGINS / f"{module}.py", site / f"{module}.py")
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    lines = ["[interpbench]"] + [f"{name} = {target}" for name, target in entry_points.items()]
+    (info / "entry_points.txt").write_text("\n".join(lines) + "\n")
+    return site
+
+
+@pytest.fixture
+def plugin_site(tmp_path, monkeypatch):
+    """Install plugin distributions into a fresh site directory on sys.path (and PYTHONPATH for subprocesses)."""
+    import interpbench.registry as registry_module
+    from interpbench.registry import get_registry
+
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    datasets = tmp_path / "datasets.yaml"
+    datasets.write_text("toy:\n  loader: toy\n  description: toy images for tests\n")
+    monkeypatch.setenv("INTERPBENCH_DATASETS", str(datasets))
+
+    def install(dist: str, modules: list[str], entry_points: dict[str, str], version: str = "1.2.3") -> None:
+        make_distribution(site, dist, version, modules, entry_points)
+        importlib.invalidate_caches()
+        get_registry(refresh=True)
+
+    yield install
+    for module in ("toyplugin", "dupplugin", "brokenplugin"):
+        sys.modules.pop(module, None)
+    importlib.invalidate_caches()
+    registry_module._REGISTRY = None  # rebuilt lazily, after monkeypatch has restored sys.path
+
+
+@pytest.fixture
+def toy(plugin_site):
+    """The toy plugin installed as the distribution ``interpbench-toy``."""
+    plugin_site("interpbench-toy", ["toyplugin"], {"toy": "toyplugin"})
+    return plugin_site

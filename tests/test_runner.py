@@ -1,0 +1,144 @@
+"""The experiment grid: failing cells become rows, seeds come from cell identity, resume after a kill."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+import interpbench as ib
+from interpbench.cli import main
+from interpbench.leaderboard import regenerate
+
+
+def scores_by_cell(out):
+    db = sqlite3.connect(str(out / "store.sqlite"))
+    rows = db.execute(
+        "SELECT c.method, c.metric, s.sample, s.value FROM scores s JOIN cells c ON c.key = s.cell "
+        "ORDER BY c.method, c.metric, s.sample"
+    ).fetchall()
+    db.close()
+    return {(m, k, s): v for m, k, s, v in rows}
+
+
+def test_failing_cells_are_rows_with_errors_and_the_others_finish(toy, tmp_path):
+    out = tmp_path / "exp"
+    table = ib.run(
+        methods=["toy_noise", "toy_nan", "toy_wrong_shape", "toy_raises", "toy_na"],
+        models=["toy:net", "toy:missing"],
+        metrics=["deletion", "toy_brightness"],
+        out=out, batch_size=8, progress=False,
+    )
+    assert table.attrs["ok"] is False
+    by = {(r.model, r.method, r.metric): r for r in table.itertuples()}
+    good = by[("toy:net", "toy_noise", "deletion")]
+    assert good.status == "done" and good.n == 24 and 0 <= good.mean <= 1
+    assert by[("toy:net", "toy_noise", "toy_brightness")].n == 24
+    assert "non-finite" in by[("toy:net", "toy_nan", "deletion")].error
+    assert "shape (8, 4, 4)" in by[("toy:net", "toy_wrong_shape", "deletion")].error
+    assert "toy method exploded" in by[("toy:net", "toy_raises", "toy_brightness")].error
+    assert by[("toy:net", "toy_na", "deletion")].status == "not_applicable"
+    assert "has no model 'missing'" in by[("toy:missing", "toy_noise", "deletion")].error
+    md = (out / "methods.md").read_text()
+    assert "Cells that did not run" in md and "toy method exploded" in md
+    assert "deletion ↓" in md and "toy_brightness ↑" in md
+
+
+def test_dataset_level_metric_and_manifest(toy, tmp_path):
+    out = tmp_path / "exp"
+    table = ib.run(methods=["toy_noise"], models=["toy:net"], metrics=["toy_mean_map"], out=out, progress=False)
+    row = table[table.value_name == "mean_map"].iloc[0]
+    assert row.status == "done" and abs(row["mean"] - 0.5) < 0.02  # uniform noise
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["toy:net"]["weights"]["tag"] == "seed0"
+    assert manifest["datasets"]["toy"]["n"] == 24
+    assert manifest["methods"]["toy_noise"]["deterministic"] is False
+    assert {"torch", "numpy", "python"} <= set(manifest["environment"]["libraries"])
+    plugins = {p["distribution"]: p["version"] for p in manifest["environment"]["plugins"]}
+    assert plugins["interpbench-toy"] == "1.2.3"
+    assert manifest["cells"][0]["wall_time"] > 0
+
+
+def test_adding_a_method_never_changes_another_cells_numbers(toy, tmp_path):
+    a = ib.run(methods=["toy_noise"], models=["toy:net"], metrics=["deletion"], out=tmp_path / "a", batch_size=8,
+               progress=False)
+    b = ib.run(methods=["toy_nan", "toy_noise"], models=["toy:net"], metrics=["toy_brightness", "deletion"],
+               out=tmp_path / "b", batch_size=8, progress=False)
+    sa = {k[2]: v for k, v in scores_by_cell(tmp_path / "a").items()}
+    sb = {k[2]: v for k, v in scores_by_cell(tmp_path / "b").items() if k[:2] == ("toy_noise", "deletion")}
+    assert len(sa) == 24 and sa == sb
+    assert a.iloc[0]["mean"] == b[(b.method == "toy_noise") & (b.metric == "deletion")].iloc[0]["mean"]
+
+
+def test_rerun_resumes_without_recomputing_and_tables_regenerate(toy, tmp_path):
+    out = tmp_path / "exp"
+    kwargs = dict(methods=["toy_noise"], models=["toy:net"], metrics=["deletion"], out=out, progress=False)
+    first = ib.run(limit=8, **kwargs)
+    assert first.iloc[0]["n"] == 8
+    second = ib.run(limit=24, **kwargs)  # extends the same cell
+    assert second.iloc[0]["n"] == 24
+    full = ib.run(**kwargs)
+    pd.testing.assert_frame_equal(second.drop(columns=["wall_time"]), full.drop(columns=["wall_time"]))
+    (out / "methods.md").unlink()
+    regenerated = regenerate(out)
+    assert (out / "methods.md").exists()
+    assert regenerated.iloc[0]["mean"] == full.iloc[0]["mean"]
+
+
+def test_resume_after_kill_gives_the_numbers_of_an_uninterrupted_run(toy, tmp_path):
+    args = ["-m", "interpbench", "run", "--methods", "toy_noise", "--models", "toy:net", "--metrics",
+            "deletion,toy_brightness", "--batch-size", "4", "--no-progress"]
+    env = {**os.environ, "INTERPBENCH_TOY_SLEEP": "0.3"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, *args, "--out", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    stored = 0
+    while time.time() < deadline and stored < 8:
+        time.sleep(0.1)
+        try:
+            db = sqlite3.connect(str(killed / "store.sqlite"))
+            stored = db.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+            db.close()
+        except sqlite3.Error:
+            pass
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = scores_by_cell(killed)
+    assert 0 < len(partial) < 48, "the run should have been killed mid-way"
+    env["INTERPBENCH_TOY_SLEEP"] = "0"
+    resumed = subprocess.run([sys.executable, *args, "--out", str(killed)], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, *args, "--out", str(clean)], env=env, check=True, capture_output=True)
+    a, b = scores_by_cell(killed), scores_by_cell(clean)
+    assert len(a) == 48 and a == b
+    assert {k: partial[k] for k in partial} == {k: a[k] for k in partial}  # stored batches were not recomputed
+    assert (killed / "methods.csv").read_text() .splitlines()[1:] != []
+
+
+def test_cli_exit_codes_and_errors(toy, tmp_path, capsys):
+    out = str(tmp_path / "x")
+    assert main(["run", "--methods", "toy_noise", "--models", "toy:net", "--out", out, "--no-progress"]) == 0
+    assert main(["run", "--methods", "toy_nan", "--models", "toy:net", "--out", out, "--no-progress"]) == 1
+    assert main(["run", "--methods", "toy_noyse", "--models", "toy:net", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "unknown method 'toy_noyse'" in err and "toy_noise" in err
+    assert main(["run", "--methods", "toy_noise", "--models", "toy:net", "--dataset", "nope", "--out", out]) == 2
+    assert main(["run", "--methods", "toy_noise", "--models", "toy:net", "--target", "label", "--out", out,
+                 "--metric-param", "deletion.stepp=3"]) == 2
+    assert "unknown parameter" in capsys.readouterr().err
+    assert main(["leaderboard", str(tmp_path / "nothing")]) == 2
+
+
+def test_imagefolder_path_missing_is_a_failed_row_naming_the_path(toy, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGENET_VAL", str(tmp_path / "no-such-dir"))
+    table = ib.run(methods=["toy_noise"], models=["toy:net"], metrics=["deletion"], datasets=["imagenet-val"],
+                   out=tmp_path / "e", progress=False)
+    assert table.attrs["ok"] is False
+    assert str(tmp_path / "no-such-dir") in table.iloc[0]["error"]
