@@ -150,6 +150,8 @@ class Batch:
     targets: torch.Tensor
     samples: list[dict]
     labels: torch.Tensor | None = None
+    method: "Method | None" = None  # the method that made the maps (metrics that re-explain, e.g. attacks)
+    seed: int = 0  # derived from the cell and the batch identity; for metrics that draw random numbers
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 import sys
 from typing import Any
@@ -24,6 +25,10 @@ DEFAULT_EXPERIMENT: dict[str, Any] = {
     # default experiment stays within minutes on a CPU; the metrics' own default is one image row per step.
     "metric_params": {"deletion": {"steps": 28}, "insertion": {"steps": 28}},
 }
+
+
+# Subcommands that live in their own modules: each has HELP, configure(parser) and main(args, console) -> int.
+EXTRA_COMMANDS: dict[str, str] = {}
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -74,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="regenerate the tables of an experiment directory from its store")
     lb.add_argument("directory")
+
+    for name, module in EXTRA_COMMANDS.items():
+        importlib.import_module(module).configure(sub.add_parser(name, help=importlib.import_module(module).HELP))
     return parser
 
 
@@ -165,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(args, console)
         if args.command == "list":
             return cmd_list(args, console)
+        if args.command in EXTRA_COMMANDS:
+            return int(importlib.import_module(EXTRA_COMMANDS[args.command]).main(args, console))
         if args.command == "leaderboard":
             from .leaderboard import regenerate
 

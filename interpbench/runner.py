@@ -381,9 +381,11 @@ class Runner:
 
     def _run_batch(self, model: Model, plan: MethodPlan, cells: list[Cell], batch: Batch, store: Store) -> None:
         seed = stable_hash([plan.key, batch.ids[0], len(batch)])
+        batch = dataclasses.replace(batch, method=plan.method, seed=seed)
+        rng_devices = [self.device] if self.device.type == "cuda" else []
         t0 = time.time()
         try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            with torch.random.fork_rng(devices=rng_devices):
                 torch.manual_seed(seed)
                 maps = plan.method.explain(model, batch.images, batch.targets)
             maps = check_maps(maps, batch.images, plan.name)
@@ -400,14 +402,18 @@ class Runner:
         for cell in cells:
             t1 = time.time()
             try:
+                with torch.random.fork_rng(devices=rng_devices):
+                    torch.manual_seed(stable_hash([cell.key, batch.ids[0], len(batch)]))
+                    if cell.metric.per_sample:
+                        result = cell.metric.score(model, batch, maps)
+                    else:
+                        cell.metric.update(model, batch, maps)
                 if cell.metric.per_sample:
-                    scores, extra = check_scores(cell.metric.score(model, batch, maps), len(batch), cell.metric_name)
+                    scores, extra = check_scores(result, len(batch), cell.metric_name)
                     for i, sid in enumerate(batch.ids):
                         blob = json.dumps({k: v[i].tolist() for k, v in extra.items()}) if extra else None
                         rows.append((cell.key, sid, float(scores[i]), blob))
                     cell.done.update(batch.ids)
-                else:
-                    cell.metric.update(model, batch, maps)
             except NotApplicable as exc:
                 cell.status = "not_applicable"
                 store.set_status(cell.key, "not_applicable", str(exc))

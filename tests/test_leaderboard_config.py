@@ -1,0 +1,61 @@
+"""Leaderboard statistics, datasets.yaml resolution, model specs, and README/CI consistency."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import interpbench as ib
+from interpbench.config import expand, parse_model_spec, read_datasets
+from interpbench.leaderboard import bootstrap_ci
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bootstrap_ci_matches_the_normal_approximation():
+    rng = np.random.default_rng(0)
+    values = rng.normal(0.3, 0.1, size=400)
+    lo, hi = bootstrap_ci(values, seed=1)
+    half = 1.96 * values.std(ddof=1) / np.sqrt(len(values))
+    assert lo < values.mean() < hi
+    assert abs((hi - lo) / 2 - half) < 0.15 * half
+    assert bootstrap_ci(values, seed=1) == (lo, hi)  # seeded
+    assert bootstrap_ci(np.full(10, 0.25), seed=0) == (0.25, 0.25)
+    assert bootstrap_ci(np.array([0.7]), seed=0) == (0.7, 0.7)
+
+
+def test_datasets_yaml_override_order_and_expansion(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "datasets.yaml").write_text("photos:\n  loader: imagefolder\n  path: ${MY_PHOTOS:-~/pics}\n")
+    entries = read_datasets()
+    assert entries["photos"].loader == "imagefolder" and entries["photos"].path == str(Path.home() / "pics")
+    assert entries["shapes"].loader == "shapes"  # packaged entries remain
+    monkeypatch.setenv("MY_PHOTOS", "/data/p")
+    assert read_datasets()["photos"].path == "/data/p"
+    extra = tmp_path / "extra.yaml"
+    extra.write_text("photos:\n  loader: photos\n")
+    assert read_datasets(extra)["photos"].loader == "photos"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("x:\n  path: /a\n")
+    with pytest.raises(ib.ComponentError, match="dataset 'x' needs a 'loader:'"):
+        read_datasets(bad)
+    with pytest.raises(ib.ComponentError, match="does not exist"):
+        read_datasets(tmp_path / "missing.yaml")
+    assert expand("${NOPE_NOT_SET:-fallback}/x") == "fallback/x"
+
+
+def test_model_spec_grammar():
+    assert parse_model_spec("timm:resnet50").weights is None
+    spec = parse_model_spec("timm:resnet50.a1_in1k@/tmp/ft@2.pth")
+    assert (spec.source, spec.name, spec.weights) == ("timm", "resnet50.a1_in1k", "/tmp/ft@2.pth")
+    assert str(parse_model_spec("shapes:cnn@random")) == "shapes:cnn@random"
+    with pytest.raises(ib.ComponentError):
+        parse_model_spec(":x")
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_cmd = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && pytest'
+    assert test_cmd in readme
+    assert test_cmd in ci.splitlines()
