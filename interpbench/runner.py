@@ -46,6 +46,7 @@ class RunConfig:
     target: str = "predicted"
     seed: int = 0
     method_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    method_limits: dict[str, int] = dataclasses.field(default_factory=dict)  # method -> its first N samples
     metric_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     datasets_config: str | None = None
     progress: bool = True
@@ -134,6 +135,7 @@ class MethodPlan:
     cells: list[Cell]
     failed: str | None = None
     status: str = "ok"
+    limit: int | None = None  # only the first `limit` samples (a per-method budget, recorded in the manifest)
 
 
 class Runner:
@@ -234,7 +236,7 @@ class Runner:
                 dataset = api.load_dataset(ds_name, split="test", size=model.input_size, config=cfg.datasets_config)
                 if cfg.limit is not None and cfg.limit < len(dataset):
                     dataset = _Limited(dataset, cfg.limit)
-                if cfg.target == "label" and "label" not in dataset.provides:
+                if cfg.target == "label" and not ({"label", "labels"} & set(dataset.provides)):
                     raise ComponentError(f"--target label: dataset {ds_name!r} has no labels; use --target predicted")
                 if cfg.target == "label" and dataset.label_space != model.label_space:
                     raise ComponentError(
@@ -296,7 +298,10 @@ class Runner:
                              "target": cfg.target, "seed": cfg.seed}
             if not method.deterministic:
                 maps_identity["batch_size"] = cfg.batch_size  # the batch seeds depend on its composition
-            plan = MethodPlan(method_name, method, config_key(maps_identity), [])
+            limit = cfg.method_limits.get(method_name)
+            if limit is not None:
+                maps_identity["method_limit"] = limit
+            plan = MethodPlan(method_name, method, config_key(maps_identity), [], limit=limit)
             for metric_name in cfg.metrics:
                 metric = self._metric(metric_name)
                 if metric.scope != "explanation":
@@ -336,17 +341,37 @@ class Runner:
         n = len(dataset)
         n_batches = math.ceil(n / cfg.batch_size)
         task = progress.add_task(f"{spec} on {ds_name}", total=n_batches) if progress is not None else None
+        multilabel = cfg.target == "label" and getattr(dataset, "multilabel", False)
+        snapshot_dir = self.out / "artifacts" / "maps"
         for b in range(n_batches):
-            indices = range(b * cfg.batch_size, min(n, (b + 1) * cfg.batch_size))
+            start = b * cfg.batch_size
+            indices = range(start, min(n, start + cfg.batch_size))
             samples = [dataset[i] for i in indices]
+            if multilabel:  # one trial per (image, present class)
+                samples = [{**s, "id": f"{s['id']}#{c}", "label": int(c), "image_id": s["id"]}
+                           for s in samples for c in s.get("labels", [])]
+            if not samples:  # a batch of images with no class present
+                if task is not None:
+                    progress.advance(task)
+                continue
             ids = [str(s["id"]) for s in samples]
-            todo = [(p, [c for c in p.cells if c.status == "pending" and (not c.metric.per_sample or not set(ids) <= c.done)])
-                    for p in plans if p.failed is None]
-            todo = [(p, cells) for p, cells in todo if cells]
+            todo = []
+            for plan in plans:
+                if plan.failed is not None:
+                    continue
+                keep = len(samples) if plan.limit is None else _count_within(samples, indices, plan.limit, multilabel)
+                if keep == 0:
+                    continue
+                cells = [c for c in plan.cells if c.status == "pending"
+                         and (not c.metric.per_sample or not set(ids[:keep]) <= c.done)]
+                if cells:
+                    todo.append((plan, cells, keep))
             if todo:
                 batch = self._batch(model, samples)
-                for plan, cells in todo:
-                    self._run_batch(model, plan, cells, batch, store)
+                for plan, cells, keep in todo:
+                    part = batch if keep == len(batch) else _head(batch, keep)
+                    snapshot = snapshot_dir / f"{_slug(spec)}__{ds_name}__{plan.name}.pt" if b == 0 else None
+                    self._run_batch(model, plan, cells, part, store, snapshot)
             if task is not None:
                 progress.advance(task)
         for plan in plans:
@@ -379,7 +404,8 @@ class Runner:
         return Batch(ids=data["ids"], images=images, targets=targets, samples=data["samples"],
                      labels=None if labels is None else labels.to(self.device))
 
-    def _run_batch(self, model: Model, plan: MethodPlan, cells: list[Cell], batch: Batch, store: Store) -> None:
+    def _run_batch(self, model: Model, plan: MethodPlan, cells: list[Cell], batch: Batch, store: Store,
+                   snapshot: Path | None = None) -> None:
         seed = stable_hash([plan.key, batch.ids[0], len(batch)])
         batch = dataclasses.replace(batch, method=plan.method, seed=seed)
         rng_devices = [self.device] if self.device.type == "cuda" else []
@@ -397,6 +423,8 @@ class Runner:
             self.console.print(f"[red]method {plan.name} on {model.spec}: {plan.failed}[/red]")
             return
         t_maps = time.time() - t0
+        if snapshot is not None:
+            save_snapshot(snapshot, batch, maps)
         rows: list[tuple[str, str, float, str | None]] = []
         wall: dict[str, float] = {}
         for cell in cells:
@@ -424,6 +452,37 @@ class Runner:
                 self.ok = False
             wall[cell.key] = t_maps + time.time() - t1
         store.write_batch(rows, wall)
+
+
+SNAPSHOT_SIZE = 8
+
+
+def save_snapshot(path: Path, batch: Batch, maps: torch.Tensor) -> None:
+    """The first images and maps of a (model, dataset, method), for galleries and reports."""
+    k = min(SNAPSHOT_SIZE, len(batch))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"ids": batch.ids[:k], "targets": batch.targets[:k].cpu(),
+                "images": (batch.images[:k] * 255).round().to(torch.uint8).cpu(),
+                "maps": maps[:k].to(torch.float16).cpu()}, path)
+
+
+def _count_within(samples: list[dict], indices: range, limit: int, multilabel: bool) -> int:
+    """How many leading samples (or trials) of a batch come from the first ``limit`` dataset samples."""
+    if not multilabel:
+        return max(0, min(len(samples), limit - indices.start))
+    allowed = max(0, limit - indices.start)  # trials come grouped by image, in dataset order
+    images: list[str] = []
+    for count, s in enumerate(samples):
+        if not images or images[-1] != s["image_id"]:
+            images.append(s["image_id"])
+        if len(images) > allowed:
+            return count
+    return len(samples)
+
+
+def _head(batch: Batch, k: int) -> Batch:
+    return Batch(ids=batch.ids[:k], images=batch.images[:k], targets=batch.targets[:k], samples=batch.samples[:k],
+                 labels=None if batch.labels is None else batch.labels[:k])
 
 
 class _Limited(torch.utils.data.Dataset):

@@ -37,7 +37,8 @@ def plugin_site(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
     datasets = tmp_path / "datasets.yaml"
-    datasets.write_text("toy:\n  loader: toy\n  description: toy images for tests\n")
+    datasets.write_text("toy:\n  loader: toy\n  description: toy images for tests\n"
+                        "toy-multi:\n  loader: toy\n  options: {multilabel: true}\n")
     monkeypatch.setenv("INTERPBENCH_DATASETS", str(datasets))
 
     def install(dist: str, modules: list[str], entry_points: dict[str, str], version: str = "1.2.3") -> None:

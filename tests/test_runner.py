@@ -9,6 +9,7 @@ import sys
 import time
 
 import pandas as pd
+import torch
 import pytest
 
 import interpbench as ib
@@ -142,3 +143,21 @@ def test_imagefolder_path_missing_is_a_failed_row_naming_the_path(toy, tmp_path,
                    out=tmp_path / "e", progress=False)
     assert table.attrs["ok"] is False
     assert str(tmp_path / "no-such-dir") in table.iloc[0]["error"]
+
+
+def test_multilabel_datasets_explain_each_present_class(toy, tmp_path):
+    ib.run(methods=["toy_noise"], models=["toy:net"], metrics=["toy_brightness"], datasets=["toy-multi"],
+           target="label", out=tmp_path / "m", batch_size=5, progress=False)
+    ids = sorted(k[2] for k in scores_by_cell(tmp_path / "m"))
+    expected = sorted(f"toy/{i:04d}#{c}" for i in range(24) for c in [i % 3] + ([(i + 1) % 3] if i % 2 == 0 else []))
+    assert ids == expected  # 36 trials from 24 images
+
+
+def test_method_limits_run_a_costly_method_on_fewer_samples(toy, tmp_path):
+    table = ib.run(methods=["toy_noise", "toy_wrong_shape"], models=["toy:net"], metrics=["toy_brightness"],
+                   out=tmp_path / "l", batch_size=8, method_limits={"toy_noise": 11, "toy_wrong_shape": 0},
+                   progress=False)
+    noise = table[table.method == "toy_noise"].iloc[0]
+    assert noise["n"] == 11 and noise["status"] == "done"
+    snap = torch.load(tmp_path / "l" / "artifacts" / "maps" / "toy_net__toy__toy_noise.pt")
+    assert snap["maps"].shape == (8, 16, 16) and snap["ids"][0] == "toy/0000"

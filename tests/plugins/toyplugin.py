@@ -48,8 +48,9 @@ class ToyDataset(torch.utils.data.Dataset):
     label_space = "toy"
     provides = {"label"}
 
-    def __init__(self, n, size):
-        self.n, self.size = n, size
+    def __init__(self, n, size, multilabel=False):
+        self.n, self.size, self.multilabel = n, size, multilabel
+        self.provides = {"label", "labels"} if multilabel else {"label"}
 
     def __len__(self):
         return self.n
@@ -58,10 +59,14 @@ class ToyDataset(torch.utils.data.Dataset):
         if not 0 <= i < self.n:
             raise IndexError(i)
         g = torch.Generator().manual_seed(1000 + i)
-        return {"id": f"toy/{i:04d}", "image": torch.rand(3, self.size, self.size, generator=g), "label": i % 3}
+        sample = {"id": f"toy/{i:04d}", "image": torch.rand(3, self.size, self.size, generator=g), "label": i % 3}
+        if self.multilabel:  # image i shows classes i % 3 and, for even i, also (i + 1) % 3
+            del sample["label"]
+            sample["labels"] = [i % 3] + ([(i + 1) % 3] if i % 2 == 0 else [])
+        return sample
 
     def identity(self):
-        return {"loader": "toy", "n": self.n, "size": self.size}
+        return {"loader": "toy", "n": self.n, "size": self.size, "multilabel": self.multilabel}
 
 
 class ToyLoader(ib.DatasetSource):
@@ -69,9 +74,9 @@ class ToyLoader(ib.DatasetSource):
 
     name = "toy"
 
-    def load(self, split="test", size=SIZE, n=24, **options):
+    def load(self, split="test", size=SIZE, n=24, multilabel=False, **options):
         size = size[0] if isinstance(size, (tuple, list)) else size
-        return ToyDataset(n, size)
+        return ToyDataset(n, size, multilabel)
 
 
 class Noise(ib.Method):
