@@ -1,0 +1,13 @@
+"""Built-in explanation methods, one module per family; registered like any third-party plugin."""
+
+from ..hookspecs import hookimpl
+
+
+@hookimpl
+def register_methods():
+    from .baselines import CenterMap, RandomMap
+    from .cam import GradCAM, GradCAMPlusPlus, ScoreCAM
+    from .gradients import Gradient, GuidedBackprop, InputXGradient, IntegratedGradients, SmoothGrad
+
+    return [Gradient, GradCAM, RandomMap, CenterMap, InputXGradient, IntegratedGradients, SmoothGrad, GuidedBackprop,
+            GradCAMPlusPlus, ScoreCAM]
