@@ -231,6 +231,12 @@ class Runner:
             self._register_failed(store, run_id, spec, "-", error)
             return
         manifest["models"][spec] = model.describe()
+        if not cfg.datasets and not model.default_dataset:
+            error = (f"model {spec!r} (label space {model.label_space!r}) has no embedded default dataset; "
+                     "name one with --dataset (see `interpbench list datasets`)")
+            manifest["failures"].append({"model": spec, "error": error})
+            self._register_failed(store, run_id, spec, "-", error)
+            return
         for ds_name in cfg.datasets or [model.default_dataset]:
             try:
                 dataset = api.load_dataset(ds_name, split="test", size=model.input_size, config=cfg.datasets_config)

@@ -175,11 +175,18 @@ def record_nonlinearities(root: nn.Module) -> Iterator[NonlinearityLog]:
                     log.foreign.append((name, where))
             return func(*args, **(kwargs or {}))
 
+    def enter(name: str, module: nn.Module) -> None:
+        stack.append((name, module))
+
+    def leave() -> None:  # a forward hook must return None (a value would replace the module's output)
+        if stack:
+            stack.pop()
+
     handles = []
     try:
         for name, module in root.named_modules():
-            handles.append(module.register_forward_pre_hook(lambda m, _i, name=name: stack.append((name, m))))
-            handles.append(module.register_forward_hook(lambda _m, _i, _o: stack.pop() if stack else None))
+            handles.append(module.register_forward_pre_hook(lambda m, _i, name=name: enter(name, m)))
+            handles.append(module.register_forward_hook(lambda _m, _i, _o: leave()))
         with _Mode():
             yield log
     finally:
