@@ -28,7 +28,11 @@ DEFAULT_EXPERIMENT: dict[str, Any] = {
 
 
 # Subcommands that live in their own modules: each has HELP, configure(parser) and main(args, console) -> int.
-EXTRA_COMMANDS: dict[str, str] = {}
+EXTRA_COMMANDS: dict[str, str] = {
+    "reproduce": "interpbench.reproduce",
+    "table": "interpbench.tables",
+    "report": "interpbench.report",
+}
 
 
 def _csv(text: str | None) -> list[str] | None:

@@ -255,7 +255,7 @@ class Runner:
                 manifest["failures"].append({"model": spec, "dataset": ds_name, "error": error})
                 self._register_failed(store, run_id, spec, ds_name, error)
                 continue
-            manifest["datasets"][ds_name] = {**dataset.identity(), "n": len(dataset)}
+            manifest["datasets"].setdefault(ds_name, {})[spec] = {**dataset.identity(), "n": len(dataset)}
             self._run_model_scope(model, spec, ds_name, dataset, store, run_id, manifest)
             self._run_explanations(model, spec, ds_name, dataset, store, run_id, manifest, progress)
 
@@ -280,7 +280,7 @@ class Runner:
                 continue
             t0 = time.time()
             ctx = RunContext(device=self.device, batch_size=cfg.batch_size, seed=stable_hash([cfg.seed, key]),
-                             out_dir=self.out / "artifacts" / f"{_slug(spec)}__{ds_name}__{metric_name}", limit=cfg.limit)
+                             out_dir=self.out / "artifacts" / f"{slug(spec)}__{ds_name}__{metric_name}", limit=cfg.limit)
             try:
                 values = metric.evaluate(model, dataset, ctx)
                 store.write_results(key, {k: float(v) for k, v in values.items()})
@@ -348,7 +348,6 @@ class Runner:
         n_batches = math.ceil(n / cfg.batch_size)
         task = progress.add_task(f"{spec} on {ds_name}", total=n_batches) if progress is not None else None
         multilabel = cfg.target == "label" and getattr(dataset, "multilabel", False)
-        snapshot_dir = self.out / "artifacts" / "maps"
         for b in range(n_batches):
             start = b * cfg.batch_size
             indices = range(start, min(n, start + cfg.batch_size))
@@ -376,7 +375,7 @@ class Runner:
                 batch = self._batch(model, samples)
                 for plan, cells, keep in todo:
                     part = batch if keep == len(batch) else _head(batch, keep)
-                    snapshot = snapshot_dir / f"{_slug(spec)}__{ds_name}__{plan.name}.pt" if b == 0 else None
+                    snapshot = snapshot_path(self.out, spec, ds_name, plan.name) if b == 0 else None
                     self._run_batch(model, plan, cells, part, store, snapshot)
             if task is not None:
                 progress.advance(task)
@@ -463,6 +462,10 @@ class Runner:
 SNAPSHOT_SIZE = 8
 
 
+def snapshot_path(out: str | Path, model: str, dataset: str, method: str) -> Path:
+    return Path(out) / "artifacts" / "maps" / f"{slug(model)}__{dataset}__{method}.pt"
+
+
 def save_snapshot(path: Path, batch: Batch, maps: torch.Tensor) -> None:
     """The first images and maps of a (model, dataset, method), for galleries and reports."""
     k = min(SNAPSHOT_SIZE, len(batch))
@@ -509,7 +512,8 @@ class _Limited(torch.utils.data.Dataset):
         return getattr(self.__dict__["dataset"], name)
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A file-name-safe form of a model spec or name."""
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 

@@ -57,7 +57,7 @@ def test_dataset_level_metric_and_manifest(toy, tmp_path):
     assert row.status == "done" and abs(row["mean"] - 0.5) < 0.02  # uniform noise
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["models"]["toy:net"]["weights"]["tag"] == "seed0"
-    assert manifest["datasets"]["toy"]["n"] == 24
+    assert manifest["datasets"]["toy"]["toy:net"]["n"] == 24
     assert manifest["methods"]["toy_noise"]["deterministic"] is False
     assert {"torch", "numpy", "python"} <= set(manifest["environment"]["libraries"])
     plugins = {p["distribution"]: p["version"] for p in manifest["environment"]["plugins"]}

@@ -1,0 +1,563 @@
+"""``interpbench reproduce DIR``: re-run the configuration an experiment directory records and compare every
+number with the committed one.
+
+What is re-run: ``manifest["config"]`` (the runner's :class:`~interpbench.runner.RunConfig`), with every method's
+and metric's *full* recorded parameters pinned (so a default that changed in the code since does not silently
+change the protocol), into a temporary directory (or ``--out``).
+
+What is compared, per (model, dataset, method, metric, value):
+
+- the status (a cell that ran must run again; a failed one must fail again), the number of samples ``n`` and,
+  when both stores are at hand, the set of sample ids;
+- the value: inside the committed cell's 95% confidence interval when it has one, else within the explicit
+  tolerance ``|new - old| <= atol + rtol |old|`` (deterministic values such as a dataset-level count);
+  ``--exact`` applies the explicit tolerance to every number, CI bounds included (a same-machine check);
+- the cell's configuration in the committed store against the re-run's (parameters, seeds, targets, limits):
+  a difference fails the cell and names the field; component versions that changed are warnings;
+- the identity of the models' weights (sha256) and of the datasets: a difference fails the reproduction
+  (``--allow-different-weights`` turns the weights check into a warning);
+- the committed ``results.json`` against the committed store: a number edited in one and not the other fails.
+
+Environment differences (library versions, interpbench version and git sha, plugins, device) are warnings.
+Exit code 0: every number agrees; 1: some number or identity differs (the failing cells are named); 2: usage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from .base import ComponentError
+from .tables import load_experiment
+
+HELP = "re-run an experiment directory's recorded configuration and compare every number with the committed one"
+
+ATOL = 1e-6
+RTOL = 1e-5
+ROW_KEY = ["model", "dataset", "method", "metric", "value_name"]
+NUMERIC_STATUSES = ("done",)
+
+
+# --------------------------------------------------------------------------------------------- comparisons
+
+
+@dataclasses.dataclass
+class Comparison:
+    """One number of the committed table against its reproduction."""
+
+    model: str
+    dataset: str
+    method: str
+    metric: str
+    value_name: str
+    committed: float = math.nan
+    ci_low: float = math.nan
+    ci_high: float = math.nan
+    committed_n: int = 0
+    committed_status: str = "missing"
+    reproduced: float = math.nan
+    reproduced_ci_low: float = math.nan
+    reproduced_ci_high: float = math.nan
+    reproduced_n: int = 0
+    reproduced_status: str = "missing"
+    tolerance: str = ""
+    problems: list[str] = dataclasses.field(default_factory=list)
+    max_sample_diff: float = math.nan  # largest per-sample |difference|, when both stores hold the samples
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def cell(self) -> str:
+        value = self.metric if self.value_name == self.metric else f"{self.metric}.{self.value_name}"
+        return f"{self.model} / {self.dataset} / {self.method} / {value}"
+
+    @property
+    def delta(self) -> float:
+        return self.reproduced - self.committed
+
+
+def within(new: float, old: float, atol: float, rtol: float) -> bool:
+    """``|new - old| <= atol + rtol |old|`` (numpy.isclose's rule); two NaNs agree."""
+    if math.isnan(new) or math.isnan(old):
+        return math.isnan(new) and math.isnan(old)
+    return abs(new - old) <= atol + rtol * abs(old)
+
+
+def _float(x: Any) -> float:
+    return math.nan if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def _int(x: Any) -> int:
+    x = _float(x)
+    return 0 if math.isnan(x) else int(x)
+
+
+def compare_tables(committed: pd.DataFrame, reproduced: pd.DataFrame, *, atol: float = ATOL, rtol: float = RTOL,
+                   exact: bool = False, sides: tuple[str, str] = ("committed table", "reproduction")
+                   ) -> list[Comparison]:
+    """Compare two long results tables (``leaderboard.results_table`` shape) row by row (module docstring);
+    ``sides`` names the two tables in the messages."""
+    new = {tuple(r[k] for k in ROW_KEY): r for _, r in reproduced.iterrows()}
+    seen: set[tuple] = set()
+    out: list[Comparison] = []
+    for _, old in committed.iterrows():
+        ident = tuple(old[k] for k in ROW_KEY)
+        seen.add(ident)
+        c = Comparison(*ident, committed=_float(old["mean"]), ci_low=_float(old["ci_low"]), ci_high=_float(old["ci_high"]),
+                       committed_n=_int(old["n"]), committed_status=str(old["status"]))
+        row = new.get(ident)
+        if row is None:
+            c.problems.append(f"missing from the {sides[1]}")
+            out.append(c)
+            continue
+        c.reproduced, c.reproduced_n, c.reproduced_status = _float(row["mean"]), _int(row["n"]), str(row["status"])
+        c.reproduced_ci_low, c.reproduced_ci_high = _float(row["ci_low"]), _float(row["ci_high"])
+        if c.committed_status != c.reproduced_status:
+            c.problems.append(f"status {c.committed_status} -> {c.reproduced_status}"
+                              + (f" ({row['error']})" if isinstance(row.get("error"), str) and row["error"] else ""))
+        if c.committed_status not in NUMERIC_STATUSES or c.reproduced_status not in NUMERIC_STATUSES:
+            c.tolerance = "status"
+            out.append(c)
+            continue
+        if c.committed_n != c.reproduced_n:
+            c.problems.append(f"n {c.committed_n} -> {c.reproduced_n}")
+        has_ci = not (math.isnan(c.ci_low) or math.isnan(c.ci_high))
+        if has_ci and not exact:
+            slack = atol + rtol * abs(c.committed)  # room for rounding at the interval's ends
+            c.tolerance = f"95% CI [{c.ci_low:.4g}, {c.ci_high:.4g}]"
+            if not (c.ci_low - slack <= c.committed <= c.ci_high + slack):
+                c.problems.append(f"the committed mean {c.committed:.6g} lies outside its own 95% CI "
+                                  f"[{c.ci_low:.6g}, {c.ci_high:.6g}]: the committed table was edited")
+            if not (c.ci_low - slack <= c.reproduced <= c.ci_high + slack):
+                c.problems.append(f"{c.reproduced:.6g} lies outside the committed 95% CI "
+                                  f"[{c.ci_low:.6g}, {c.ci_high:.6g}] (committed {c.committed:.6g})")
+        else:
+            c.tolerance = f"|Δ| ≤ {atol:g} + {rtol:g}·|x|"
+            pairs = [("mean", c.committed, c.reproduced)]
+            if exact and has_ci:
+                pairs += [("ci_low", c.ci_low, c.reproduced_ci_low), ("ci_high", c.ci_high, c.reproduced_ci_high)]
+            for what, a, b in pairs:
+                if not within(b, a, atol, rtol):
+                    c.problems.append(f"{what} {a:.6g} -> {b:.6g} (Δ {b - a:+.3g}, tolerance {atol:g} + {rtol:g}·|x|)")
+        out.append(c)
+    for ident, row in new.items():
+        if ident not in seen:
+            c = Comparison(*ident, reproduced=_float(row["mean"]), reproduced_n=_int(row["n"]),
+                           reproduced_status=str(row["status"]))
+            c.problems.append(f"not in the {sides[0]}")
+            out.append(c)
+    return out
+
+
+def compare_samples(comparisons: list[Comparison], committed: Any, reproduced: Any, *, atol: float = ATOL,
+                    rtol: float = RTOL, exact: bool = False) -> None:
+    """Per-sample checks for cells both stores hold (:class:`~interpbench.tables.Experiment`): the same sample
+    ids, and (``exact``) every per-sample score within the explicit tolerance. Fills ``max_sample_diff``."""
+    def keyed(exp) -> dict[tuple, pd.Series]:
+        cells = exp.table.drop_duplicates(["model", "dataset", "method", "metric"])
+        return {(r["model"], r["dataset"], r["method"], r["metric"]): exp.scores[r["key"]]
+                for _, r in cells.iterrows() if r["key"] in exp.scores}
+
+    old, new = keyed(committed), keyed(reproduced)
+    for c in comparisons:
+        if c.value_name != c.metric:
+            continue
+        a, b = old.get((c.model, c.dataset, c.method, c.metric)), new.get((c.model, c.dataset, c.method, c.metric))
+        if a is None or b is None:
+            continue
+        missing, extra = a.index.difference(b.index), b.index.difference(a.index)
+        if len(missing) or len(extra):
+            c.problems.append(f"samples differ: {len(missing)} committed sample(s) not reproduced"
+                              + (f" (e.g. {missing[0]})" if len(missing) else "")
+                              + f", {len(extra)} new" + (f" (e.g. {extra[0]})" if len(extra) else ""))
+        common = a.index.intersection(b.index)
+        if len(common):
+            diff = (b.loc[common] - a.loc[common]).abs()
+            c.max_sample_diff = float(diff.max())
+            if exact:
+                bad = diff > atol + rtol * a.loc[common].abs()
+                if bad.any():
+                    first = diff[bad].idxmax()
+                    c.problems.append(f"{int(bad.sum())} per-sample score(s) differ beyond the tolerance "
+                                      f"(largest at {first}: {a[first]:.6g} -> {b[first]:.6g})")
+
+
+# --------------------------------------------------------------------------------------------- identities
+
+
+IGNORED_FIELDS = ("path", "resolved_by")  # where a file lies on a machine, not what it holds
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": 1, "c": [1, 2]}`` (lists are leaves)."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out if out or not prefix else {prefix[:-1]: {}}
+    return {prefix[:-1]: obj} if prefix else {"": obj}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
+def dict_differences(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = IGNORED_FIELDS
+                     ) -> list[tuple[str, Any, Any]]:
+    """``(field, old, new)`` for every flattened field that differs, skipping fields whose last part is in
+    ``ignore``; a field present on one side only shows ``<absent>`` on the other."""
+    a, b = flatten(old), flatten(new)
+    out = []
+    for field in sorted(set(a) | set(b)):
+        if field.rsplit(".", 1)[-1] in ignore:
+            continue
+        x, y = a.get(field, "<absent>"), b.get(field, "<absent>")
+        if not _same(x, y):
+            out.append((field, x, y))
+    return out
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cell_config_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Differences between a committed cell's configuration and its reproduction's: ``(failures, warnings)``.
+
+    Component versions (``*.version``) that changed are warnings (the numbers decide); the weights are checked
+    once per model (:func:`identity_differences`, which ``--allow-different-weights`` relaxes); everything else
+    (the dataset's identity, parameters, seeds, targets, limits) changes the protocol and fails the cell.
+    """
+    failures, warnings = [], []
+    for field, x, y in dict_differences(old, new):
+        text = f"{field}: {_short(x)} -> {_short(y)}"
+        if field.endswith(".version") or field == "version":
+            warnings.append(text)
+        elif field.startswith("model.weights"):
+            continue
+        else:
+            failures.append(text)
+    return failures, warnings
+
+
+def identity_differences(old: dict[str, Any], new: dict[str, Any], *, allow_different_weights: bool = False
+                         ) -> tuple[list[str], list[str]]:
+    """Models' weights and descriptions, datasets' identity, components' versions and parameters: recorded
+    manifest ``old`` against the reproduction's ``new``. Returns ``(failures, warnings)``."""
+    failures, warnings = [], []
+    for spec, model in (old.get("models") or {}).items():
+        other = (new.get("models") or {}).get(spec)
+        if other is None:
+            failures.append(f"model {spec!r} did not load in the reproduction (see its failed cells)")
+            continue
+        sha_old, sha_new = (model.get("weights") or {}).get("sha256"), (other.get("weights") or {}).get("sha256")
+        if sha_old is None:
+            warnings.append(f"model {spec!r}: the manifest records no sha256 of its weights, so their identity is "
+                            "not verified")
+        elif sha_old != sha_new:
+            what = (model.get("weights") or {}).get("sha256_of", "file")
+            text = (f"model {spec!r}: weights differ: sha256 ({what}) {sha_old} committed, {sha_new} here "
+                    f"(loaded from {(other.get('weights') or {}).get('path')}); the numbers come from other "
+                    "weights. Put the committed weights where the spec finds them, or pass "
+                    "--allow-different-weights to compare anyway")
+            (warnings if allow_different_weights else failures).append(text)
+        for field, x, y in dict_differences(model, other):
+            if field.startswith("weights."):
+                if field not in ("weights.sha256",) and sha_old is None:
+                    failures.append(f"model {spec!r}: {field} {_short(x)} -> {_short(y)}")
+                continue
+            failures.append(f"model {spec!r}: {field} {_short(x)} -> {_short(y)}")
+    for name, ident in (old.get("datasets") or {}).items():
+        other = (new.get("datasets") or {}).get(name)
+        if other is None:
+            failures.append(f"dataset {name!r} did not load in the reproduction (see its failed cells)")
+            continue
+        for field, x, y in dict_differences(ident, other):
+            failures.append(f"dataset {name!r}: identity field {field} {_short(x)} -> {_short(y)}")
+    for kind in ("methods", "metrics"):
+        for name, desc in (old.get(kind) or {}).items():
+            other = (new.get(kind) or {}).get(name)
+            if other is None:
+                continue  # its cells are reported missing
+            if str(desc.get("version")) != str(other.get("version")):
+                warnings.append(f"{kind[:-1]} {name!r}: version {desc.get('version')} committed, "
+                                f"{other.get('version')} here (its implementation changed)")
+            for field, x, y in dict_differences(desc.get("params") or {}, other.get("params") or {}, ignore=()):
+                failures.append(f"{kind[:-1]} {name!r}: parameter {field} {_short(x)} -> {_short(y)}")
+    return failures, warnings
+
+
+def environment_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Library versions, interpbench version and git sha, plugins and device: differences are warnings."""
+    out = []
+    libs_old, libs_new = old.get("libraries") or {}, new.get("libraries") or {}
+    for lib in sorted(set(libs_old) | set(libs_new)):
+        a, b = libs_old.get(lib), libs_new.get(lib)
+        if a != b:
+            out.append(f"{lib} {a} committed, {b} here")
+    for field in ("version", "git_sha"):
+        a, b = (old.get("interpbench") or {}).get(field), (new.get("interpbench") or {}).get(field)
+        if a != b:
+            out.append(f"interpbench {field} {a} committed, {b} here")
+    plugins_old = {p.get("distribution"): p.get("version") for p in old.get("plugins") or []}
+    plugins_new = {p.get("distribution"): p.get("version") for p in new.get("plugins") or []}
+    for dist in sorted(set(plugins_old) | set(plugins_new), key=str):
+        a, b = plugins_old.get(dist, "absent"), plugins_new.get(dist, "absent")
+        if a != b:
+            out.append(f"plugin distribution {dist} {a} committed, {b} here")
+    dev_old, dev_new = old.get("device") or {}, new.get("device") or {}
+    for field in ("device", "gpu", "cuda", "cudnn", "platform"):
+        if dev_old.get(field) != dev_new.get(field):
+            out.append(f"{field} {dev_old.get(field)} committed, {dev_new.get(field)} here")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- committed data
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / "manifest.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if (directory / "store.sqlite").is_file():
+        return load_experiment(directory).manifest
+    raise FileNotFoundError(f"{directory} holds neither manifest.json nor store.sqlite: give the directory of an "
+                            "experiment (the --out of `interpbench run`)")
+
+
+def committed_table(directory: Path) -> pd.DataFrame | None:
+    """The published numbers: ``results.json`` (what methods.md / methods.csv show), or None when absent."""
+    path = directory / "results.json"
+    if not path.is_file():
+        return None
+    records = json.loads(path.read_text()).get("results") or []
+    table = pd.DataFrame.from_records(records)
+    for col in ("mean", "ci_low", "ci_high"):
+        table[col] = pd.to_numeric(table[col], errors="coerce") if col in table else math.nan
+    return table
+
+
+def integrity_problems(published: pd.DataFrame, store_table: pd.DataFrame) -> list[str]:
+    """Numbers of ``results.json`` that its own store does not give (exactly, up to JSON's float printing:
+    pandas writes 10 decimals)."""
+    problems = []
+    for c in compare_tables(store_table, published, atol=1e-9, rtol=1e-9, exact=True,
+                            sides=("store", "results.json")):
+        if not c.ok:
+            problems.append(f"{c.cell}: results.json disagrees with store.sqlite ({'; '.join(c.problems)}); "
+                            "regenerate the tables with `interpbench leaderboard DIR` or restore the edited file")
+    return problems
+
+
+def run_config(manifest: dict[str, Any], out: Path, *, device: str | None, datasets_config: str | None,
+               progress: bool) -> tuple[Any, list[str]]:
+    """The RunConfig to re-run: the recorded one, out elsewhere, every component's full parameters pinned.
+
+    Returns ``(config, problems)``: problems are inconsistencies of the manifest itself.
+    """
+    from .runner import RunConfig
+
+    recorded = dict(manifest.get("config") or {})
+    if not recorded:
+        raise ComponentError("the manifest has no 'config' (written by an older interpbench?); it cannot be re-run")
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(recorded) - fields)
+    if unknown:
+        raise ComponentError(f"the recorded config has field(s) {unknown} that this interpbench's RunConfig does not "
+                             "know; reproduce with the interpbench version recorded in the manifest")
+    problems = []
+    pinned: dict[str, dict[str, dict[str, Any]]] = {}
+    for kind, key in (("methods", "method_params"), ("metrics", "metric_params")):
+        overrides = recorded.get(key) or {}
+        pinned[key] = {}
+        for name in recorded.get(kind) or []:
+            full = ((manifest.get(kind) or {}).get(name) or {}).get("params")
+            if full is None:  # never built (e.g. its model failed): the overrides are all there is
+                full = {}
+            for param, value in (overrides.get(name) or {}).items():
+                if param in full and not _same(full[param], value):
+                    problems.append(f"the manifest contradicts itself: config.{key}.{name}.{param} = {value!r} but "
+                                    f"{kind}.{name}.params.{param} = {full[param]!r}")
+            pinned[key][name] = {**full, **(overrides.get(name) or {})}
+    recorded.update(pinned)
+    recorded["out"] = str(out)
+    recorded["progress"] = progress
+    if device is not None:
+        recorded["device"] = device
+    if datasets_config is not None:
+        recorded["datasets_config"] = datasets_config
+    if recorded.get("datasets_config") and not Path(recorded["datasets_config"]).expanduser().is_file():
+        raise ComponentError(f"the recorded datasets config {recorded['datasets_config']!r} does not exist here; "
+                             "pass --datasets-config FILE with the same dataset entries")
+    return RunConfig(**recorded), problems
+
+
+# --------------------------------------------------------------------------------------------- reproduce
+
+
+@dataclasses.dataclass
+class Reproduction:
+    directory: Path
+    out: Path
+    comparisons: list[Comparison]
+    failures: list[str]  # identity, configuration and integrity failures not tied to one number
+    warnings: list[str]
+    run_ok: bool = True
+
+    @property
+    def failing_cells(self) -> list[Comparison]:
+        return [c for c in self.comparisons if not c.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.failing_cells
+
+
+def reproduce(directory: str | Path, out: str | Path | None = None, *, device: str | None = None,
+              datasets_config: str | None = None, atol: float = ATOL, rtol: float = RTOL, exact: bool = False,
+              allow_different_weights: bool = False, progress: bool = False, console: Console | None = None,
+              keep: bool | None = None) -> Reproduction:
+    """Re-run ``directory``'s recorded configuration into ``out`` (a temporary directory when None, removed
+    afterwards unless ``keep``) and compare (module docstring)."""
+    from .runner import Runner
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    has_store = (directory / "store.sqlite").is_file()
+    committed = load_experiment(directory) if has_store else None
+    published = committed_table(directory)
+    if published is None and committed is None:
+        raise FileNotFoundError(f"{directory} holds neither results.json nor store.sqlite: no numbers to compare")
+    failures: list[str] = []
+    if published is not None and committed is not None:
+        failures += integrity_problems(published, committed.table)
+    reference = published if published is not None else committed.table
+
+    temporary = out is None
+    if not temporary and Path(out).resolve() == directory.resolve():
+        raise ComponentError(f"--out {out}: that is the experiment being reproduced; re-run into another directory")
+    out = Path(tempfile.mkdtemp(prefix="interpbench-reproduce-")) if temporary else Path(out)
+    try:
+        config, problems = run_config(manifest, out, device=device, datasets_config=datasets_config, progress=progress)
+        failures += problems
+        runner = Runner(config, console)
+        runner.run()
+        new = load_experiment(out)
+        comparisons = compare_tables(reference, new.table, atol=atol, rtol=rtol, exact=exact)
+        warnings: list[str] = []
+        if committed is not None:
+            compare_samples(comparisons, committed, new, atol=atol, rtol=rtol, exact=exact)
+            _compare_cell_configs(comparisons, committed, new, warnings)
+        id_fail, id_warn = identity_differences(manifest, new.manifest, allow_different_weights=allow_different_weights)
+        failures += id_fail
+        warnings += id_warn
+        warnings += environment_differences(manifest.get("environment") or {}, new.manifest.get("environment") or {})
+        return Reproduction(directory, out, comparisons, failures, list(dict.fromkeys(warnings)), runner.ok)
+    finally:
+        if temporary and not keep:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _compare_cell_configs(comparisons: list[Comparison], committed: Any, new: Any, warnings: list[str]) -> None:
+    def configs(exp) -> dict[tuple, dict]:
+        cells = exp.table.drop_duplicates(["model", "dataset", "method", "metric"])
+        return {(r["model"], r["dataset"], r["method"], r["metric"]): exp.configs.get(r["key"], {})
+                for _, r in cells.iterrows()}
+
+    old, fresh = configs(committed), configs(new)
+    for c in comparisons:
+        ident = (c.model, c.dataset, c.method, c.metric)
+        if ident not in old or ident not in fresh or not old[ident] or not fresh[ident]:
+            continue
+        fail, warn = cell_config_differences(old[ident], fresh[ident])
+        if fail:
+            c.problems.append("configuration differs from the committed cell's: " + "; ".join(fail))
+        warnings += [f"{c.model} / {c.dataset} / {c.method} / {c.metric}: {w}" for w in warn]
+
+
+# --------------------------------------------------------------------------------------------- output
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    return "–" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def render(result: Reproduction, console: Console) -> None:
+    table = Table(title=f"reproduce {result.directory}", show_lines=False)
+    for col in ("cell", "committed", "reproduced", "Δ", "max |Δ| per sample", "tolerance", "verdict"):
+        table.add_column(col, overflow="fold")
+    for c in result.comparisons:
+        if c.committed_status == "done":
+            ci = "" if math.isnan(c.ci_low) else f" [{_fmt(c.ci_low)}, {_fmt(c.ci_high)}]"
+            old = f"{_fmt(c.committed)}{ci}" + (f" n={c.committed_n}" if c.committed_n else "")
+        else:
+            old = c.committed_status
+        if c.reproduced_status == "done":
+            new = _fmt(c.reproduced) + (f" n={c.reproduced_n}" if c.reproduced_n else "")
+        else:
+            new = c.reproduced_status
+        delta = "" if math.isnan(c.delta) else f"{c.delta:+.2e}"
+        sample = "" if math.isnan(c.max_sample_diff) else f"{c.max_sample_diff:.2e}"
+        verdict = "[green]agrees[/green]" if c.ok else "[red]DIFFERS: " + "; ".join(c.problems) + "[/red]"
+        table.add_row(c.cell, old, new, delta, sample, c.tolerance, verdict)
+    console.print(table)
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}")
+    for f in result.failures:
+        console.print(f"[red]failure:[/red] {f}")
+    bad = result.failing_cells
+    agree = sum(c.ok for c in result.comparisons)
+    console.print(f"{agree} of {len(result.comparisons)} numbers agree with {result.directory}")
+    if bad:
+        console.print("[red]numbers outside their tolerance:[/red]")
+        for c in bad:
+            console.print(f"  [red]{c.cell}[/red]: {'; '.join(c.problems)}")
+    console.print("[green]reproduced[/green]" if result.ok else "[red]NOT reproduced[/red]")
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def configure(parser) -> None:
+    parser.add_argument("directory", help="the experiment directory to reproduce (with manifest.json)")
+    parser.add_argument("--out", help="re-run into this directory and keep it (default: a temporary directory)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory and print its path")
+    parser.add_argument("--device", help="override the recorded device (auto, cpu, cuda:0, ...)")
+    parser.add_argument("--datasets-config", help="a datasets.yaml to use instead of the recorded one")
+    parser.add_argument("--atol", type=float, default=ATOL, help=f"absolute tolerance of values without a CI ({ATOL:g})")
+    parser.add_argument("--rtol", type=float, default=RTOL, help=f"relative tolerance of values without a CI ({RTOL:g})")
+    parser.add_argument("--exact", action="store_true",
+                        help="every number (CI bounds and per-sample scores included) within atol/rtol, not the CI")
+    parser.add_argument("--allow-different-weights", action="store_true",
+                        help="compare even when a model's weights sha256 differs (a warning instead of a failure)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def main(args, console: Console) -> int:
+    if args.atol < 0 or args.rtol < 0:
+        console.print(f"[red]error:[/red] --atol {args.atol} / --rtol {args.rtol}: tolerances must be >= 0")
+        return 2
+    try:
+        result = reproduce(args.directory, args.out, device=args.device, datasets_config=args.datasets_config,
+                           atol=args.atol, rtol=args.rtol, exact=args.exact,
+                           allow_different_weights=args.allow_different_weights, progress=not args.no_progress,
+                           console=console, keep=args.keep)
+    except (FileNotFoundError, ComponentError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        return 2
+    render(result, Console())
+    if args.keep or args.out:
+        console.print(f"the reproduction is in {result.out}")
+    return 0 if result.ok else 1

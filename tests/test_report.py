@@ -1,0 +1,225 @@
+"""`interpbench report`: one self-contained HTML file, loaded in headless Chromium with no network: every table
+and every image is there and loaded, the curves are drawn, the console has no error and nothing is fetched.
+
+Chromium is Debian's ``chromium`` package (``apt-get install -y chromium``), driven over the DevTools protocol
+through a pipe (``--remote-debugging-pipe``: JSON messages separated by NUL bytes on file descriptors 3 and 4),
+so the test needs no Python package and no browser download.
+"""
+
+import argparse
+import fcntl
+import json
+import os
+import select
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from rich.console import Console
+
+import interpbench as ib
+from interpbench import report
+from interpbench.tables import load_experiment
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+METHODS = ["gradient", "center", "toy_noise", "toy_nan"]
+METRICS = ["deletion", "insertion", "toy_mean_map"]
+
+
+def chromium_binary():
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    assert path, ("headless Chromium is needed for this test: install Debian's package with "
+                  "`apt-get update && apt-get install -y chromium` (or set $CHROMIUM to its path)")
+    return path
+
+
+def _high_fd(fd):
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return high
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol client over ``--remote-debugging-pipe``."""
+
+    def __init__(self, profile):
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        # the browser reads commands on fd 3 and writes replies and events on fd 4; its ends of the pipes move to
+        # fds >= 10 first, so that the shell's redirections to 3 and 4 cannot overwrite one another
+        to_browser_r, from_browser_w = (_high_fd(to_browser_r), _high_fd(from_browser_w))
+        script = f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w} {to_browser_r}<&- {from_browser_w}>&-'
+        self.proc = subprocess.Popen(
+            ["bash", "-c", script, chromium_binary(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+             "--remote-debugging-pipe", "about:blank"],
+            pass_fds=(to_browser_r, from_browser_w), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        self._buffer = b""
+        self._next_id = 0
+        self.events = []
+
+    def _read_message(self, deadline):
+        while b"\0" not in self._buffer:
+            left = deadline - time.time()
+            assert left > 0, "Chromium did not answer in time"
+            ready, _, _ = select.select([self._from_browser], [], [], left)
+            if ready:
+                chunk = os.read(self._from_browser, 1 << 20)
+                assert chunk, f"Chromium closed the pipe (exit code {self.proc.poll()})"
+                self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method, params=None, session=None, timeout=30):
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        deadline = time.time() + timeout
+        while True:
+            reply = self._read_message(deadline)
+            if reply.get("id") == self._next_id:
+                assert "error" not in reply, f"{method}: {reply['error']}"
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def wait_for(self, method, timeout=30):
+        deadline = time.time() + timeout
+        for event in self.events:
+            if event.get("method") == method:
+                return event
+        while True:
+            event = self._read_message(deadline)
+            self.events.append(event)
+            if event.get("method") == method:
+                return event
+
+    def close(self):
+        try:
+            self.send("Browser.close", timeout=10)
+        except (AssertionError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_browser)
+        os.close(self._from_browser)
+
+
+PAGE_STATE = """JSON.stringify({
+  tables: Array.from(document.querySelectorAll('table')).map(t => ({
+    caption: t.caption ? t.caption.textContent : null, cls: t.className,
+    rows: t.tBodies.length ? t.tBodies[0].rows.length : 0, text: t.innerText})),
+  images: Array.from(document.images).map(i => ({
+    alt: i.alt, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
+    inline: i.src.startsWith('data:image/png;base64,')})),
+  charts: Array.from(document.querySelectorAll('svg.chart')).map(s => ({
+    label: s.getAttribute('aria-label'),
+    curves: Array.from(s.querySelectorAll('polyline.curve')).map(p => p.getAttribute('data-label')),
+    points: Array.from(s.querySelectorAll('polyline.curve')).map(p => p.points.numberOfItems)})),
+  external: Array.from(document.querySelectorAll('[src],[href]')).map(e => e.getAttribute('src') || e.getAttribute('href'))
+    .filter(u => !u.startsWith('data:') && !u.startsWith('#')),
+  scripts: document.scripts.length})"""
+
+
+def load_in_chromium(path, profile):
+    browser = DevTools(profile)
+    try:
+        target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            browser.send(f"{domain}.enable", session=session)
+        browser.send("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
+        browser.wait_for("Page.loadEventFired", timeout=60)
+        state = browser.send("Runtime.evaluate", {"expression": PAGE_STATE, "returnByValue": True}, session=session)
+        page = json.loads(state["result"]["value"])
+        events = list(browser.events)
+    finally:
+        browser.close()
+    errors = [e for e in events if e.get("method") == "Runtime.exceptionThrown"
+              or (e.get("method") == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
+              or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+    requests = [e["params"]["request"]["url"] for e in events if e.get("method") == "Network.requestWillBeSent"]
+    failed = [e["params"] for e in events if e.get("method") == "Network.loadingFailed"]
+    return page, errors, requests, failed
+
+
+@pytest.fixture
+def experiment(toy, tmp_path):
+    out = tmp_path / "exp"
+    ib.run(methods=METHODS, models=["toy:net"], metrics=METRICS, out=out, limit=12, batch_size=8, progress=False)
+    units = out / "artifacts" / "toy_net__toy__dissection"
+    units.mkdir(parents=True)
+    Image.fromarray(np.kron(np.eye(4, dtype=np.uint8) * 255, np.ones((8, 12), np.uint8))).save(units / "units.png")
+    (out / "artifacts" / "drift").mkdir()
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(out / "artifacts" / "drift" / "switch.png")
+    return out
+
+
+def test_the_report_loads_offline_with_every_table_and_image(experiment, tmp_path):
+    args = argparse.Namespace(directory=str(experiment), out=None, alpha=0.05, digits=3, max_images=200)
+    assert report.main(args, Console(stderr=True)) == 0
+    path = experiment / "report.html"
+    page, errors, requests, failed = load_in_chromium(path, tmp_path / "profile")
+
+    assert errors == [] and failed == []
+    assert [u for u in requests if not u.startswith("data:")] == [path.resolve().as_uri()]  # nothing else fetched
+    assert page["external"] == [] and page["scripts"] == 0
+
+    captions = [t["caption"] for t in page["tables"]]
+    expected = (["Leaderboard: toy:net on toy"]
+                + [f"Ranking: toy:net on toy, {c}" for c in ("deletion ↓", "insertion ↑", "toy_mean_map.mean_map ↑")]
+                + ["Rank agreement (Kendall's τb, 3 methods): toy:net on toy", "Maps: toy:net on toy",
+                   "Environment", "Models", "Datasets"])
+    assert captions == expected
+    board = page["tables"][0]
+    assert board["rows"] == len(METHODS)
+    exp = load_experiment(experiment)
+    gradient = exp.table[(exp.table.method == "gradient") & (exp.table.metric == "deletion")].iloc[0]
+    assert f"{gradient['mean']:.3f} ± {(gradient['ci_high'] - gradient['ci_low']) / 2:.3f}" in board["text"]
+    assert "failed" in board["text"]  # toy_nan's row
+
+    images = page["images"]
+    snapshot = torch.load(experiment / "artifacts" / "maps" / "toy_net__toy__gradient.pt")
+    n_samples = len(snapshot["ids"])
+    working = [m for m in METHODS if m != "toy_nan"]  # toy_nan failed before its snapshot
+    assert len(images) == n_samples * (1 + len(working)) + 2
+    assert all(i["complete"] and i["inline"] for i in images)
+    assert sum(u.startswith("data:image/png;base64,") for u in requests) == len(images)  # each decoded once
+    assert all(i["width"] == 16 and i["height"] == 16 for i in images[:-2])
+    assert {(i["alt"], i["width"], i["height"]) for i in images[-2:]} == {
+        ("toy_net__toy__dissection/units.png", 48, 32), ("drift/switch.png", 20, 10)}
+
+    charts = {c["label"]: c for c in page["charts"]}
+    assert set(charts) == {"deletion: toy:net on toy", "insertion: toy:net on toy"}
+    for chart in charts.values():
+        assert [label.split(" ")[0] for label in chart["curves"]] == working
+        assert set(chart["points"]) == {17}  # 16 x 16 images, one row per step: 16 steps + the start
+
+
+def test_mean_curves_and_overlays_by_hand():
+    x, y = report.mean_curve([[1.0, 0.5, 0.0], [1.0, 0.7, 0.2]])
+    assert x.tolist() == [0.0, 0.5, 1.0] and np.allclose(y, [1.0, 0.6, 0.1])
+    x, y = report.mean_curve([[1.0, 0.0], [1.0, 0.5, 0.0]])  # different lengths: onto the longest grid
+    assert np.allclose(y, [1.0, 0.5, 0.0])
+    assert report.colormap(np.array([0.0, 1.0])).tolist() == [[0, 0, 4], [252, 255, 164]]
+    assert report.colormap(np.array([1 / 16])).tolist() == [[16, 6, 38]]  # halfway between the first two anchors
+    image = np.full((3, 2, 2), 100, np.uint8)
+    out = report.overlay(image, np.array([[0.0, 1.0], [2.0, 2.0]]), alpha=0.5)
+    assert out.shape == (2, 2, 3)
+    assert out[0, 0].tolist() == [50, 50, 52] and out[1, 1].tolist() == [176, 178, 132]
+
+
+def test_a_missing_experiment_is_a_usage_error(tmp_path, capsys):
+    args = argparse.Namespace(directory=str(tmp_path / "none"), out=None, alpha=0.05, digits=3, max_images=10)
+    assert report.main(args, Console(stderr=True)) == 2
+    assert "does not exist" in capsys.readouterr().err
