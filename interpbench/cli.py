@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target", default="predicted", choices=["predicted", "label"],
                      help="explain the predicted class (RISE convention) or the ground-truth label")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                     help="autocast methods and metrics (probabilities of the causal metrics stay fp32)")
     run.add_argument("--out", help="experiment directory (store + leaderboard); default runs/<experiment>")
     run.add_argument("--experiment", help="experiment name (default: 'default' without arguments, else 'custom')")
     run.add_argument("--method-param", action="append", metavar="METHOD.PARAM=VALUE")
@@ -111,6 +113,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         device=args.device,
         target=args.target,
         seed=args.seed,
+        precision=args.precision,
         method_params=_params(args.method_param, "--method-param"),
         metric_params=metric_params,
         datasets_config=args.datasets_config,

@@ -31,6 +31,40 @@ from .registry import get_registry
 from .store import Store
 
 TARGETS = ("predicted", "label")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+
+
+def call_in_chunks(fn, batch: Batch, maps: torch.Tensor | None, chunk: int, on_oom) -> Any:
+    """``fn(batch, maps)`` on consecutive chunks of at most ``chunk`` samples, halving the chunk on an
+    out-of-memory error (``on_oom(new_chunk)`` records it); the results are concatenated in order. The batch, and
+    so its seeds and its place in the store, stays the same: only how it is executed changes."""
+    while True:
+        try:
+            if chunk >= len(batch):
+                return fn(batch, maps)
+            parts = [fn(_slice(batch, i, i + chunk), None if maps is None else maps[i:i + chunk])
+                     for i in range(0, len(batch), chunk)]
+            return _concat(parts)
+        except Exception as exc:  # noqa: BLE001
+            if not is_out_of_memory(exc) or min(chunk, len(batch)) <= 1:
+                raise
+            chunk = max(1, min(chunk, len(batch)) // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            on_oom(chunk)
+
+
+def _concat(parts: list[Any]) -> Any:
+    if parts[0] is None:
+        return None
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)
 
 
 @dataclasses.dataclass
@@ -49,6 +83,7 @@ class RunConfig:
     method_limits: dict[str, int] = dataclasses.field(default_factory=dict)  # method -> its first N samples
     metric_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     datasets_config: str | None = None
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast for methods and metrics; see PRECISIONS)
     progress: bool = True
     experiment: str | None = None
     command: str | None = None
@@ -58,6 +93,8 @@ class RunConfig:
             raise ComponentError(f"--target {self.target!r}: choose one of {list(TARGETS)}")
         if self.batch_size < 1:
             raise ComponentError(f"--batch-size {self.batch_size}: must be a positive integer")
+        if self.precision not in PRECISIONS:
+            raise ComponentError(f"--precision {self.precision!r}: choose one of {list(PRECISIONS)}")
         if self.limit is not None and self.limit < 1:
             raise ComponentError(f"--limit {self.limit}: must be a positive integer")
         for kind, names in (("methods", self.methods), ("models", self.models), ("metrics", self.metrics)):
@@ -125,6 +162,7 @@ class Cell:
     status: str = "pending"
     error: str | None = None
     wall: float = 0.0
+    chunk: int = 1 << 30
 
 
 @dataclasses.dataclass
@@ -136,6 +174,7 @@ class MethodPlan:
     failed: str | None = None
     status: str = "ok"
     limit: int | None = None  # only the first `limit` samples (a per-method budget, recorded in the manifest)
+    chunk: int = 1 << 30  # samples per call; halved on out-of-memory errors and kept for later batches
 
 
 class Runner:
@@ -146,6 +185,8 @@ class Runner:
         self.device = resolve_device(config.device)
         self.out = Path(config.out)
         self.ok = True
+        self.oom_events: list[dict[str, Any]] = []
+        self.autocast_dtype = PRECISIONS[config.precision]
         # Validate every name up front: a typo fails before an hour of work, not after.
         for name in config.methods:
             self.registry.get("methods", name)
@@ -174,7 +215,9 @@ class Runner:
             "command": cfg.command,
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
             "environment": environment(self.device, self.registry),
-            "precision": "fp32",
+            "precision": {"requested": cfg.precision,
+                          "autocast": "methods and metrics" if cfg.precision != "fp32" else "none",
+                          "note": "softmax probabilities of the causal metrics are computed in fp32"},
             "models": {},
             "datasets": {},
             "methods": {},
@@ -188,6 +231,7 @@ class Runner:
             for spec in cfg.models:
                 self._run_model(spec, store, run_id, manifest, progress)
         manifest["wall_time"] = time.time() - started
+        manifest["out_of_memory"] = self.oom_events
         manifest["cells"] = [
             {k: c[k] for k in ("key", "model", "dataset", "method", "metric", "status", "error", "n", "wall_time")}
             for c in store.run_cells(run_id)
@@ -374,7 +418,7 @@ class Runner:
             if todo:
                 batch = self._batch(model, samples)
                 for plan, cells, keep in todo:
-                    part = batch if keep == len(batch) else _head(batch, keep)
+                    part = batch if keep == len(batch) else _slice(batch, 0, keep)
                     snapshot = snapshot_path(self.out, spec, ds_name, plan.name) if b == 0 else None
                     self._run_batch(model, plan, cells, part, store, snapshot)
             if task is not None:
@@ -397,6 +441,18 @@ class Runner:
                 if status == "failed":
                     self.ok = False
 
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _oom_recorder(self, owner: Any, model: str, name: str):
+        def record(chunk: int) -> None:
+            owner.chunk = chunk
+            self.oom_events.append({"model": model, "component": name, "chunk": chunk})
+            self.console.print(f"[yellow]{name} on {model}: out of memory, retrying with {chunk} samples per call[/yellow]")
+        return record
+
     def _batch(self, model: Model, samples: list[dict]) -> Batch:
         data = collate(samples)
         images = data["images"].to(self.device, non_blocking=True)
@@ -416,9 +472,10 @@ class Runner:
         rng_devices = [self.device] if self.device.type == "cuda" else []
         t0 = time.time()
         try:
-            with torch.random.fork_rng(devices=rng_devices):
+            with torch.random.fork_rng(devices=rng_devices), self._autocast():
                 torch.manual_seed(seed)
-                maps = plan.method.explain(model, batch.images, batch.targets)
+                maps = call_in_chunks(lambda part, _: plan.method.explain(model, part.images, part.targets),
+                                      batch, None, plan.chunk, self._oom_recorder(plan, model.spec, plan.name))
             maps = check_maps(maps, batch.images, plan.name)
         except NotApplicable as exc:
             plan.failed, plan.status = str(exc), "not_applicable"
@@ -435,10 +492,11 @@ class Runner:
         for cell in cells:
             t1 = time.time()
             try:
-                with torch.random.fork_rng(devices=rng_devices):
+                with torch.random.fork_rng(devices=rng_devices), self._autocast():
                     torch.manual_seed(stable_hash([cell.key, batch.ids[0], len(batch)]))
                     if cell.metric.per_sample:
-                        result = cell.metric.score(model, batch, maps)
+                        result = call_in_chunks(lambda part, m: cell.metric.score(model, part, m), batch, maps,
+                                                cell.chunk, self._oom_recorder(cell, model.spec, cell.metric_name))
                     else:
                         cell.metric.update(model, batch, maps)
                 if cell.metric.per_sample:
@@ -489,9 +547,10 @@ def _count_within(samples: list[dict], indices: range, limit: int, multilabel: b
     return len(samples)
 
 
-def _head(batch: Batch, k: int) -> Batch:
-    return Batch(ids=batch.ids[:k], images=batch.images[:k], targets=batch.targets[:k], samples=batch.samples[:k],
-                 labels=None if batch.labels is None else batch.labels[:k])
+def _slice(batch: Batch, start: int, stop: int) -> Batch:
+    return dataclasses.replace(batch, ids=batch.ids[start:stop], images=batch.images[start:stop],
+                               targets=batch.targets[start:stop], samples=batch.samples[start:stop],
+                               labels=None if batch.labels is None else batch.labels[start:stop])
 
 
 class _Limited(torch.utils.data.Dataset):

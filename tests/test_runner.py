@@ -161,3 +161,29 @@ def test_method_limits_run_a_costly_method_on_fewer_samples(toy, tmp_path):
     assert noise["n"] == 11 and noise["status"] == "done"
     snap = torch.load(tmp_path / "l" / "artifacts" / "maps" / "toy_net__toy__toy_noise.pt")
     assert snap["maps"].shape == (8, 16, 16) and snap["ids"][0] == "toy/0000"
+
+
+def test_out_of_memory_halves_the_chunk_and_gives_the_same_numbers(toy, tmp_path, monkeypatch):
+    kwargs = dict(methods=["toy_brightest"], models=["toy:net"], metrics=["deletion", "toy_brightness"],
+                  batch_size=8, progress=False)
+    ib.run(out=tmp_path / "plain", **kwargs)
+    monkeypatch.setenv("INTERPBENCH_TOY_OOM", "1")
+    table = ib.run(out=tmp_path / "oom", **kwargs)
+    assert table.attrs["ok"] and set(table["status"]) == {"done"}
+    assert scores_by_cell(tmp_path / "oom") == scores_by_cell(tmp_path / "plain")
+    events = json.loads((tmp_path / "oom" / "manifest.json").read_text())["out_of_memory"]
+    assert events[:2] == [{"model": "toy:net", "component": "toy_brightest", "chunk": 4},
+                          {"model": "toy:net", "component": "toy_brightest", "chunk": 2}]
+    assert len(events) == 2  # later batches start with the smaller chunk
+
+
+def test_bf16_precision_is_recorded_and_close_to_fp32(toy, tmp_path):
+    kwargs = dict(methods=["toy_brightest"], models=["toy:net"], metrics=["deletion"], progress=False)
+    a = ib.run(out=tmp_path / "fp32", **kwargs)
+    b = ib.run(out=tmp_path / "bf16", precision="bf16", **kwargs)
+    manifest = json.loads((tmp_path / "bf16" / "manifest.json").read_text())
+    assert manifest["precision"]["requested"] == "bf16"
+    assert abs(a.iloc[0]["mean"] - b.iloc[0]["mean"]) < 0.02
+    assert a.iloc[0]["mean"] != b.iloc[0]["mean"]  # autocast really ran the model in bf16
+    with pytest.raises(ib.ComponentError, match="--precision 'fp8'"):
+        ib.run(out=tmp_path / "x", precision="fp8", **kwargs)

@@ -90,6 +90,17 @@ class Noise(ib.Method):
         return torch.rand(images.shape[0], *images.shape[2:], device=images.device)
 
 
+class Brightest(ib.Method):
+    """The image's brightness; with INTERPBENCH_TOY_OOM=1 it fails like a GPU out of memory above 3 images."""
+
+    name = "toy_brightest"
+
+    def explain(self, model, images, targets):
+        if os.environ.get("INTERPBENCH_TOY_OOM") == "1" and images.shape[0] > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
+        return images.mean(1)
+
+
 class NaNMethod(ib.Method):
     """Returns NaN maps."""
 
@@ -165,7 +176,7 @@ def register_datasets():
 
 @ib.hookimpl
 def register_methods():
-    return [Noise, NaNMethod, WrongShape, Raises, NotForThis]
+    return [Noise, Brightest, NaNMethod, WrongShape, Raises, NotForThis]
 
 
 @ib.hookimpl
