@@ -34,7 +34,7 @@ def auc(p: list[float]) -> float:
 
 
 class MeanLogit(nn.Module):
-    """logits = [a * mean(z), 0] over channels and pixels of the normalised image z, so p(class 0) = sigmoid(a * mean z)."""
+    """logits = [a * mean(z), 0] over channels and pixels of the normalised image z: p0 = sigmoid(a * mean z)."""
 
     def __init__(self, a: float) -> None:
         super().__init__()
@@ -213,17 +213,17 @@ def test_directions_and_names():
 @pytest.mark.parametrize("step", [1, 5])
 def test_batched_curves_equal_the_rise_per_step_loop(conv_model, metric_cls, step):
     torch.manual_seed(2)
-    images = torch.rand(3, 3, 8, 8)
-    maps = torch.randint(0, 6, (3, 8, 8)).float()  # many ties
-    targets = [0, 4, 2]
-    out = metric_cls(step=step, chunk=50).score(conv_model, batch_of(images, targets), maps)
-    for b in range(3):
+    images = torch.rand(2, 3, 6, 6)
+    maps = torch.randint(0, 6, (2, 6, 6)).float()  # many ties
+    targets = [4, 2]
+    out = metric_cls(step=step, chunk=25).score(conv_model, batch_of(images, targets), maps)
+    for b in range(2):
         image = images[b : b + 1]
         blurred = gaussian_blur(image, 11, 5.0, pad_value=conv_model.mean)
-        mean = conv_model.mean.expand(1, 3, 8, 8)
+        mean = conv_model.mean.expand(1, 3, 6, 6)
         start, finish = (image, mean) if metric_cls is Deletion else (blurred, image)
         expected = reference_curve(conv_model, image, targets[b], maps[b], start, finish, step)
-        assert len(expected) == out["curve"].shape[1]
+        assert len(expected) == out["curve"].shape[1] == 36 // step + (36 % step > 0) + 1
         assert out["curve"][b].tolist() == pytest.approx(expected, abs=1e-6)
         assert float(out["score"][b]) == pytest.approx(auc(expected), abs=1e-6)
 
@@ -254,7 +254,8 @@ def test_causal_curves_chunks_forward_passes(conv_model):
 
 def test_wrong_map_shape_names_expected_and_received(conv_model):
     images = torch.rand(2, 3, 8, 8)
-    with pytest.raises(ComponentError, match=r"deletion: maps must have shape B x H x W = \(2, 8, 8\).*got \(2, 1, 8, 8\)"):
+    expected = r"deletion: maps must have shape B x H x W = \(2, 8, 8\).*got \(2, 1, 8, 8\)"
+    with pytest.raises(ComponentError, match=expected):
         Deletion().score(conv_model, batch_of(images, [0, 1]), torch.rand(2, 1, 8, 8))
     with pytest.raises(ComponentError, match=r"insertion: .*\(2, 8, 8\).*got \(2, 4, 4\)"):
         Insertion().score(conv_model, batch_of(images, [0, 1]), torch.rand(2, 4, 4))
@@ -278,7 +279,7 @@ def test_bad_parameters_and_targets_are_rejected(conv_model):
     with pytest.raises(ComponentError, match="blur_size must be a positive odd int"):
         Insertion(blur_size=10)
     with pytest.raises(ComponentError, match="unknown parameter"):
-        Deletion(steps=3)
+        Deletion(stpes=3)
     with pytest.raises(ComponentError, match=r"targets must be class indices in \[0, 5\), got values in \[0, 9\]"):
         Deletion(step=32).score(conv_model, batch_of(torch.rand(2, 3, 8, 8), [0, 9]), torch.rand(2, 8, 8))
 
@@ -320,6 +321,19 @@ def test_blur_of_constant_images():
     assert float(zero_padded[0, 0, 8, 8]) == pytest.approx(0.8, abs=1e-6)  # window inside: kernel sums to 1
     assert float(zero_padded[0, 1, 0, 0]) == pytest.approx(0.8 * k1[5:].sum() ** 2, abs=1e-6)  # corner
     colour = torch.tensor([0.1, 0.5, 0.9]).view(1, 3, 1, 1)
-    assert torch.allclose(gaussian_blur(colour.expand(1, 3, 16, 16), 11, 5.0, pad_value=colour), colour.expand(1, 3, 16, 16), atol=1e-6)
+    plain = colour.expand(1, 3, 16, 16)
+    assert torch.allclose(gaussian_blur(plain, 11, 5.0, pad_value=colour), plain, atol=1e-6)
     with pytest.raises(ValueError, match="odd"):
         gaussian_kernel(4, 1.0)
+
+
+def test_steps_gives_rise_batched_granularity_and_excludes_step():
+    from interpbench.metrics.causal import Deletion, resolve_step
+
+    assert resolve_step(None, 224, 224, steps=28) == 1792  # RISE's batched evaluation: 28 steps + the start
+    assert resolve_step(None, 64, 64, steps=28) == 147  # ceil(4096 / 28): the last step is partial
+    assert resolve_step(None, 4, 6) == 6 and resolve_step(5, 4, 6) == 5
+    with pytest.raises(ComponentError, match="not both"):
+        Deletion(step=3, steps=4)
+    with pytest.raises(ComponentError, match="steps must be a positive int"):
+        Deletion(steps=0)

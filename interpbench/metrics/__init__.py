@@ -1,0 +1,15 @@
+"""Built-in metrics, one module per family; registered like any third-party plugin."""
+
+from ..hookspecs import hookimpl
+
+
+@hookimpl
+def register_metrics():
+    from .adversarial import AdversarialConsistency, AdversarialDetection
+    from .causal import Deletion, Insertion
+    from .dissection import Dissection
+    from .localization import EnergyPointingGame, GridPointingGame, PointingGame, ShortcutLocalization
+    from .net2vec import Net2Vec
+
+    return [Deletion, Insertion, Dissection, Net2Vec, PointingGame, EnergyPointingGame, GridPointingGame,
+            ShortcutLocalization, AdversarialDetection, AdversarialConsistency]
