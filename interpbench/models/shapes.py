@@ -1,0 +1,305 @@
+"""The embedded model ``shapes:cnn``: a small convnet trained on the shapes world on first use, then cached.
+
+Specs: ``shapes:cnn`` (= ``shapes:cnn.shape``), ``shapes:cnn.color``, ``shapes:cnn.texture``; weights
+``@random`` (seeded random init) or ``@/path/to/ckpt.pt`` (a state dict, loaded with ``weights_only=True``).
+
+Training is deterministic given the recipe (seeded init, seeded data order, deterministic ops) on a given machine
+and thread count; the checkpoint lands in ``$INTERPBENCH_CACHE`` (default ``platformdirs.user_cache_dir
+("interpbench")``) under a name that includes a hash of the recipe, so a changed recipe retrains.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from interpbench.base import ComponentError, Model, ModelSource
+from interpbench.datasets.shapes import GENERATOR_VERSION, TASKS, ShapesWorld
+from interpbench.models.weights import state_dict_sha256
+
+log = logging.getLogger(__name__)
+
+ARCH_VERSION = "shapes-cnn-1"
+INPUT_SIZE = (64, 64)
+# Per-channel mean / std of the shapes world (test split, 512 images), rounded.
+MEAN = (0.35, 0.58, 0.59)
+STD = (0.16, 0.15, 0.17)
+WIDTHS = (24, 32, 64, 128)
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "n_train": 4096,
+    "epochs": 4,
+    "batch_size": 64,
+    "lr": 3e-3,
+    "weight_decay": 1e-4,
+    "n_test": 512,
+}
+DEFAULT_DATASET = {"shape": "shapes", "color": "shapes-color", "texture": "shapes-texture"}
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    # ReLU not in-place, so hooks on any module see tensors nobody overwrites
+    return [nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+def build_shapes_cnn(num_classes: int, widths: tuple[int, ...] = WIDTHS) -> nn.Sequential:
+    """stem (stride 2) -> layer1 -> pool -> layer2 -> pool -> layer3 -> global average pool -> fc.
+
+    At 64 px the stages see 32, 32, 16 and 8 px; ``layer3`` (8 x 8) is the CAM layer.
+    """
+    w0, w1, w2, w3 = widths
+    return nn.Sequential(OrderedDict(
+        stem=nn.Sequential(*_conv_bn_relu(3, w0, stride=2)),
+        layer1=nn.Sequential(*_conv_bn_relu(w0, w1)),
+        layer2=nn.Sequential(nn.MaxPool2d(2), *_conv_bn_relu(w1, w2)),
+        layer3=nn.Sequential(nn.MaxPool2d(2), *_conv_bn_relu(w2, w3)),
+        pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        fc=nn.Linear(w3, num_classes),
+    ))
+
+
+def seeded_net(task: str, seed: int) -> nn.Sequential:
+    """A freshly initialised network for ``task``; the same ``seed`` gives the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_shapes_cnn(len(TASKS[task]))
+
+
+def recipe(task: str, seed: int, **overrides: Any) -> dict[str, Any]:
+    """Everything that determines the trained weights; its hash names the cached checkpoint."""
+    unknown = set(overrides) - set(TRAIN_DEFAULTS)
+    if unknown:
+        raise ComponentError(f"shapes:cnn training: unknown option(s) {sorted(unknown)}; "
+                             f"known: {sorted(TRAIN_DEFAULTS)}")
+    return {"arch": ARCH_VERSION, "widths": list(WIDTHS), "world": GENERATOR_VERSION, "size": list(INPUT_SIZE),
+            "task": task, "seed": int(seed), "mean": list(MEAN), "std": list(STD), "optimizer": "adamw+onecycle",
+            "augment": "hflip", **TRAIN_DEFAULTS, **overrides}
+
+
+def recipe_hash(rec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    """``$INTERPBENCH_CACHE`` or the user cache dir of interpbench."""
+    env = os.environ.get("INTERPBENCH_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("interpbench"))
+
+
+def _normalize(images: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
+@torch.no_grad()
+def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``net`` on images in [0, 1] (normalised here)."""
+    net.eval()
+    hits = sum(int((net(_normalize(images[i:i + batch_size])).argmax(1) == labels[i:i + batch_size]).sum())
+               for i in range(0, len(images), batch_size))
+    return hits / max(len(images), 1)
+
+
+@contextlib.contextmanager
+def _deterministic():
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _progress(total: int, description: str, show: bool | None):
+    """A rich progress bar on a TTY; otherwise None (progress goes to the logger per epoch)."""
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[status]}"), transient=True)
+
+
+def train_shapes_cnn(task: str = "shape", seed: int = 0, *, show_progress: bool | None = None,
+                     **overrides: Any) -> tuple[nn.Sequential, float]:
+    """Train ``shapes:cnn`` for ``task`` from ``seed``; return the network (eval mode) and its test accuracy.
+
+    Data: the shapes world, train split (world seed 0, ``n_train`` images, random horizontal flips), evaluated on
+    the first ``n_test`` images of the test split. AdamW with a one-cycle learning-rate schedule.
+    """
+    if task not in TASKS:
+        raise ComponentError(f"shapes:cnn: task {task!r} is not one of {sorted(TASKS)}")
+    rec = recipe(task, seed, **overrides)
+    images, labels = ShapesWorld("train", INPUT_SIZE, n=rec["n_train"], task=task).tensors()
+    test_images, test_labels = ShapesWorld("test", INPUT_SIZE, n=rec["n_test"], task=task).tensors()
+    net = seeded_net(task, seed)
+    steps_per_epoch = len(images) // rec["batch_size"]
+    optimizer = torch.optim.AdamW(net.parameters(), lr=rec["lr"], weight_decay=rec["weight_decay"])
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=rec["lr"], epochs=rec["epochs"],
+                                                   steps_per_epoch=steps_per_epoch)
+    order_rng = torch.Generator().manual_seed(seed)
+    progress = _progress(rec["epochs"] * steps_per_epoch, f"training shapes:cnn.{task}", show_progress)
+    bar = progress.add_task(f"training shapes:cnn.{task}", total=rec["epochs"] * steps_per_epoch, status="") \
+        if progress else None
+    with _deterministic(), (progress or contextlib.nullcontext()):
+        for epoch in range(rec["epochs"]):
+            net.train()
+            order = torch.randperm(len(images), generator=order_rng)
+            flips = torch.rand(len(images), generator=order_rng) < 0.5
+            total_loss = 0.0
+            for step in range(steps_per_epoch):
+                idx = order[step * rec["batch_size"]:(step + 1) * rec["batch_size"]]
+                x = images[idx]
+                x = torch.where(flips[idx].view(-1, 1, 1, 1), x.flip(-1), x)
+                loss = nn.functional.cross_entropy(net(_normalize(x)), labels[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                total_loss += loss.item()
+                if progress:
+                    progress.update(bar, advance=1, status=f"epoch {epoch + 1} loss {loss.item():.3f}")
+            log.info("shapes:cnn.%s epoch %d/%d: mean loss %.4f", task, epoch + 1, rec["epochs"],
+                     total_loss / steps_per_epoch)
+    acc = accuracy(net, test_images, test_labels)
+    log.info("shapes:cnn.%s: test accuracy %.4f on %d images", task, acc, len(test_images))
+    return net.eval(), acc
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a cache file is as readable as any other
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock; the atomic rename still keeps the file whole
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def cached_checkpoint(task: str = "shape", seed: int = 0, *, show_progress: bool | None = None) -> Path:
+    """The path of the trained checkpoint for (task, seed), training and caching it first if needed."""
+    rec = recipe(task, seed)
+    path = cache_dir() / f"shapes-cnn-{task}-seed{seed}-{recipe_hash(rec)}.pt"
+    if path.exists():
+        return path
+    with _file_lock(path.with_name(path.name + ".lock")):  # one process trains, the others wait for its file
+        if path.exists():
+            return path
+        log.warning("shapes:cnn.%s: no cached weights at %s; training them now (about a minute on a CPU)", task, path)
+        start = time.perf_counter()
+        net, acc = train_shapes_cnn(task, seed, show_progress=show_progress)
+        seconds = time.perf_counter() - start
+        _atomic_save({"state_dict": net.state_dict(), "recipe": rec, "test_accuracy": acc,
+                      "train_seconds": seconds}, path)
+        log.info("shapes:cnn.%s: trained in %.1f s, test accuracy %.4f, saved to %s", task, seconds, acc, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, spec: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A state dict and its metadata from a file (a bare state dict or ``{"state_dict": ..., ...}``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ComponentError(f"model {spec!r}: weights file {str(path)!r} does not exist; give the path of a state "
+                             "dict saved with torch.save(net.state_dict(), path), or use @random")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ComponentError(f"model {spec!r}: could not read weights file {str(path)!r} with "
+                             f"torch.load(weights_only=True): {error}") from error
+    if isinstance(obj, dict) and "state_dict" in obj:
+        return obj["state_dict"], {k: v for k, v in obj.items() if k != "state_dict"}
+    if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, {}
+    raise ComponentError(f"model {spec!r}: {str(path)!r} holds a {type(obj).__name__}, not a state dict")
+
+
+class ShapesModelSource(ModelSource):
+    """Model source ``shapes``: ``shapes:cnn`` / ``shapes:cnn.color`` / ``shapes:cnn.texture``."""
+
+    name = "shapes"
+    defaults = {"seed": 0}
+
+    def available(self) -> list[str]:
+        return ["cnn", "cnn.shape", "cnn.color", "cnn.texture"]
+
+    def load(self, name: str, weights: str | None, resolve_weights: Callable[..., Any] | None = None) -> Model:
+        arch, _, task = name.partition(".")
+        task = task or "shape"
+        if arch != "cnn" or task not in TASKS:
+            raise ComponentError(f"model 'shapes:{name}': unknown name {name!r}; the shapes source has "
+                                 f"{self.available()} (e.g. 'shapes:cnn')")
+        tag = "cnn" if task == "shape" else f"cnn.{task}"
+        spec = f"shapes:{tag}" + (f"@{weights}" if weights else "")
+        seed = int(self.params["seed"])
+        net = seeded_net(task, seed)
+        info: dict[str, Any] = {"source": "shapes", "tag": tag}
+        if weights == "random":
+            info.update(tag=f"{tag}@random", path=None, sha256=state_dict_sha256(net.state_dict()),
+                        sha256_of="state_dict", seed=seed)
+        else:
+            if weights is not None:
+                path = weights
+            else:  # a plugin may serve the weights; else train-or-load the cached ones
+                path = resolve_weights(source="shapes", name=name, tag=None) if resolve_weights else None
+                path = path if path is not None else cached_checkpoint(task, seed)
+            state, meta = load_checkpoint(path, spec)
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as error:
+                raise ComponentError(f"model {spec!r}: {str(path)!r} does not fit the shapes:cnn architecture "
+                                     f"for task {task!r} ({len(TASKS[task])} classes): {error}") from error
+            # The identity is the weights themselves: the file also holds training metadata (its wall time).
+            info.update(path=str(path), sha256=state_dict_sha256(state), sha256_of="state_dict",
+                        file_sha256=file_sha256(Path(path)), recipe=meta.get("recipe"),
+                        test_accuracy=meta.get("test_accuracy"))
+        return Model(net.eval(), spec=spec, mean=MEAN, std=STD, input_size=INPUT_SIZE, class_names=list(TASKS[task]),
+                     cam_layer="layer3", label_space=f"shapes:{task}", default_dataset=DEFAULT_DATASET[task],
+                     weights=info, layers=["stem", "layer1", "layer2", "layer3"])
