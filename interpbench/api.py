@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from .base import ComponentError, Method, Metric, Model
-from .config import parse_model_spec, read_datasets
+from .config import DatasetEntry, parse_model_spec, read_datasets
 from .registry import get_registry, unknown_message
 
 
@@ -56,12 +56,20 @@ def load_model(spec: str, device: str | None = None) -> Model:
     return model
 
 
+def dataset_entry(name: str, config: Any = None) -> DatasetEntry:
+    """The datasets.yaml entry of ``name``; a loader's own name works too (a plugin's loader needs no entry)."""
+    entries = read_datasets(config)
+    if name in entries:
+        return entries[name]
+    reg = get_registry()
+    if name in reg.names("datasets"):
+        return DatasetEntry(name=name, loader=name, path=None, options={}, description="", source_file="(loader)")
+    raise ComponentError(unknown_message("dataset", name, list(entries) + reg.names("datasets")))
+
+
 def load_dataset(name: str, split: str = "test", *, size: Any = None, config: Any = None, **options: Any):
     """A named dataset from ``datasets.yaml`` (``size``: the image size, e.g. the model's input size)."""
-    entries = read_datasets(config)
-    if name not in entries:
-        raise ComponentError(unknown_message("dataset", name, entries))
-    entry = entries[name]
+    entry = dataset_entry(name, config)
     loader = get_registry().get("datasets", entry.loader)()
     kwargs = {**entry.options, **options, "split": split}
     if size is not None:

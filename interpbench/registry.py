@@ -179,7 +179,8 @@ class Registry:
         if entry.conflict is not None:
             raise PluginError(
                 f"{kind[:-1]} name {name!r} is registered by both {entry.plugin.label} and {entry.conflict.label}; "
-                f"uninstall one or disable it with INTERPBENCH_DISABLE_PLUGINS={entry.conflict.name}"
+                f"uninstall one of them or disable one with INTERPBENCH_DISABLE_PLUGINS={entry.plugin.name} or "
+                f"INTERPBENCH_DISABLE_PLUGINS={entry.conflict.name}"
             )
         return entry.cls
 

@@ -192,10 +192,10 @@ class Runner:
             self.registry.get("methods", name)
         for name in config.metrics:
             self.registry.get("metrics", name)
-        entries = api.read_datasets(config.datasets_config)
         for name in config.datasets or []:
-            if name not in entries:
-                raise ComponentError(api.unknown_message("dataset", name, entries))
+            api.dataset_entry(name, config.datasets_config)
+        for failure in self.registry.failures:
+            self.console.print(f"[yellow]warning: {failure} (see `interpbench list plugins`)[/yellow]")
 
     # ------------------------------------------------------------------ building components
 

@@ -187,3 +187,11 @@ def test_bf16_precision_is_recorded_and_close_to_fp32(toy, tmp_path):
     assert a.iloc[0]["mean"] != b.iloc[0]["mean"]  # autocast really ran the model in bf16
     with pytest.raises(ib.ComponentError, match="--precision 'fp8'"):
         ib.run(out=tmp_path / "x", precision="fp8", **kwargs)
+
+
+def test_a_loader_name_works_as_a_dataset_without_an_entry(toy, tmp_path):
+    table = ib.run(methods=["toy_brightest"], models=["toy:net"], metrics=["toy_brightness"], datasets=["toy"],
+                   out=tmp_path / "d", progress=False)
+    assert table.iloc[0]["n"] == 24
+    ds = ib.load_dataset("toy", size=(8, 8))
+    assert ds[0]["image"].shape == (3, 8, 8)
