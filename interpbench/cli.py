@@ -32,6 +32,8 @@ EXTRA_COMMANDS: dict[str, str] = {
     "reproduce": "interpbench.reproduce",
     "table": "interpbench.tables",
     "report": "interpbench.report",
+    "check": "interpbench.commands.check",
+    "export-broden": "interpbench.commands.export_broden",
 }
 
 

@@ -285,7 +285,7 @@ class Runner:
             try:
                 dataset = api.load_dataset(ds_name, split="test", size=model.input_size, config=cfg.datasets_config)
                 if cfg.limit is not None and cfg.limit < len(dataset):
-                    dataset = _Limited(dataset, cfg.limit)
+                    dataset = LimitedDataset(dataset, cfg.limit)
                 if cfg.target == "label" and not ({"label", "labels"} & set(dataset.provides)):
                     raise ComponentError(f"--target label: dataset {ds_name!r} has no labels; use --target predicted")
                 if cfg.target == "label" and dataset.label_space != model.label_space:
@@ -553,7 +553,7 @@ def _slice(batch: Batch, start: int, stop: int) -> Batch:
                                labels=None if batch.labels is None else batch.labels[start:stop])
 
 
-class _Limited(torch.utils.data.Dataset):
+class LimitedDataset(torch.utils.data.Dataset):
     """The first ``limit`` samples of a dataset, keeping its attributes."""
 
     def __init__(self, dataset, limit: int) -> None:
