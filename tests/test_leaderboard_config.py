@@ -56,6 +56,6 @@ def test_model_spec_grammar():
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    test_cmd = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" && pytest'
+    test_cmd = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" -e plugins/interpbench-example -e plugins/interpbench-captum && pytest'
     assert test_cmd in readme
     assert test_cmd in ci.splitlines()

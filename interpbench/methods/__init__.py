@@ -8,6 +8,9 @@ def register_methods():
     from .baselines import CenterMap, RandomMap
     from .cam import GradCAM, GradCAMPlusPlus, ScoreCAM
     from .gradients import Gradient, GuidedBackprop, InputXGradient, IntegratedGradients, SmoothGrad
+    from .occlusion import Occlusion
+    from .perturbation import ExtremalPerturbation, MeaningfulPerturbation
+    from .rise import RISE
 
     return [Gradient, GradCAM, RandomMap, CenterMap, InputXGradient, IntegratedGradients, SmoothGrad, GuidedBackprop,
-            GradCAMPlusPlus, ScoreCAM]
+            GradCAMPlusPlus, ScoreCAM, MeaningfulPerturbation, ExtremalPerturbation, RISE, Occlusion]

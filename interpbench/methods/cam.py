@@ -22,21 +22,12 @@ from interpbench.methods.gradients import (
     positive_int,
     target_logits,
 )
-from interpbench.ops.hooks import capture_outputs, named_module
+from interpbench.ops.hooks import OutputCapture, capture_outputs, named_module
 
 
-def layer_activations_and_gradients(
-    method: str, model, layer: str, images: torch.Tensor, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activations A (B x K x h x w) of ``layer`` and d(target logit)/dA, from one forward and one backward.
-
-    The sum of the batch's target logits is differentiated w.r.t. A only (parameters get no ``.grad``).
-    """
-    module = model.module(layer) if isinstance(model, Model) else named_module(model, layer)
-    # The input requires grad so that A is in the graph even when the model's parameters are frozen.
-    x = images.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), capture_outputs({layer: module}) as captured:
-        logits = model(x)
+def feature_map(method: str, model, layer: str, captured: OutputCapture) -> torch.Tensor:
+    """The captured output of ``layer``: ComponentError unless it ran once and was not changed in place later;
+    NotApplicable unless it is a B x K x h x w feature map."""
     act = captured[layer]
     if captured.calls[layer] != 1:
         raise ComponentError(
@@ -55,6 +46,22 @@ def layer_activations_and_gradients(
             "ReLU(inplace=True)), so its recorded values are not the layer's output; choose the module that "
             "does the in-place operation instead (parameter layer=...)"
         )
+    return act
+
+
+def layer_activations_and_gradients(
+    method: str, model, layer: str, images: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations A (B x K x h x w) of ``layer`` and d(target logit)/dA, from one forward and one backward.
+
+    The sum of the batch's target logits is differentiated w.r.t. A only (parameters get no ``.grad``).
+    """
+    module = model.module(layer) if isinstance(model, Model) else named_module(model, layer)
+    # The input requires grad so that A is in the graph even when the model's parameters are frozen.
+    x = images.detach().clone().requires_grad_(True)
+    with torch.enable_grad(), capture_outputs({layer: module}) as captured:
+        logits = model(x)
+    act = feature_map(method, model, layer, captured)
     selected = target_logits(method, logits, targets)
     (grad,) = torch.autograd.grad(selected.sum(), act, allow_unused=True)
     if grad is None:
@@ -91,25 +98,7 @@ def layer_activations(method: str, model, layer: str, images: torch.Tensor) -> t
     module = model.module(layer) if isinstance(model, Model) else named_module(model, layer)
     with torch.no_grad(), capture_outputs({layer: module}, detach=True) as captured:
         model(images)
-    act = captured[layer]
-    if captured.calls[layer] != 1:
-        raise ComponentError(
-            f"{method}: layer {layer!r} ran {captured.calls[layer]} times in one forward pass, so its activation "
-            "is ambiguous; choose a layer that runs once (parameter layer=...)"
-        )
-    if not isinstance(act, torch.Tensor) or act.dim() != 4:
-        shape = tuple(act.shape) if isinstance(act, torch.Tensor) else type(act).__name__
-        raise NotApplicable(
-            f"{method}: layer {layer!r} of {getattr(model, 'spec', type(model).__name__)!r} outputs {shape}, "
-            "not a B x K x h x w feature map; choose a convolutional layer (parameter layer=...)"
-        )
-    if captured.modified_in_place(layer):
-        raise ComponentError(
-            f"{method}: the output of layer {layer!r} is modified in place later in the forward pass (e.g. by "
-            "ReLU(inplace=True)), so its recorded values are not the layer's output; choose the module that "
-            "does the in-place operation instead (parameter layer=...)"
-        )
-    return act
+    return feature_map(method, model, layer, captured)
 
 
 def normalized_upsampled(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -224,7 +213,7 @@ class ScoreCAM(Method):
     version = "1"
     requires_grad = False
     deterministic = True
-    defaults = {"layer": None, "baseline": "mean", "chunk": 64}
+    defaults = {"layer": None, "baseline": "mean", "chunk": 256}
 
     def __init__(self, **params) -> None:
         super().__init__(**params)

@@ -153,12 +153,11 @@ def gradient_saliency(grad: torch.Tensor) -> torch.Tensor:
     return grad.abs().amax(dim=1)
 
 
-
 INTEGRATION_RULES = ("gausslegendre", "riemann_right", "riemann_left", "riemann_middle", "riemann_trapezoid")
 
 
 def integration_rule(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes ``alpha_k`` in [0, 1] and weights ``w_k`` (summing to 1) of a quadrature rule with ``steps`` nodes, float64.
+    """Nodes ``alpha_k`` in [0, 1] and weights ``w_k`` (summing to 1) of a ``steps``-node quadrature rule, float64.
 
     ``gausslegendre`` is captum's default (Legendre nodes mapped from [-1, 1] to [0, 1]); ``riemann_right`` is the
     paper's sum (Sundararajan et al. 2017, eq. 3: alpha_k = k/m, k = 1..m); ``riemann_trapezoid`` uses weights
@@ -191,6 +190,7 @@ def accumulated_gradients(
     weights: torch.Tensor,
     chunk: int,
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    method: str = "gradient",
 ) -> torch.Tensor:
     """``sum_k w_k T(d f_t(p_k(x)) / d p_k(x))`` for every image, B x 3 x H x W (float32).
 
@@ -213,7 +213,7 @@ def accumulated_gradients(
             ks = torch.arange(k0, min(n_points, k0 + per_chunk), device=images.device)
             x = points(ks, sl).reshape(len(ks) * nb, *images.shape[1:]).detach().requires_grad_(True)
             with torch.enable_grad():
-                selected = target_logits("gradient", model(x), chunk_targets.repeat(len(ks)))
+                selected = target_logits(method, model(x), chunk_targets.repeat(len(ks)))
                 (grad,) = torch.autograd.grad(selected.sum(), x)
             grad = grad.float().view(len(ks), nb, *images.shape[1:])
             if transform is not None:
@@ -244,7 +244,8 @@ def integrated_gradients(
     def points(ks: torch.Tensor, sl: slice) -> torch.Tensor:
         return baselines[sl] + alphas[ks].view(-1, 1, 1, 1, 1) * delta[sl]
 
-    return delta.float() * accumulated_gradients(model, images, targets, points, weights, chunk)
+    grads = accumulated_gradients(model, images, targets, points, weights, chunk, method="integrated_gradients")
+    return delta.float() * grads
 
 
 SMOOTHGRAD_MAGNITUDES = ("abs", "square", "raw")
@@ -260,7 +261,9 @@ def smoothgrad_noise_scale(images: torch.Tensor, noise_level: float) -> torch.Te
     return (noise_level * (flat.amax(dim=1) - flat.amin(dim=1))).view(-1, 1, 1, 1)
 
 
-def seeded_normal_noise(seed: int, shape: tuple[int, ...], device, dtype=torch.float32) -> Callable[[int], torch.Tensor]:
+def seeded_normal_noise(
+    seed: int, shape: tuple[int, ...], device, dtype=torch.float32
+) -> Callable[[int], torch.Tensor]:
     """``noise(k)``: standard normal noise of ``shape`` for sample ``k``, from a generator seeded with ``seed + k``.
 
     Each sample's noise depends on (seed, k) only, so it does not change with how samples are chunked.
@@ -296,7 +299,7 @@ def smoothgrad_gradients(
         return images[sl] + sigma[sl] * draws.to(images.dtype)
 
     weights = torch.full((samples,), 1 / samples, dtype=torch.float64)
-    return accumulated_gradients(model, images, targets, points, weights, chunk, transform)
+    return accumulated_gradients(model, images, targets, points, weights, chunk, transform, method="smoothgrad")
 
 
 def smoothgrad_saliency(mean_gradients: torch.Tensor) -> torch.Tensor:
@@ -347,7 +350,8 @@ class Gradient(Method):
 class InputXGradient(Method):
     """Input times gradient (Shrikumar et al. 2016), summed over channels (signed; ``reduction`` to change).
 
-    In pixel space, so it is integrated gradients' first-order term from a black image.
+    In pixel space, so its implicit reference is a black image: for a linear model it equals
+    ``integrated_gradients`` from a black baseline.
     """
 
     name = "input_x_gradient"

@@ -125,13 +125,14 @@ _RELU_FUNCTIONS = frozenset({"relu", "relu_"})
 class NonlinearityLog:
     """What :func:`record_nonlinearities` saw: nonlinear torch functions called outside ``nn.ReLU`` modules.
 
-    ``foreign`` lists ``(function, module)`` pairs for nonlinearities other than ReLU (SiLU, GELU, sigmoid gates,
-    ReLU6 = hardtanh, ...); ``functional_relus`` lists the modules that call ``relu`` themselves instead of through
-    an ``nn.ReLU`` submodule. ``module`` is the innermost module running at the call (``""`` = the root).
+    ``foreign`` lists ``(function, module name, module class)`` for nonlinearities other than ReLU (SiLU, GELU,
+    sigmoid gates, ReLU6 = hardtanh, ...); ``functional_relus`` lists the modules that call ``relu`` themselves
+    instead of through an ``nn.ReLU`` submodule. The module is the innermost one running at the call (``""`` =
+    the root).
     """
 
     def __init__(self) -> None:
-        self.foreign: list[tuple[str, str]] = []
+        self.foreign: list[tuple[str, str, str]] = []
         self.functional_relus: list[str] = []
         self.relu_modules: set[str] = set()
 
@@ -141,7 +142,7 @@ class NonlinearityLog:
 
     def describe(self, limit: int = 3) -> str:
         """A short phrase naming the offending functions and modules, for error messages."""
-        parts = [f"{fn} in module {mod or '<root>'!r}" for fn, mod in dict.fromkeys(self.foreign)][:limit]
+        parts = [f"{fn} in module {mod or '<root>'!r} ({cls})" for fn, mod, cls in dict.fromkeys(self.foreign)][:limit]
         parts += [f"a functional relu in module {mod or '<root>'!r}" for mod in dict.fromkeys(self.functional_relus)][
             : max(0, limit - len(parts))
         ]
@@ -172,7 +173,7 @@ def record_nonlinearities(root: nn.Module) -> Iterator[NonlinearityLog]:
                     else:
                         log.functional_relus.append(where)
                 else:
-                    log.foreign.append((name, where))
+                    log.foreign.append((name, where, type(module).__name__))
             return func(*args, **(kwargs or {}))
 
     def enter(name: str, module: nn.Module) -> None:

@@ -1,0 +1,712 @@
+"""Localisation metrics: does the saliency map point at the explained object?
+
+- ``pointing_game``: Zhang et al., "Top-down neural attention by excitation backprop", ECCV 2016 / IJCV 2018, with
+  the benchmark conventions of TorchRay (``torchray/benchmark/pointing_game.py`` and
+  ``examples/attribution_benchmark.py``). One trial per (image, class present); the map is resized bilinearly
+  (``align_corners=False``) to the original image size; its arg-max (the first maximum in row-major order) is the
+  point; a trial is a hit when some ground-truth pixel ``(u, v)`` has ``(u - x)^2 + (v - y)^2 < tolerance^2``
+  (15 px). Accuracy is ``hits / (hits + misses)`` per class, then the mean over classes. "all" and "difficult"
+  subsets; VOC pairs whose boxes are all marked ``difficult`` are skipped (in both subsets, as TorchRay does).
+- ``energy_pointing_game``: Wang et al., "Score-CAM", CVPR-W 2020: the share of the map's positive mass inside
+  the class's region (same trials, resizing and subsets as the pointing game).
+- ``grid_pointing_game``: Böhle, Fritz, Schiele, CVPR 2021 (CoDA-Nets) and Rao, Böhle, Schiele, "Towards better
+  understanding attribution methods", CVPR 2022 (GridPG; reference code sukrutrao/Attribution-Evaluation): 2 x 2
+  grids of images of four different classes that the model classifies correctly with confidence >= 0.99; each
+  cell's class is explained on the whole grid; the score is the share of positive attribution inside that cell.
+- ``shortcut_localization``: a planted-shortcut test of the claim that explanations expose spurious correlations
+  (Fong & Vedaldi, ICCV 2017): on shapes-world images whose corner patch has the colour of another class than the
+  object (``interpbench.datasets.shortcut``), where the map's positive mass and its arg-max fall (patch or
+  object), with the model's accuracy with and without the patch.
+
+Ground truth read from samples (the loaders in ``interpbench.datasets`` define these fields):
+
+- ``orig_size`` ``(H0, W0)``: the original image size, when the image was resized for the model (VOC, COCO,
+  ImageNet). Then ``orig_boxes`` (class -> float ``N x 4`` xyxy) and ``orig_masks`` (class -> bool ``H0 x W0``)
+  hold the regions in original pixels, and the map is resized to ``H0 x W0`` (the published protocol). Without
+  ``orig_size`` (the shapes world, generated at the model's size), ``boxes`` / ``masks`` at the map's size are used.
+- Boxes are xyxy in pixel-edge coordinates: pixel ``(x, y)`` (integer indices) is inside ``[x0, y0, x1, y1]`` when
+  its centre ``(x + 0.5, y + 0.5)`` is; a VOC box ``xmin..xmax`` (1-based, inclusive) is ``[xmin - 1, xmax)``.
+- ``difficult`` (class -> bool ``N``): PASCAL's per-box flags. ``pointing_difficult`` (class -> bool): the
+  (image, class) pair belongs to the "difficult" subset; when absent it is computed from the boxes with the
+  published definition (:func:`difficult_pair`).
+- ``labels``: the classes present (the distractors of the difficult definition).
+
+Trials whose explained class has no region in the image (``--target predicted`` when the model predicts a class
+that is not there, e.g. on the shapes world) have no ground truth: they are left out and counted in
+``no_region``. TorchRay explains ground-truth classes only (``--target label`` on a multi-label dataset).
+
+Confidence intervals (``NAME_ci_low`` / ``NAME_ci_high``): 95% percentile bootstrap over *images* (all trials of an
+image are resampled together, since they share the image; grids for the grid game), recomputing the statistic
+(the class-mean accuracy for the pointing game) on each resample, 2000 resamples with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from interpbench.base import Batch, ComponentError, Metric, Model, NotApplicable
+
+TORCHRAY_TOLERANCE = 15  # pixels of the original image (TorchRay PointingGame default)
+DIFFICULT_AREA = 0.25  # Zhang et al. 2016: the class's boxes cover less than 1/4 of the image
+GRID_EPS = 1e-7  # Rao et al. 2022 get_localization_score_single: score 0 when the positive mass is <= 1e-7
+
+
+# --------------------------------------------------------------------------------------------- maths
+
+
+def argmax_points(maps: torch.Tensor) -> torch.Tensor:
+    """The point of each map, ``B x 2`` long ``(x, y)``: its maximum, the first one in row-major order on ties."""
+    # TorchRay _saliency_to_point: argmax of the flattened map -> (index % W, index // W); torch.argmax returns
+    # the first maximal index
+    if maps.dim() != 3:
+        raise ComponentError(f"argmax_points: maps must be B x H x W, got shape {tuple(maps.shape)}")
+    flat = maps.flatten(1).argmax(dim=1)
+    width = maps.shape[-1]
+    return torch.stack([flat % width, torch.div(flat, width, rounding_mode="floor")], dim=1)
+
+
+def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``B x H x W`` maps resized to ``size`` = (H0, W0), bilinear, ``align_corners=False`` (TorchRay resize_saliency)."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(maps.shape[-2:]) == size:
+        return maps.float()
+    return F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def boxes_to_mask(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The union of ``N x 4`` xyxy boxes as a bool ``H x W`` mask: pixels whose centre lies inside a box."""
+    # pixel (x, y) is in [x0, y0, x1, y1] when x0 <= x + 0.5 < x1 and y0 <= y + 0.5 < y1; for VOC's 1-based
+    # inclusive xmin..xmax stored as [xmin - 1, xmax) this is TorchRay's voc_as_mask, mask[ymin-1:ymax, xmin-1:xmax]
+    height, width = int(size[0]), int(size[1])
+    boxes = torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4)
+    xs = torch.arange(width, dtype=torch.float64, device=boxes.device) + 0.5
+    ys = torch.arange(height, dtype=torch.float64, device=boxes.device) + 0.5
+    in_x = (xs[None] >= boxes[:, 0:1]) & (xs[None] < boxes[:, 2:3])  # N x W
+    in_y = (ys[None] >= boxes[:, 1:2]) & (ys[None] < boxes[:, 3:4])  # N x H
+    return (in_y[:, :, None] & in_x[:, None, :]).any(dim=0)
+
+
+def pointing_hits(points: torch.Tensor, regions: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Bool ``B``: some pixel of ``regions[b]`` (bool ``B x H x W``) lies strictly within ``tolerance`` of ``points[b]``.
+
+    ``points`` are ``(x, y)`` in pixel-index coordinates (may be fractional, e.g. TorchRay's centre point).
+    """
+    # TorchRay PointingGame.evaluate: accept = (v - y)^2 + (u - x)^2 < tolerance^2 over pixel indices (u, v);
+    # hit = (mask & accept).any()
+    height, width = regions.shape[-2:]
+    points = points.to(device=regions.device, dtype=torch.float32)
+    ys = torch.arange(height, dtype=torch.float32, device=regions.device)
+    xs = torch.arange(width, dtype=torch.float32, device=regions.device)
+    dy2 = (ys[None] - points[:, 1:2]) ** 2  # B x H
+    dx2 = (xs[None] - points[:, 0:1]) ** 2  # B x W
+    accept = (dy2[:, :, None] + dx2[:, None, :]) < float(tolerance) ** 2
+    return (accept & regions).flatten(1).any(dim=1)
+
+
+def positive_share(maps: torch.Tensor, regions: torch.Tensor, eps: float = GRID_EPS) -> torch.Tensor:
+    """Share of each map's positive mass inside its region: ``sum(relu(m) * r) / sum(relu(m))``, 0 if the mass <= eps."""
+    # Wang et al. 2020 (Score-CAM), energy-based pointing game; Rao et al. 2022, GridPG localisation score
+    positive = maps.float().clamp(min=0).flatten(1)
+    inside = (positive * regions.flatten(1).to(positive.dtype)).sum(dim=1)
+    total = positive.sum(dim=1)
+    return torch.where(total > eps, inside / total.clamp(min=torch.finfo(positive.dtype).tiny), torch.zeros_like(total))
+
+
+def region_fraction(region: torch.Tensor) -> float:
+    """The share of the image a bool ``H x W`` region covers."""
+    return float(region.sum()) / max(region.numel(), 1)
+
+
+def difficult_pair(area_fraction: float, other_classes: int) -> bool:
+    """Zhang et al. 2016, sec. 5.1: the class's boxes cover less than 1/4 of the image and a distractor class is present."""
+    return area_fraction < DIFFICULT_AREA and other_classes > 0
+
+
+def difficult_pairs(boxes: dict[int, torch.Tensor], size: tuple[int, int]) -> dict[int, bool]:
+    """The "difficult" flag of every class of an image from its boxes (class -> ``N x 4`` xyxy at ``size``)."""
+    classes = [int(c) for c in boxes]
+    return {c: difficult_pair(region_fraction(boxes_to_mask(boxes[c], size)), len(classes) - 1) for c in classes}
+
+
+def class_mean_ratio(numerators: np.ndarray, denominators: np.ndarray) -> float:
+    """Mean over classes (columns with a positive denominator) of ``sum(numerator) / sum(denominator)``.
+
+    With per-image hit counts and trial counts (``images x classes``) this is the pointing-game accuracy
+    (TorchRay ``PointingGame.accuracy``: per-class ``hits / (hits + misses)``, mean over classes); with one column
+    it is the pooled mean. TorchRay also counts classes without any trial as accuracy 0 in the mean; on the full
+    VOC07 / COCO14 sets every class has trials, so the two agree there.
+    """
+    num = np.asarray(numerators, dtype=np.float64).sum(axis=0)
+    den = np.asarray(denominators, dtype=np.float64).sum(axis=0)
+    keep = den > 0
+    if not keep.any():
+        return math.nan
+    return float((num[keep] / den[keep]).mean())
+
+
+def cluster_bootstrap_ci(numerators: np.ndarray, denominators: np.ndarray, n_boot: int = 2000, seed: int = 0,
+                         level: float = 0.95, chunk: int = 100) -> tuple[float, float]:
+    """Percentile bootstrap CI of :func:`class_mean_ratio`, resampling rows (images or grids) with replacement.
+
+    ``numerators`` / ``denominators``: ``rows x classes``. Efron & Tibshirani 1993, ch. 13, on clusters: each
+    resample draws ``rows`` rows; the per-class sums are a product of the resample's row multiplicities with the
+    matrices, ``chunk`` resamples at a time.
+    """
+    num = np.asarray(numerators, dtype=np.float64)
+    den = np.asarray(denominators, dtype=np.float64)
+    rows = num.shape[0]
+    if rows == 0:
+        return (math.nan, math.nan)
+    if rows == 1:
+        value = class_mean_ratio(num, den)
+        return (value, value)
+    rng = np.random.default_rng(seed)
+    stats = []
+    for start in range(0, n_boot, chunk):
+        k = min(chunk, n_boot - start)
+        draws = rng.integers(0, rows, size=(k, rows))
+        weights = np.bincount((draws + rows * np.arange(k)[:, None]).ravel(), minlength=k * rows).reshape(k, rows)
+        n, d = weights @ num, weights @ den  # k x classes
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(d > 0, n / np.where(d > 0, d, 1.0), np.nan)
+        stats.append(np.nanmean(ratio, axis=1))
+    stats = np.concatenate(stats)
+    alpha = (1 - level) / 2
+    return (float(np.nanquantile(stats, alpha)), float(np.nanquantile(stats, 1 - alpha)))
+
+
+def grid_cell_masks(height: int, width: int, scale: int = 2, device: Any = None) -> torch.Tensor:
+    """Bool ``scale^2 x (scale * H) x (scale * W)`` masks of the cells of a grid of ``H x W`` images, row-major."""
+    # Rao et al. 2022 get_localization_score_single: cell k is rows (k // n) * H .. + H, columns (k % n) * W .. + W
+    cells = torch.zeros(scale * scale, scale * height, scale * width, dtype=torch.bool, device=device)
+    for k in range(scale * scale):
+        r, c = divmod(k, scale)
+        cells[k, r * height:(r + 1) * height, c * width:(c + 1) * width] = True
+    return cells
+
+
+def make_grids(images: torch.Tensor, scale: int = 2) -> torch.Tensor:
+    """``G x scale^2 x 3 x H x W`` cell images -> ``G x 3 x (scale H) x (scale W)`` grids, cells in row-major order."""
+    # Rao et al. 2022 generate_grid_dataset.py create_grid: images pasted at native size into an n x n grid
+    g, k, c, h, w = images.shape
+    if k != scale * scale:
+        raise ComponentError(f"make_grids: {k} images per grid, expected {scale * scale} for a {scale} x {scale} grid")
+    rows = images.view(g, scale, scale, c, h, w).permute(0, 3, 1, 4, 2, 5)  # G x C x row x H x col x W
+    return rows.reshape(g, c, scale * h, scale * w)
+
+
+def choose_grid_classes(pools: dict[int, int], n_grids: int, rng: np.random.Generator,
+                        cells: int = 4) -> list[list[tuple[int, int]]]:
+    """Grids of ``cells`` (class, k-th image of that class) with distinct classes, each image used at most once.
+
+    ``pools``: class -> number of candidate images. Each grid takes ``cells`` distinct classes uniformly at random
+    among those with images left (Rao et al. 2022 draw a random permutation of all classes and redraw while one of
+    the first ``cells`` has none left: the same distribution), in a random cell order; stops at ``n_grids`` or when
+    fewer than ``cells`` classes have images left.
+    """
+    left = {c: n for c, n in pools.items() if n > 0}
+    used = {c: 0 for c in left}
+    grids = []
+    while len(grids) < n_grids:
+        avail = sorted(c for c, n in left.items() if used[c] < n)
+        if len(avail) < cells:
+            break
+        picked = rng.choice(len(avail), size=cells, replace=False)
+        grid = []
+        for i in picked:
+            c = avail[int(i)]
+            grid.append((c, used[c]))
+            used[c] += 1
+        grids.append(grid)
+    return grids
+
+
+# --------------------------------------------------------------------------------------------- trials
+
+
+def _targets_list(batch: Batch) -> list[int]:
+    return [int(t) for t in batch.targets.detach().cpu().tolist()]
+
+
+def _image_id(sample: dict) -> str:
+    return str(sample.get("image_id", sample.get("id")))
+
+
+def _region(sample: dict, target: int, map_size: tuple[int, int], kind: str) -> tuple[torch.Tensor | None, tuple[int, int], str]:
+    """The ground-truth region of ``target`` in ``sample``: (bool mask or None, its size, "masks"/"boxes"/"")."""
+    if "orig_size" in sample:
+        size = (int(sample["orig_size"][0]), int(sample["orig_size"][1]))
+        masks, boxes = sample.get("orig_masks") or {}, sample.get("orig_boxes") or {}
+    else:
+        size = map_size
+        masks, boxes = sample.get("masks") or {}, sample.get("boxes") or {}
+    if kind in ("auto", "masks") and target in masks:
+        mask = torch.as_tensor(masks[target]).bool()
+        if tuple(mask.shape) != size:
+            raise ComponentError(f"sample {sample.get('id')!r}: mask of class {target} is {tuple(mask.shape)}, expected "
+                                 f"{size} ({'orig_size' if 'orig_size' in sample else 'the map size'})")
+        return mask, size, "masks"
+    if kind in ("auto", "boxes") and target in boxes:
+        return boxes_to_mask(boxes[target], size), size, "boxes"
+    return None, size, ""
+
+
+def _pair_difficult(sample: dict, target: int, size: tuple[int, int]) -> bool:
+    flags = sample.get("pointing_difficult")
+    if flags is not None and target in flags:
+        return bool(flags[target])
+    boxes = sample.get("orig_boxes") if "orig_size" in sample else sample.get("boxes")
+    boxes = boxes or {}
+    present = {int(c) for c in sample.get("labels", [])} | {int(c) for c in boxes}
+    if target not in boxes:
+        return False
+    return difficult_pair(region_fraction(boxes_to_mask(boxes[target], size)), len(present - {target}))
+
+
+def _all_boxes_difficult(sample: dict, target: int) -> bool:
+    # TorchRay PointingGameBenchmark.evaluate: skip VOC (image, class) pairs whose boxes are all `difficult`
+    flags = (sample.get("difficult") or {}).get(target)
+    if flags is None:
+        return False
+    flags = torch.as_tensor(flags).bool()
+    return flags.numel() > 0 and bool(flags.all())
+
+
+def _check_maps(name: str, maps: torch.Tensor, batch: Batch) -> None:
+    if not isinstance(maps, torch.Tensor) or maps.dim() != 3 or maps.shape[0] != len(batch):
+        shape = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+        raise ComponentError(f"{name}: maps must be B x H x W with B = {len(batch)} (one per trial), got {shape}")
+
+
+def _positive_number(name: str, key: str, value: Any, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
+        value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ComponentError(f"{name}: {key} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+
+
+class _Trials:
+    """Per-trial records of a dataset-level localisation metric: image id, class, value, difficult flag."""
+
+    def __init__(self) -> None:
+        self.images: list[str] = []
+        self.classes: list[int] = []
+        self.values: list[float] = []
+        self.difficult: list[bool] = []
+
+    def add(self, image: str, cls: int, value: float, difficult: bool) -> None:
+        self.images.append(image)
+        self.classes.append(cls)
+        self.values.append(value)
+        self.difficult.append(difficult)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def matrices(self, select: np.ndarray, per_class: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(sum of values, number of trials) per image (rows) and class (columns, or one column)."""
+        images = [i for i, s in zip(self.images, select) if s]
+        if not images:
+            return np.zeros((0, 1)), np.zeros((0, 1))
+        rows = {name: r for r, name in enumerate(dict.fromkeys(images))}
+        classes = np.asarray(self.classes)[select] if per_class else np.zeros(len(images), dtype=np.int64)
+        cols = {c: k for k, c in enumerate(sorted(set(classes.tolist())))}
+        num = np.zeros((len(rows), len(cols)))
+        den = np.zeros((len(rows), len(cols)))
+        r = np.asarray([rows[i] for i in images])
+        k = np.asarray([cols[c] for c in classes.tolist()])
+        np.add.at(num, (r, k), np.asarray(self.values)[select])
+        np.add.at(den, (r, k), 1.0)
+        return num, den
+
+    def summary(self, per_class: bool, n_boot: int, seed: int) -> dict[str, float]:
+        out: dict[str, float] = {}
+        difficult = np.asarray(self.difficult, dtype=bool)
+        for name, select in (("all", np.ones(len(self), dtype=bool)), ("difficult", difficult)):
+            num, den = self.matrices(select, per_class)
+            out[name] = class_mean_ratio(num, den) if len(num) else math.nan
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = cluster_bootstrap_ci(num, den, n_boot, seed)
+        out["n"] = float(len(self))
+        out["n_difficult"] = float(difficult.sum())
+        out["n_images"] = float(len(set(self.images)))
+        return out
+
+
+# --------------------------------------------------------------------------------------------- metrics
+
+
+class _LocalisationGame(Metric):
+    """Shared code of the pointing and energy games: trials, regions at the original size, skips, subsets."""
+
+    version: ClassVar[str] = "1"
+    higher_is_better: ClassVar[bool] = True
+    needs: ClassVar[frozenset[str]] = frozenset({"boxes"})
+    per_class: ClassVar[bool] = True
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self.params["region"] not in ("auto", "masks", "boxes"):
+            raise ComponentError(f"{self.name}: region must be 'auto' (masks where a sample has them, else boxes), "
+                                 f"'masks' or 'boxes', got {self.params['region']!r}")
+        n_boot = self.params["n_boot"]
+        if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+            raise ComponentError(f"{self.name}: n_boot must be a positive int (bootstrap resamples), got {n_boot!r}")
+        self.reset()
+
+    def reset(self) -> None:
+        self.trials = _Trials()
+        self.no_region = 0
+        self.skipped_difficult = 0
+
+    def _trial_values(self, maps: torch.Tensor, regions: torch.Tensor, size: tuple[int, int],
+                      points: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _centre_points(self, batch: Batch) -> bool:
+        return False
+
+    def update(self, model: Model, batch: Batch, maps: torch.Tensor) -> None:
+        _check_maps(self.name, maps, batch)
+        map_size = (int(maps.shape[-2]), int(maps.shape[-1]))
+        targets = _targets_list(batch)
+        groups: dict[tuple[int, int], list[tuple[int, torch.Tensor, bool]]] = defaultdict(list)
+        for i, (sample, target) in enumerate(zip(batch.samples, targets)):
+            if _all_boxes_difficult(sample, target):
+                self.skipped_difficult += 1
+                continue
+            region, size, _ = _region(sample, target, map_size, self.params["region"])
+            if region is None:
+                self.no_region += 1
+                continue
+            groups[size].append((i, region, _pair_difficult(sample, target, size)))
+        centre = self._centre_points(batch)
+        for size, trials in groups.items():
+            index = torch.tensor([i for i, _, _ in trials], device=maps.device)
+            regions = torch.stack([r for _, r, _ in trials]).to(maps.device)
+            points = None
+            if centre:  # TorchRay attribution_benchmark.py, method "center": point = (W / 2, H / 2)
+                points = torch.tensor([[size[1] / 2, size[0] / 2]], device=maps.device).expand(len(trials), 2)
+            values = self._trial_values(maps.index_select(0, index), regions, size, points).detach().cpu().tolist()
+            for (i, _, difficult), value in zip(trials, values):
+                self.trials.add(_image_id(batch.samples[i]), targets[i], float(value), difficult)
+
+    def compute(self) -> dict[str, float]:
+        if not len(self.trials):
+            raise ComponentError(
+                f"{self.name}: no trial had a ground-truth region ({self.no_region} trials whose class is not in the "
+                f"image, {self.skipped_difficult} skipped as all-difficult); with --target predicted the model's "
+                "classes must be those of the dataset's boxes; use --target label on a multi-label dataset")
+        out = self.trials.summary(self.per_class, self.params["n_boot"], self.params["seed"])
+        out["no_region"] = float(self.no_region)
+        out["skipped_difficult"] = float(self.skipped_difficult)
+        return out
+
+
+class PointingGame(_LocalisationGame):
+    """Pointing game (Zhang et al. 2016; TorchRay conventions): class-mean hit rate, "all" and "difficult" subsets.
+
+    Parameters: ``tolerance`` (15 px of the original image: TorchRay), ``region`` (``"auto"``: masks where the sample
+    has them (COCO, shapes), else boxes (VOC, ImageNet)), ``centre_point`` (True: the ``center`` baseline is scored
+    with TorchRay's centre point (W/2, H/2) instead of its map's arg-max, so that its numbers are the published
+    ones by construction; its map's arg-max lies within a pixel of it), ``n_boot`` / ``seed`` (the CI).
+
+    Result: ``all``, ``difficult`` (class-mean accuracy in [0, 1]) with ``_ci_low`` / ``_ci_high``, ``n`` (trials in
+    "all"), ``n_difficult``, ``n_images``, ``no_region`` (trials whose class is not in the image: left out),
+    ``skipped_difficult`` (VOC pairs whose boxes are all difficult: left out).
+
+    The shapes world is generated at the model's 64 px, where 15 px is a quarter of the image: pass a tolerance
+    in proportion (``tolerance=2`` is 15 px at VOC's ~500 px), or the chance level of ``random`` is high.
+    """
+
+    name: ClassVar[str] = "pointing_game"
+    defaults: ClassVar[dict[str, Any]] = {"tolerance": TORCHRAY_TOLERANCE, "region": "auto", "centre_point": True,
+                                          "n_boot": 2000, "seed": 0}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        _positive_number(self.name, "tolerance", self.params["tolerance"])
+
+    def _centre_points(self, batch: Batch) -> bool:
+        from interpbench.methods.baselines import CenterMap
+
+        return bool(self.params["centre_point"]) and isinstance(batch.method, CenterMap)
+
+    def _trial_values(self, maps, regions, size, points):
+        if points is None:
+            points = argmax_points(resize_maps(maps, size))
+        return pointing_hits(points, regions, self.params["tolerance"]).float()
+
+
+class EnergyPointingGame(_LocalisationGame):
+    """Energy-based pointing game (Wang et al., Score-CAM, CVPR-W 2020): share of positive map mass in the region.
+
+    Same trials, regions, resizing, skips and subsets as ``pointing_game``; the result is the mean over trials
+    (``all``, ``difficult``, with bootstrap CIs over images), not a class mean.
+    """
+
+    name: ClassVar[str] = "energy_pointing_game"
+    per_class: ClassVar[bool] = False
+    defaults: ClassVar[dict[str, Any]] = {"region": "auto", "n_boot": 2000, "seed": 0}
+
+    def _trial_values(self, maps, regions, size, points):
+        return positive_share(resize_maps(maps, size), regions)
+
+
+class GridPointingGame(Metric):
+    """Grid pointing game (Böhle et al. 2021; Rao, Böhle, Schiele, CVPR 2022): needs no annotation beyond labels.
+
+    ``update`` runs the model on each batch and keeps the images it classifies correctly (the prediction when a
+    sample has no label) with softmax confidence >= ``confidence`` (0.99, Rao et al.). ``compute`` draws up to
+    ``grids`` 2 x 2 grids of four images of four different classes (each image used once, seeded by ``seed``),
+    runs the run's method (``batch.method``) on each grid once per cell with that cell's class as the target, and
+    scores the share of the map's positive mass inside the cell (0 when the map has no positive mass). Grids are
+    ``2H x 2W`` (the model must accept that size, as a fully convolutional network with global pooling does); with
+    ``fit_input=True`` they are resized to ``H x W`` instead.
+
+    Result: ``all`` (mean localisation score) with a bootstrap CI over grids, ``pointing`` (share of trials whose
+    map's arg-max lies in the right cell), ``n`` (trials = 4 x grids), ``grids``, ``candidates`` (confident images),
+    ``classes`` (classes with a confident image). Chance level: 0.25.
+    """
+
+    name: ClassVar[str] = "grid_pointing_game"
+    version: ClassVar[str] = "1"
+    higher_is_better: ClassVar[bool] = True
+    needs: ClassVar[frozenset[str]] = frozenset()
+    defaults: ClassVar[dict[str, Any]] = {"confidence": 0.99, "grids": 500, "scale": 2, "fit_input": False,
+                                          "seed": 0, "n_boot": 2000}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.params
+        if not isinstance(p["confidence"], (int, float)) or isinstance(p["confidence"], bool) or not 0 <= p["confidence"] <= 1:
+            raise ComponentError(f"{self.name}: confidence must be a probability in [0, 1] (0.99 in Rao et al.), "
+                                 f"got {p['confidence']!r}")
+        for key in ("grids", "scale", "n_boot"):
+            if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < 1:
+                raise ComponentError(f"{self.name}: {key} must be a positive int, got {p[key]!r}")
+        if p["scale"] < 2:
+            raise ComponentError(f"{self.name}: scale must be >= 2 (a {p['scale']} x {p['scale']} grid has no "
+                                 "other cell), got {p['scale']!r}")
+        self.reset()
+
+    def reset(self) -> None:
+        self.pool: dict[int, list[torch.Tensor]] = defaultdict(list)
+        self.seen = 0
+        self.model: Model | None = None
+        self.method = None
+        self.chunk = 1
+
+    def update(self, model: Model, batch: Batch, maps: torch.Tensor) -> None:
+        if batch.method is None:
+            raise ComponentError(f"{self.name}: the batch carries no method (batch.method); the grid game explains "
+                                 "its own grids with the run's method, so call it through the runner or set "
+                                 "Batch(method=...)")
+        self.model, self.method = model, batch.method
+        self.chunk = max(self.chunk, len(batch))
+        cells = self.params["scale"] ** 2
+        cap = max(1, math.ceil(cells * self.params["grids"] / max(getattr(model, "num_classes", 1), 1))) + 1
+        with torch.no_grad():
+            probs = model(batch.images).float().softmax(dim=1)
+        conf, pred = probs.max(dim=1)
+        labels = [s.get("label") for s in batch.samples]
+        for i, (c, p) in enumerate(zip(conf.tolist(), pred.tolist())):
+            label = labels[i]
+            cls = int(p) if label is None else int(label)
+            # Rao et al. filter_high_conf_data: prediction == label and softmax(label) >= threshold
+            if cls != int(p) or c < self.params["confidence"] or len(self.pool[cls]) >= cap:
+                continue
+            image = batch.images[i].detach().cpu()
+            quantised = (image * 255).round()
+            # keep 8-bit images as uint8 (lossless), others (e.g. the rendered shapes world) as they are
+            self.pool[cls].append(quantised.to(torch.uint8) if torch.equal(quantised / 255, image) else image.clone())
+        self.seen += len(batch)
+
+    def compute(self) -> dict[str, float]:
+        p = self.params
+        cells = p["scale"] ** 2
+        pools = {c: len(v) for c, v in self.pool.items() if v}
+        if len(pools) < cells or self.model is None:
+            raise NotApplicable(
+                f"{self.name}: only {len(pools)} classes have images the model classifies correctly with confidence "
+                f">= {p['confidence']} (of {self.seen} images); a {p['scale']} x {p['scale']} grid needs {cells} "
+                "different classes: use more images or lower the confidence (grid_pointing_game.confidence=...)")
+        rng = np.random.default_rng(p["seed"])
+        grids = choose_grid_classes(pools, p["grids"], rng, cells)
+        model, method = self.model, self.method
+        device = model.device if hasattr(model, "device") else torch.device("cpu")
+        scores, hits, grid_ids = [], [], []
+        chunk_grids = max(1, self.chunk // cells)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(p["seed"])
+            for start in range(0, len(grids), chunk_grids):
+                part = grids[start:start + chunk_grids]
+                images = torch.stack([torch.stack([self._image(c, k) for c, k in grid]) for grid in part]).to(device)
+                grid_images = make_grids(images, p["scale"])  # G x 3 x sH x sW
+                height, width = images.shape[-2:]
+                if p["fit_input"]:
+                    grid_images = F.interpolate(grid_images, size=(height, width), mode="bilinear", align_corners=False,
+                                                antialias=True)
+                    height, width = height // p["scale"], width // p["scale"]
+                inputs = grid_images.repeat_interleave(cells, dim=0)  # trial (grid g, cell k) = g * cells + k
+                targets = torch.tensor([c for grid in part for c, _ in grid], device=device)
+                try:
+                    maps = method.explain(model, inputs, targets)
+                except NotApplicable:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - name the likely cause
+                    raise ComponentError(
+                        f"{self.name}: method {getattr(method, 'name', method)!r} failed on {p['scale']}x{p['scale']} "
+                        f"grids of {tuple(inputs.shape[-2:])} px ({type(exc).__name__}: {exc}); if the model needs "
+                        f"its input size, use grid_pointing_game.fit_input=true") from exc
+                if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != (len(inputs), *inputs.shape[-2:]):
+                    raise ComponentError(f"{self.name}: method returned maps of shape "
+                                         f"{tuple(getattr(maps, 'shape', ()))}, expected {(len(inputs), *inputs.shape[-2:])}")
+                maps = maps.detach().float()
+                mask_h, mask_w = maps.shape[-2] // p["scale"], maps.shape[-1] // p["scale"]
+                cell_masks = grid_cell_masks(mask_h, mask_w, p["scale"], device=maps.device)
+                if tuple(cell_masks.shape[-2:]) != tuple(maps.shape[-2:]):  # odd sizes: pad the last row/column
+                    cell_masks = F.pad(cell_masks, (0, maps.shape[-1] - cell_masks.shape[-1],
+                                                    0, maps.shape[-2] - cell_masks.shape[-2]))
+                regions = cell_masks.repeat(len(part), 1, 1)
+                scores += positive_share(maps, regions).cpu().tolist()
+                points = argmax_points(maps)
+                hits += regions[torch.arange(len(maps), device=maps.device), points[:, 1], points[:, 0]].cpu().tolist()
+                grid_ids += [start + g for g in range(len(part)) for _ in range(cells)]
+        num = np.zeros((len(grids), 1))
+        den = np.zeros((len(grids), 1))
+        hit = np.zeros((len(grids), 1))
+        np.add.at(num, (np.asarray(grid_ids), 0), scores)
+        np.add.at(hit, (np.asarray(grid_ids), 0), np.asarray(hits, dtype=np.float64))
+        np.add.at(den, (np.asarray(grid_ids), 0), 1.0)
+        lo, hi = cluster_bootstrap_ci(num, den, p["n_boot"], p["seed"])
+        plo, phi = cluster_bootstrap_ci(hit, den, p["n_boot"], p["seed"])
+        return {"all": class_mean_ratio(num, den), "all_ci_low": lo, "all_ci_high": hi,
+                "pointing": class_mean_ratio(hit, den), "pointing_ci_low": plo, "pointing_ci_high": phi,
+                "n": float(len(scores)), "grids": float(len(grids)),
+                "candidates": float(sum(pools.values())), "classes": float(len(pools))}
+
+    def _image(self, cls: int, k: int) -> torch.Tensor:
+        image = self.pool[cls][k]
+        return image.float() / 255 if image.dtype == torch.uint8 else image
+
+
+class ShortcutLocalization(Metric):
+    """Planted shortcut (the ``shapes-shortcut`` world): do the maps point at the corner patch or at the object?
+
+    Samples (``interpbench.datasets.shortcut``) carry ``patch_mask`` (bool H x W), ``patch_label`` (the class the
+    patch colour stands for), ``shape_label`` / ``label`` (the object's class), ``masks`` (the object regions, patch pixels removed)
+    and ``clean_image`` (the same image without the patch). On test images the patch and the object disagree.
+
+    Per trial: ``patch_mass`` / ``object_mass`` (share of positive map mass on the patch / on the object of class
+    ``label``), ``patch_hit`` / ``object_hit`` (the arg-max lies strictly within ``tolerance`` px of the patch /
+    object; 1 px: on it). Model behaviour on the same images: ``acc_patched`` (prediction = object class, with the
+    conflicting patch), ``follows_patch`` (prediction = patch class), ``acc_clean`` (prediction = object class on
+    ``clean_image``). A model that uses the shortcut has ``acc_clean`` high, ``acc_patched`` low, ``follows_patch``
+    high; an explanation that exposes it has high ``patch_mass`` and ``patch_hit``.
+    """
+
+    name: ClassVar[str] = "shortcut_localization"
+    version: ClassVar[str] = "1"
+    higher_is_better: ClassVar[bool] = True
+    needs: ClassVar[frozenset[str]] = frozenset({"patch_mask", "patch_label", "clean_image", "masks"})
+    defaults: ClassVar[dict[str, Any]] = {"tolerance": 1, "n_boot": 2000, "seed": 0}
+    VALUES: ClassVar[tuple[str, ...]] = ("patch_mass", "object_mass", "patch_hit", "object_hit", "acc_patched",
+                                         "follows_patch", "acc_clean")
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        _positive_number(self.name, "tolerance", self.params["tolerance"])
+        self.reset()
+
+    def reset(self) -> None:
+        self.values: dict[str, list[float]] = {k: [] for k in self.VALUES}
+
+    def update(self, model: Model, batch: Batch, maps: torch.Tensor) -> None:
+        _check_maps(self.name, maps, batch)
+        missing = [k for k in ("patch_mask", "patch_label", "label", "clean_image") if any(k not in s for s in batch.samples)]
+        if missing:
+            raise ComponentError(f"{self.name}: samples lack {missing}; run it on the 'shapes-shortcut' dataset")
+        size = tuple(maps.shape[-2:])
+        device = maps.device
+        patch = torch.stack([torch.as_tensor(s["patch_mask"]).bool() for s in batch.samples]).to(device)
+        labels = [int(s.get("shape_label", s["label"])) for s in batch.samples]  # the object's class
+        empty = torch.zeros(size, dtype=torch.bool)
+        objects = torch.stack([torch.as_tensor((s.get("masks") or {}).get(c, empty)).bool()
+                               for s, c in zip(batch.samples, labels)]).to(device)
+        points = argmax_points(maps)
+        tol = self.params["tolerance"]
+        clean = torch.stack([torch.as_tensor(s["clean_image"]) for s in batch.samples]).to(batch.images.device)
+        with torch.no_grad():
+            pred = model(batch.images).argmax(dim=1).cpu()
+            pred_clean = model(clean).argmax(dim=1).cpu()
+        label_t = torch.tensor(labels)
+        patch_t = torch.tensor([int(s["patch_label"]) for s in batch.samples])
+        new = {
+            "patch_mass": positive_share(maps, patch), "object_mass": positive_share(maps, objects),
+            "patch_hit": pointing_hits(points, patch, tol).float(), "object_hit": pointing_hits(points, objects, tol).float(),
+            "acc_patched": (pred == label_t).float(), "follows_patch": (pred == patch_t).float(),
+            "acc_clean": (pred_clean == label_t).float(),
+        }
+        for key, value in new.items():
+            self.values[key] += value.detach().cpu().double().tolist()
+
+    def compute(self) -> dict[str, float]:
+        n = len(self.values["patch_mass"])
+        if n == 0:
+            raise ComponentError(f"{self.name}: no samples were scored; run it on the 'shapes-shortcut' dataset")
+        out: dict[str, float] = {}
+        ones = np.ones((n, 1))
+        for key, values in self.values.items():
+            column = np.asarray(values, dtype=np.float64)[:, None]
+            out[key] = class_mean_ratio(column, ones)
+            out[f"{key}_ci_low"], out[f"{key}_ci_high"] = cluster_bootstrap_ci(column, ones, self.params["n_boot"],
+                                                                               self.params["seed"])
+        out["n"] = float(n)
+        return out
+
+
+# --------------------------------------------------------------------------------------------- the centre check
+
+
+def centre_baseline(dataset: Any, tolerance: float = TORCHRAY_TOLERANCE, limit: int | None = None,
+                    batch_size: int = 64) -> dict[str, float]:
+    """The pointing game of the ``center`` baseline on a dataset's annotations alone (no image is decoded).
+
+    Runs :class:`PointingGame` exactly as the runner would with ``--methods center --target label``: one trial per
+    (image, class present), TorchRay's centre point. On VOC 2007 test and COCO 2014 val this gives TorchRay's
+    published centre numbers (``docs/pointing.csv``: VOC07 69.6 / 42.4, COCO14 27.8 / 19.5 %, all / difficult)
+    by construction. The dataset must offer ``annotation(index)`` (the loaders in ``interpbench.datasets``).
+    """
+    from interpbench.methods.baselines import CenterMap
+
+    if not hasattr(dataset, "annotation"):
+        raise ComponentError(f"centre_baseline: dataset {getattr(dataset, 'name', dataset)!r} has no annotation(index) "
+                             "method; use a localisation loader (voc, coco, imagenet_loc)")
+    metric = PointingGame(tolerance=tolerance)
+    method = CenterMap()
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+
+    def flush(trials: list[dict]) -> None:
+        if trials:
+            batch = Batch(ids=[t["id"] for t in trials], images=torch.zeros(len(trials), 3, 1, 1),
+                          targets=torch.tensor([t["label"] for t in trials]), samples=trials, method=method)
+            metric.update(None, batch, torch.zeros(len(trials), 2, 2))  # the centre point ignores the map
+
+    trials: list[dict] = []
+    for index in range(n):
+        sample = dataset.annotation(index)
+        classes = sample.get("labels", [sample["label"]] if "label" in sample else [])
+        for c in classes:
+            trials.append({**sample, "id": f"{sample['id']}#{c}", "label": int(c), "image_id": sample["id"]})
+        if len(trials) >= batch_size:
+            flush(trials)
+            trials = []
+    flush(trials)
+    return metric.compute()
+

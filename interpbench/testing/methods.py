@@ -1,0 +1,568 @@
+"""Conformance checks for explanation methods (scikit-learn's ``check_estimator`` is the model).
+
+::
+
+    from interpbench.testing import check_method
+
+    report = check_method(MyMethod, params={"samples": 8})   # a CheckReport, one result per check
+    print(report)
+    report.raise_if_failed()
+
+:func:`method_checks` lists the checks (see its docstring). Most run on the **oracle model**
+(:func:`oracle_model`): a small ReLU convnet on 32 x 32 images whose logit for class ``c`` reads only the pixels of
+a known box ``R_c`` (the boxes of the classes do not overlap and are off-centre). Its input gradient is exactly
+zero outside ``R_c``, its CAM-layer features for class ``c`` live only in ``R_c``, and blanking ``R_c`` (to the
+mean colour) drops the logit to its bias, so any method that explains the model's computation puts its evidence
+for ``c`` inside ``R_c``; one that ignores the model (noise, a centred blob, edges of the image) does not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from interpbench.base import ComponentError, Method, Model, NotApplicable
+from interpbench.testing.report import Check, CheckReport, CheckResult, run_checks
+
+ORACLE_SIZE = 32
+# (top, left, bottom, right) in pixels, bottom/right exclusive; multiples of 4 (the CAM layer's stride).
+ORACLE_REGIONS: tuple[tuple[int, int, int, int], ...] = ((0, 4, 12, 28), (20, 4, 32, 28))
+ORACLE_MEAN = (0.5, 0.5, 0.5)
+ORACLE_STD = (0.25, 0.25, 0.25)
+ORACLE_WIDTHS = (8, 16, 16)  # channels per class group in the three conv blocks
+ORACLE_LOGIT_SCALE = 8.0  # mean target-logit increase over the blank image on the oracle images
+ORACLE_THRESHOLD = 0.5  # "most of the positive mass"
+TARGET_DIFFERENCE = 0.1  # relative L2 difference between the maps of two targets
+TOLERANCE = 1e-4  # relative to the largest |map value|, for batch independence and determinism
+CHECK_IMAGES = 2  # images per check batch (small: methods with costly defaults run many times)
+CHECK_NAMES = ("contract", "output", "inputs_unchanged", "model_unchanged", "batch_independence", "determinism",
+               "invalid_target", "target_sensitivity", "oracle")
+
+
+# --------------------------------------------------------------------------------------------- the oracle model
+
+
+def region_masks(size: int = ORACLE_SIZE, regions: Sequence[Sequence[int]] = ORACLE_REGIONS,
+                 stride: int = 1) -> torch.Tensor:
+    """``G x (size/stride) x (size/stride)`` float masks, 1 inside each region (box coordinates divided by stride)."""
+    n = size // stride
+    masks = torch.zeros(len(regions), n, n)
+    for g, (top, left, bottom, right) in enumerate(regions):
+        masks[g, top // stride:bottom // stride, left // stride:right // stride] = 1
+    return masks
+
+
+class RegionGate(nn.Module):
+    """``B x C x H x W`` -> ``B x (G C) x H x W``: channel group g is the input times region g's mask."""
+
+    def __init__(self, masks: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("masks", masks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, None] * self.masks[None, :, None]).flatten(1, 2)
+
+
+class GroupMask(nn.Module):
+    """Multiplies channel group g of ``B x (G K) x h x w`` features by region g's mask (at that resolution)."""
+
+    def __init__(self, masks: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("masks", masks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = self.masks.shape[0]
+        return (x.view(b, g, c // g, h, w) * self.masks[None, :, None]).view(b, c, h, w)
+
+
+def build_oracle_net(size: int = ORACLE_SIZE, regions: Sequence[Sequence[int]] = ORACLE_REGIONS,
+                     widths: Sequence[int] = ORACLE_WIDTHS, seed: int = 0) -> nn.Sequential:
+    """gate -> 3 x (grouped conv 3x3, nn.ReLU, region mask) with max-pooling -> average pool -> grouped linear.
+
+    Group g (class g) sees only region g: the input is masked before the first conv and every block's output is
+    masked again, so the 3 x 3 convs cannot leak across the box border. Convs have seeded random weights and no
+    bias; the last layer averages each group's channels with positive weights into its class logit, so a logit is
+    a positively homogeneous function of the normalised pixels of its box (0 on a blank box).
+    """
+    g = len(regions)
+    w1, w2, w3 = widths
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = nn.Sequential(OrderedDict(
+            gate=RegionGate(region_masks(size, regions)),
+            block1=nn.Sequential(nn.Conv2d(3 * g, w1 * g, 3, padding=1, groups=g, bias=False), nn.ReLU(),
+                                 GroupMask(region_masks(size, regions))),
+            pool1=nn.MaxPool2d(2),
+            block2=nn.Sequential(nn.Conv2d(w1 * g, w2 * g, 3, padding=1, groups=g, bias=False), nn.ReLU(),
+                                 GroupMask(region_masks(size, regions, 2))),
+            pool2=nn.MaxPool2d(2),
+            block3=nn.Sequential(nn.Conv2d(w2 * g, w3 * g, 3, padding=1, groups=g, bias=False), nn.ReLU(),
+                                 GroupMask(region_masks(size, regions, 4))),
+            pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+            fc=nn.Linear(w3 * g, g),
+        ))
+        with torch.no_grad():
+            readout = torch.zeros(g, w3 * g)
+            for c in range(g):
+                readout[c, c * w3:(c + 1) * w3] = 0.5 + torch.rand(w3)  # positive, only its own group
+            net.fc.weight.copy_(readout)
+            net.fc.bias.zero_()
+    return net
+
+
+def oracle_images(n: int = 3, size: int = ORACLE_SIZE, seed: int = 0) -> torch.Tensor:
+    """``n x 3 x size x size`` images of uniform noise in [0, 1] (seeded): content everywhere, in every region."""
+    generator = torch.Generator().manual_seed(1000 + seed)
+    return torch.rand(n, 3, size, size, generator=generator)
+
+
+def oracle_model(size: int = ORACLE_SIZE, regions: Sequence[Sequence[int]] | None = None, seed: int = 0) -> Model:
+    """The oracle model: class ``c``'s logit can be changed only by the pixels of ``regions[c]``.
+
+    ``regions``: boxes ``(top, left, bottom, right)`` in pixels (bottom/right exclusive), multiples of 4, one per
+    class (default :data:`ORACLE_REGIONS`: two 12 x 12 boxes in opposite quadrants of a 32 x 32 image). Returns an
+    ``ib.Model`` in eval mode (mean 0.5, std 0.25, ``cam_layer = "block3"`` at 1/4 of the input resolution, only
+    ``nn.ReLU`` nonlinearities) with ``model.regions`` and ``model.region_masks`` (``G x H x W`` bool). The readout
+    is scaled so that the target logit rises by :data:`ORACLE_LOGIT_SCALE` on average over the blank image.
+    """
+    regions = tuple(tuple(int(v) for v in r) for r in (ORACLE_REGIONS if regions is None else regions))
+    if size % 4:
+        raise ComponentError(f"oracle_model: size must be a multiple of 4 (the CAM layer's stride), got {size}")
+    for r in regions:
+        top, left, bottom, right = r
+        if len(r) != 4 or any(v % 4 for v in r) or not (0 <= top < bottom <= size and 0 <= left < right <= size):
+            raise ComponentError(
+                f"oracle_model: region {r} must be (top, left, bottom, right) with multiples of 4 inside the "
+                f"{size} x {size} image"
+            )
+    masks = region_masks(size, regions)
+    if bool((masks.sum(0) > 1).any()):
+        raise ComponentError(f"oracle_model: regions {regions} overlap; each class needs its own pixels")
+    net = build_oracle_net(size, regions, seed=seed)
+    model = Model(
+        net,
+        spec="oracle",
+        mean=ORACLE_MEAN,
+        std=ORACLE_STD,
+        input_size=(size, size),
+        class_names=[f"region{c}" for c in range(len(regions))],
+        cam_layer="block3",
+        label_space="interpbench:oracle",
+        default_dataset="none",
+        weights={"source": "interpbench.testing.methods", "tag": "constructed", "seed": seed},
+        layers=["block1", "block2", "block3"],
+    ).eval()
+    with torch.no_grad():  # calibrate the logit scale on seeded noise images (positively homogeneous readout)
+        rise = model(oracle_images(8, size, seed=seed + 1)).mean(0)
+        net.fc.weight.mul_((ORACLE_LOGIT_SCALE / rise.clamp(min=1e-6))[:, None])
+    model.regions = regions
+    model.region_masks = masks.bool()
+    return model
+
+
+def positive_mass_inside(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Share of each map's positive mass, measured from the map's median, that lies inside its region.
+
+    ``maps`` and ``regions`` (bool) are ``B x H x W``; returns Tensor[B] in [0, 1] (0 for a map with no mass above
+    its median). Measuring from the median makes the score blind to a constant offset (RISE maps are a mean
+    probability everywhere, a gradient map is 0 outside the evidence), which leaves the ranking of the pixels
+    unchanged; with regions under half the image the median is the level of "no evidence".
+    """
+    flat = maps.detach().double().flatten(1)
+    excess = (flat - flat.median(dim=1, keepdim=True).values).clamp(min=0)
+    inside = (excess * regions.flatten(1).to(excess.dtype)).sum(1)
+    total = excess.sum(1)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    return torch.where(total > 0, inside / safe, torch.zeros_like(total))
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _instance(method: Any, params: Mapping[str, Any] | None) -> Method:
+    """A Method instance from an instance, a class or a registered name, built with ``params`` (for an instance:
+    its own parameters overridden by ``params``)."""
+    if isinstance(method, str):
+        from interpbench.registry import get_registry
+
+        method = get_registry().get("methods", method)
+    if isinstance(method, type):
+        if not issubclass(method, Method):
+            raise ComponentError(f"check_method: {method.__name__} is not an interpbench.Method subclass")
+        return method(**dict(params or {}))
+    if not isinstance(method, Method):
+        raise ComponentError(f"check_method: {method!r} is not an interpbench.Method (instance, class or name)")
+    if params:  # rebuilt with its own parameters, overridden by ``params``
+        return type(method)(**{**method.params, **dict(params)})
+    return method
+
+
+def _seeded(fn: Callable[[], Any], seed: int) -> Any:
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return fn()
+
+
+def _hook_counts(model: nn.Module) -> dict[str, int]:
+    counts = {}
+    for name, module in model.named_modules():
+        n = sum(len(getattr(module, attr, {}) or {}) for attr in
+                ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+        if n:
+            counts[name] = n
+    return counts
+
+
+def _model_state(model: nn.Module) -> dict[str, Any]:
+    return {
+        "tensors": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "grads": {k: None if p.grad is None else p.grad.detach().clone() for k, p in model.named_parameters()},
+        "requires_grad": {k: p.requires_grad for k, p in model.named_parameters()},
+        "training": {k: m.training for k, m in model.named_modules()},
+        "hooks": _hook_counts(model),
+        "grad_enabled": torch.is_grad_enabled(),
+    }
+
+
+def _state_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    changes = []
+    for k, v in before["tensors"].items():
+        w = after["tensors"].get(k)
+        if w is None or w.shape != v.shape or not torch.equal(w, v):
+            changes.append(f"parameter/buffer {k!r} changed")
+    for k, g in before["grads"].items():
+        h = after["grads"].get(k)
+        if (g is None) != (h is None) or (g is not None and not torch.equal(g, h)):
+            changes.append(f"the .grad of {k!r} changed ({'set' if g is None else 'modified'}); differentiate "
+                           "w.r.t. the input only (torch.autograd.grad(..., inputs))")
+    for key, what in (("requires_grad", "requires_grad of"), ("training", "training mode of module")):
+        for k, v in before[key].items():
+            if after[key].get(k) != v:
+                changes.append(f"{what} {k or '<root>'!r} changed from {v} to {after[key].get(k)}")
+    if before["hooks"] != after["hooks"]:
+        changes.append(f"hooks left on the model: {before['hooks']} before, {after['hooks']} after; remove every "
+                       "hook you register (try/finally)")
+    if before["grad_enabled"] != after["grad_enabled"]:
+        changes.append("torch.is_grad_enabled() changed; use `with torch.enable_grad():` instead of "
+                       "torch.set_grad_enabled")
+    return changes
+
+
+def _relative_max_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| over max(|a|, |b|); equal non-finite values count as equal (the output check reports them)."""
+    a, b = a.detach().double(), b.detach().double()
+    same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+    diff = torch.where(same, torch.zeros_like(a), (a - b).abs())
+    finite = torch.cat([a[torch.isfinite(a)], b[torch.isfinite(b)]]).abs()
+    scale = max(float(finite.max()) if finite.numel() else 0.0, 1e-12)
+    return float(diff.max()) / scale if diff.numel() else 0.0
+
+
+class _Call:
+    """One call of ``method.explain`` under a seed: the maps (or the exception) and what changed around it."""
+
+    def __init__(self, method: Method, model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
+                 seed: int) -> None:
+        self.images_before = images.detach().clone()
+        before = _model_state(model)
+        self.maps: torch.Tensor | None = None
+        self.error: BaseException | None = None
+        try:
+            self.maps = _seeded(lambda: method.explain(model, images, targets), seed)
+        except Exception as exc:  # noqa: BLE001 - reported by the checks that need the maps
+            self.error = exc
+        self.images_changed = not torch.equal(images.detach(), self.images_before)
+        if self.images_changed:  # put the caller's images back, so one fault does not cascade into other checks
+            with torch.no_grad():
+                images.copy_(self.images_before)
+        self.state_changes = _state_changes(before, _model_state(model))
+
+    @property
+    def not_applicable(self) -> bool:
+        return isinstance(self.error, NotApplicable)
+
+    def result(self) -> torch.Tensor:
+        if self.error is not None:
+            raise self.error
+        return self.maps
+
+
+# --------------------------------------------------------------------------------------------- the checks
+
+
+def method_checks(
+    method: Any,
+    model: Model | None = None,
+    images: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    oracle: Model | None = None,
+    threshold: float = ORACLE_THRESHOLD,
+    tolerance: float = TOLERANCE,
+) -> list[Check]:
+    """The conformance checks of an explanation method (an instance, a class or a registered name; ``params``
+    override its parameters).
+
+    ``model``, ``images`` and ``targets`` (default: the oracle model, 2 oracle images, targets 0 and 1; on another
+    model, 2 seeded noise images at its input size and its predicted classes) are what the general checks run on;
+    ``target_sensitivity`` and ``oracle`` always use the oracle model (``oracle=`` to use another one built by
+    :func:`oracle_model`). Methods with costly defaults can be checked with cheaper ``params`` (fewer samples or
+    iterations); the published defaults stay what the benchmark runs.
+
+    The method is run once on the model and once on the oracle (when they differ) while the checks are built, to
+    learn which checks apply: a method that raises ``NotApplicable`` there reports the checks that need it as not
+    applicable, with its reason. The checks:
+
+    - ``contract``: name and version are non-empty strings, ``requires_grad`` and ``deterministic`` are bools,
+      ``explain`` is implemented, ``describe()`` is JSON-serialisable (the manifest records it).
+    - ``output``: maps are a floating ``B x H x W`` tensor at the input resolution, finite, on the images' device,
+      not attached to an autograd graph; also for a batch of one image.
+    - ``inputs_unchanged``: the images are not modified in place.
+    - ``model_unchanged``: parameters, buffers, their ``.grad``, ``requires_grad`` flags, train/eval mode, hooks
+      and the global grad mode are as before.
+    - ``batch_independence`` (deterministic methods; n/a for stochastic ones): explaining the batch equals
+      explaining each image alone, within ``tolerance`` of the largest map value.
+    - ``determinism``: a stochastic method gives the same maps twice under the same seed (it draws from torch's
+      global RNG, which the runner seeds); a deterministic one gives the same maps under two different seeds.
+    - ``invalid_target``: a target outside ``[0, num_classes)`` raises an exception instead of returning maps.
+    - ``target_sensitivity``: on the oracle model, the maps of each image for two classes (same seed) differ by at least
+      :data:`TARGET_DIFFERENCE` (relative L2) on every image.
+    - ``oracle``: on the oracle model, for every image and every class, at least ``threshold`` of the map's
+      positive mass (measured from its median, :func:`positive_mass_inside`) lies in the class's region.
+    """
+    method = _instance(method, params)
+    label = method.name or type(method).__name__
+    oracle_net = oracle if oracle is not None else oracle_model()
+    oracle_x = oracle_images(CHECK_IMAGES, oracle_net.input_size[0]).to(oracle_net.device)
+    oracle_t = torch.arange(CHECK_IMAGES, device=oracle_net.device) % oracle_net.num_classes
+    oracle_other = (oracle_t + 1) % oracle_net.num_classes
+    on_default = model is None and images is None and targets is None
+    if model is None:
+        model = oracle_net
+        images = oracle_x if images is None else images
+        targets = oracle_t if targets is None else targets
+    if images is None:
+        generator = torch.Generator().manual_seed(2024 + seed)
+        images = torch.rand(CHECK_IMAGES, 3, *model.input_size, generator=generator).to(model.device)
+    if targets is None:
+        with torch.no_grad():
+            targets = model(images).argmax(dim=1)
+    targets = torch.as_tensor(targets, device=images.device)
+    stochastic = not bool(getattr(method, "deterministic", True))
+
+    main = _Call(method, model, images, targets, seed)
+    on_oracle = main if on_default else _Call(method, oracle_net, oracle_x, oracle_t, seed)
+    spec = getattr(model, "spec", "the model")
+    na_main = f"{label} is not applicable to {spec!r}: {main.error}" if main.not_applicable else ""
+    na_oracle = f"{label} is not applicable to the oracle model: {on_oracle.error}" if on_oracle.not_applicable else ""
+
+    def explain(m, x, t, s=seed) -> torch.Tensor:
+        x = x.detach().clone()  # a method that writes into its images must not change the other checks' inputs
+        return _seeded(lambda: method.explain(m, x, t), s)
+
+    # ---------------------------------------------------------------- contract
+    def contract() -> str:
+        for attr in ("name", "version"):
+            value = getattr(method, attr, None)
+            assert isinstance(value, str) and value.strip(), (
+                f"{label}: class attribute {attr} must be a non-empty string, got {value!r}")
+        for attr in ("requires_grad", "deterministic"):
+            value = getattr(method, attr, None)
+            assert isinstance(value, bool), f"{label}: class attribute {attr} must be a bool, got {value!r}"
+        assert type(method).explain is not Method.explain, (
+            f"{label}: explain(model, images, targets) is not implemented")
+        described = method.describe()
+        try:
+            json.dumps(described, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise AssertionError(f"{label}: describe() is not JSON-serialisable ({exc}): {described!r}; the "
+                                 "manifest records the parameters, so use plain numbers, strings, lists and dicts")
+        return f"version {method.version}, params {described.get('params')}"
+
+    # ---------------------------------------------------------------- output
+    def check_output(maps: Any, x: torch.Tensor, what: str) -> None:
+        b, _, h, w = x.shape
+        assert isinstance(maps, torch.Tensor), f"{label}: explain returned {type(maps).__name__}{what}, not a tensor"
+        assert tuple(maps.shape) == (b, h, w), (
+            f"{label}: maps of shape {tuple(maps.shape)}{what}, expected (B, H, W) = {(b, h, w)}: one map per image "
+            "at the input resolution (upsample low-resolution maps bilinearly)")
+        assert maps.is_floating_point(), f"{label}: maps have dtype {maps.dtype}{what}; return floats"
+        assert maps.device == x.device, (
+            f"{label}: maps on {maps.device}{what}, images on {x.device}; keep them together")
+        bad = int((~torch.isfinite(maps.detach())).sum())
+        assert bad == 0, f"{label}: {bad} non-finite values (NaN or inf) in the maps{what}"
+        assert not maps.requires_grad, (
+            f"{label}: the maps{what} are attached to an autograd graph (requires_grad=True), which keeps the "
+            "model's activations alive; return maps.detach()")
+
+    def output() -> str:
+        maps = main.result()
+        check_output(maps, images, "")
+        single = explain(model, images[:1], targets[:1])
+        check_output(single, images[:1], " for a batch of one image")
+        return f"{tuple(maps.shape)} {maps.dtype}, range [{float(maps.min()):.3g}, {float(maps.max()):.3g}]"
+
+    def inputs_unchanged() -> None:
+        main.result()
+        assert not main.images_changed, (
+            f"{label}: explain modified the input images in place; work on a copy (images.clone())")
+
+    def model_unchanged() -> None:
+        main.result()
+        assert not main.state_changes, f"{label}: explain changed the model: " + "; ".join(main.state_changes)
+
+    def batch_independence() -> str:
+        maps = main.result()
+        worst = 0.0
+        for i in range(images.shape[0]):
+            alone = explain(model, images[i:i + 1], targets[i:i + 1])[0]
+            diff = _relative_max_difference(maps[i], alone)
+            worst = max(worst, diff)
+            assert diff <= tolerance, (
+                f"{label}: image {i} explained in a batch of {images.shape[0]} differs from it explained alone by "
+                f"{diff:.3g} of the map's largest value (tolerance {tolerance}); a map must depend on its own image "
+                "only (no batch statistics, no shared normalisation across the batch)")
+        return f"largest relative difference {worst:.2g}"
+
+    def determinism() -> str:
+        maps = main.result()
+        again = explain(model, images, targets, seed if stochastic else seed + 1)
+        diff = _relative_max_difference(maps, again)
+        if stochastic:
+            assert diff <= tolerance, (
+                f"{label}: two runs under the same seed differ by {diff:.3g} of the largest map value; draw all "
+                "randomness from torch's global RNG (the runner seeds it), not from numpy, random or a fresh "
+                "generator")
+        else:
+            assert diff <= tolerance, (
+                f"{label}: declared deterministic, but two runs under different seeds differ by {diff:.3g} of the "
+                "largest map value; set deterministic = False if it draws random numbers")
+        return f"relative difference {diff:.2g}"
+
+    def invalid_target() -> None:
+        n = getattr(model, "num_classes", None)
+        assert n, "the model has no num_classes"
+        bad = torch.full_like(targets[:1], int(n))
+        try:
+            explain(model, images[:1], bad)
+        except NotApplicable:
+            raise
+        except Exception:  # noqa: BLE001 - any error is the right answer
+            return
+        raise AssertionError(f"{label}: target {n} (the model has {n} classes) returned maps instead of raising; "
+                             "check targets, e.g. with interpbench.methods.gradients.check_batch")
+
+    swapped: dict[str, torch.Tensor] = {}
+
+    def oracle_pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Maps of the oracle images for targets t = (0, 1) and for the next classes t + 1 (mod G)."""
+        if "maps" not in swapped:
+            swapped["maps"] = explain(oracle_net, oracle_x, oracle_other)
+        pair = on_oracle.result(), swapped["maps"]
+        for maps in pair:  # the statistics below need maps of the right shape, with numbers in them
+            assert isinstance(maps, torch.Tensor) and tuple(maps.shape) == (oracle_x.shape[0], *oracle_x.shape[-2:]), (
+                f"{label}: maps of shape {tuple(getattr(maps, 'shape', ()))} on the oracle images, expected "
+                f"{(oracle_x.shape[0], *oracle_x.shape[-2:])} (see the output check)")
+            assert bool(torch.isfinite(maps.detach()).all()), f"{label}: non-finite maps on the oracle images"
+        return pair[0], pair[1], oracle_t
+
+    def target_sensitivity() -> str:
+        first, second, _ = oracle_pair()
+        diffs = []
+        for i in range(first.shape[0]):
+            a, b = first[i].detach().double(), second[i].detach().double()
+            diff = float((a - b).norm() / max(float(a.norm()), float(b.norm()), 1e-12))
+            diffs.append(diff)
+            assert diff >= TARGET_DIFFERENCE, (
+                f"{label}: on the oracle model, whose classes read different regions, the maps of image {i} "
+                f"for classes {int(oracle_t[i])} and {int(oracle_other[i])} differ by only {diff:.3g} (relative L2; "
+                f"need {TARGET_DIFFERENCE}); the method ignores the target")
+        return f"smallest relative difference {min(diffs):.3g}"
+
+    def oracle_check() -> str:
+        first, second, t = oracle_pair()
+        masks = oracle_net.region_masks.to(first.device)
+        shares = torch.cat([positive_mass_inside(first, masks[t]), positive_mass_inside(second, masks[oracle_other])])
+        classes = torch.cat([t, oracle_other]).tolist()
+        for j, s in enumerate(shares.tolist()):
+            c, i = classes[j], j % len(t)
+            assert s >= threshold, (
+                f"{label}: on the oracle model, only {s:.3f} of the positive mass of the map for class {c} of "
+                f"image {i} lies in the box {oracle_net.regions[c]} that alone can change that class's logit "
+                f"(need {threshold}); the map does not follow the model's evidence")
+        return f"positive mass inside the region: min {float(shares.min()):.3f}, mean {float(shares.mean()):.3f}"
+
+    checks = [
+        Check("contract", contract),
+        Check("output", output, not main.not_applicable, na_main),
+        Check("inputs_unchanged", inputs_unchanged, not main.not_applicable, na_main),
+        Check("model_unchanged", model_unchanged, not main.not_applicable, na_main),
+        Check("batch_independence", batch_independence, not stochastic and not main.not_applicable,
+              "stochastic method: a batch draws different random numbers than its images alone" if stochastic
+              else na_main),
+        Check("determinism", determinism, not main.not_applicable, na_main),
+        Check("invalid_target", invalid_target, not main.not_applicable, na_main),
+        Check("target_sensitivity", target_sensitivity, not on_oracle.not_applicable, na_oracle),
+        Check("oracle", oracle_check, not on_oracle.not_applicable, na_oracle),
+    ]
+    assert tuple(c.name for c in checks) == CHECK_NAMES
+    return checks
+
+
+def check_method(
+    method: Any,
+    model: Model | None = None,
+    images: torch.Tensor | None = None,
+    targets: torch.Tensor | None = None,
+    *,
+    params: Mapping[str, Any] | None = None,
+    expected_failures: Mapping[str, str] | None = None,
+    **options: Any,
+) -> CheckReport:
+    """Run :func:`method_checks` on a method (an instance, a class or a registered name; ``params`` override its
+    parameters) and return the report.
+
+    ``expected_failures`` (check name -> reason), merged with the method class's own ``expected_failures``
+    attribute, declares checks the method is known to fail (e.g. ``oracle`` for a baseline that ignores the
+    model): such a check that fails is reported as not applicable with the reason and the failure; one that
+    passes is reported as failed (a stale declaration must not hide). ``options`` go to :func:`method_checks`.
+    """
+    instance = _instance(method, params)
+    declared = dict(getattr(instance, "expected_failures", {}) or {})
+    declared.update(expected_failures or {})
+    unknown = set(declared) - set(CHECK_NAMES)
+    if unknown:
+        raise ComponentError(f"check_method: expected failures name unknown checks {sorted(unknown)}; the checks are "
+                             f"{list(CHECK_NAMES)}")
+    report = run_checks(f"method {instance.name or type(instance).__name__}",
+                        method_checks(instance, model, images, targets, **options))
+    results = []
+    for r in report.results:
+        if r.name in declared and r.status == "failed":
+            r = CheckResult(r.name, "not_applicable", f"expected failure ({declared[r.name]}): {r.message}", r.detail)
+        elif r.name in declared and r.status == "passed":
+            r = CheckResult(r.name, "failed", f"declared as an expected failure ({declared[r.name]}) but passed; "
+                            "remove the declaration")
+        results.append(r)
+    return CheckReport(report.component, results)
+
+
+__all__ = [
+    "CHECK_NAMES",
+    "ORACLE_REGIONS",
+    "ORACLE_SIZE",
+    "check_method",
+    "method_checks",
+    "oracle_images",
+    "oracle_model",
+    "positive_mass_inside",
+    "region_masks",
+]
