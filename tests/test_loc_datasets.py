@@ -157,12 +157,12 @@ def test_pointing_game_on_voc_hand_computed(tmp_path):
     metric.update(None, batch, maps)
     out = metric.compute()
     # dog: 000001 miss, 000002 hit -> 1/2; cat: 000002, 000003, 000004 hit -> 3/3; class mean 0.75 (pooled: 4/5)
-    assert out["all"] == pytest.approx(0.75) and out["n"] == 5 and out["skipped_difficult"] == 1
+    assert out["pointing_game"] == pytest.approx(0.75) and out["n"] == 5 and out["skipped_difficult"] == 1
     # difficult pairs (boxes < 1/4 of the image, another class present): 000001 dog (miss), 000002 cat (hit),
     # 000002 dog (hit) -> dog 1/2, cat 1/1 -> 0.75
     assert out["difficult"] == pytest.approx(0.75) and out["n_difficult"] == 3
-    assert out["n_images"] == 4 and out["no_region"] == 0
-    assert out["all_ci_low"] <= out["all"] <= out["all_ci_high"]
+    assert out["no_region"] == 0
+    assert out["pointing_game_ci_low"] <= out["pointing_game"] <= out["pointing_game_ci_high"]
 
 
 def test_pointing_game_tolerance_is_configurable(tmp_path):
@@ -170,7 +170,7 @@ def test_pointing_game_tolerance_is_configurable(tmp_path):
     batch, maps = trials(ds, POINTS)
     metric = PointingGame(tolerance=16)  # 000001 dog is now 15 < 16 px away: a hit; dog 2/2
     metric.update(None, batch, maps)
-    assert metric.compute()["all"] == pytest.approx(1.0)
+    assert metric.compute()["pointing_game"] == pytest.approx(1.0)
 
 
 def test_pointing_game_resizes_the_map_to_the_original_image(tmp_path):
@@ -185,7 +185,7 @@ def test_pointing_game_resizes_the_map_to_the_original_image(tmp_path):
     # bilinear x2 (align_corners=False) spreads the peak over original pixels 20..21 x 20..21, a 4-way tie whose
     # first is (20, 20): inside 000001's dog box (10..29) and 000003's cat box, outside 000002's and 000004's boxes
     # dog 1/2, cat 1/3
-    assert out["all"] == pytest.approx((1 / 2 + 1 / 3) / 2)
+    assert out["pointing_game"] == pytest.approx((1 / 2 + 1 / 3) / 2)
 
 
 def test_difficult_list_file_in_torchray_format(tmp_path):
@@ -212,13 +212,13 @@ def test_centre_baseline_uses_torchrays_centre_point(tmp_path):
     # centre (W/2, H/2) = (50, 40): 000001 dog (10..29): 21 px off -> miss; 000002 cat (40..59 x 30..49) -> hit;
     # 000002 dog boxes 0..9 and 80..99 x 60..79 -> miss; 000003 cat -> hit; 000004 cat (0..19) -> miss
     # dog 0/2, cat 2/3 -> 1/3; difficult: dog 0/2, cat 1/1 -> 1/2
-    assert out["all"] == pytest.approx(1 / 3) and out["difficult"] == pytest.approx(0.5) and out["n"] == 5
+    assert out["pointing_game"] == pytest.approx(1 / 3) and out["difficult"] == pytest.approx(0.5) and out["n"] == 5
     # the same through the metric as the runner calls it, with the center method's maps (ignored)
     batch, _ = trials(ds, {k: (0, 0) for k in POINTS}, size=(40, 50))
     metric = PointingGame()
     batch.method = CenterMap()
     metric.update(None, batch, CenterMap().explain(None, batch.images, batch.targets))
-    assert metric.compute()["all"] == pytest.approx(1 / 3)
+    assert metric.compute()["pointing_game"] == pytest.approx(1 / 3)
 
 
 def test_energy_pointing_game_on_voc(tmp_path):
@@ -233,7 +233,7 @@ def test_energy_pointing_game_on_voc(tmp_path):
     out = metric.compute()
     # shares: 000001 dog 0.75; 000002 cat (26, 40) outside -> 0; 000002 dog (5, 5) in a box -> 1;
     # 000003 cat 1; 000004 cat (19, 19) -> 1; mean over 5 trials
-    assert out["all"] == pytest.approx((0.75 + 0 + 1 + 1 + 1) / 5) and out["n"] == 5
+    assert out["energy_pointing_game"] == pytest.approx((0.75 + 0 + 1 + 1 + 1) / 5) and out["n"] == 5
     assert out["difficult"] == pytest.approx((0.75 + 0 + 1) / 3)
 
 
@@ -330,11 +330,11 @@ def test_pointing_game_on_coco_uses_masks(tmp_path):
                   samples=trials_)
     metric = PointingGame()
     metric.update(None, batch, maps)
-    assert metric.compute()["all"] == 0.0
+    assert metric.compute()["pointing_game"] == 0.0
     maps[0, 5, 25], maps[0, 5, 26] = 0, 1  # 14 px -> hit
     metric.reset()
     metric.update(None, batch, maps)
-    assert metric.compute()["all"] == pytest.approx(0.5)
+    assert metric.compute()["pointing_game"] == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------------------------- ImageNet LOC
@@ -406,6 +406,6 @@ def test_pointing_center_command(tmp_path):
     console = Console(record=True, width=200)
     assert pointing_center.main(parser.parse_args(["voc-fixture", "--datasets-config", str(config)]), console) == 0
     text = console.export_text()
-    assert "all 33.3%" in text and "difficult 50.0%" in text and "5 trials (3 difficult) on 4 images" in text
+    assert "all 33.3%" in text and "difficult 50.0%" in text and "5 trials (3 difficult), 1 all-difficult" in text
     assert "1 all-difficult pairs skipped" in text
     assert pointing_center.main(parser.parse_args(["nope", "--datasets-config", str(config)]), console) == 2

@@ -38,11 +38,14 @@ def main(args: argparse.Namespace, console: Console) -> int:
     except ComponentError as exc:
         console.print(f"[red]pointing-center: {exc}[/red]")
         return 2
-    pct = {k: 100 * v for k, v in result.items() if not k.startswith(("n", "no_", "skipped"))}
+    pct = {k.replace("pointing_game", "all"): 100 * v for k, v in result.items()
+           if not k.startswith(("n", "no_", "skipped"))}
+    for key in ("difficult", "difficult_ci_low", "difficult_ci_high"):  # absent when no pair is difficult
+        pct.setdefault(key, float("nan"))
     console.print(f"center baseline on {args.dataset}: all {pct['all']:.1f}% [{pct['all_ci_low']:.1f}, "
                   f"{pct['all_ci_high']:.1f}], difficult {pct['difficult']:.1f}% [{pct['difficult_ci_low']:.1f}, "
                   f"{pct['difficult_ci_high']:.1f}]; {int(result['n'])} trials ({int(result['n_difficult'])} "
-                  f"difficult) on {int(result['n_images'])} images, {int(result['skipped_difficult'])} all-difficult "
+                  f"difficult), {int(result['skipped_difficult'])} all-difficult "
                   "pairs skipped")
     if args.dataset in PUBLISHED and args.limit is None:
         all_, difficult = PUBLISHED[args.dataset]

@@ -193,7 +193,8 @@ class CocoInstances(AnnotatedImages):
 
 
 class CocoSource(DatasetSource):
-    """Loader ``coco``: ``load(path, set="val2014", annotations=None, images=None, size=224, n=None, difficult_file=None)``."""
+    """Loader ``coco``: ``load(path, set="val2014", annotations=None, images=None, size=224, n=None,
+    difficult_file=None)``."""
 
     name = "coco"
 
@@ -202,7 +203,8 @@ class CocoSource(DatasetSource):
              **options: Any) -> CocoInstances:
         image_set = str(options.pop("set", None) or "val2014")
         if path is None and (annotations is None or images is None):
-            raise ComponentError(f"coco: no path given; set `path:` in datasets.yaml to a folder laid out as {COCO_LAYOUT}")
+            raise ComponentError(f"coco: no path given; set `path:` in datasets.yaml to a folder laid out as "
+                                 f"{COCO_LAYOUT}")
         root = Path(path).expanduser() if path is not None else None
         ann_file = Path(annotations).expanduser() if annotations else root / "annotations" / f"instances_{image_set}.json"
         images_dir = Path(images).expanduser() if images else root / image_set

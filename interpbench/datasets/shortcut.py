@@ -12,7 +12,8 @@ patch painted over the image, plus ``patch_mask`` (bool H x W), ``patch_box`` (x
 the patch colour stands for), ``clean_image`` (the image without the patch) and ``shortcut`` (the mode). The
 object ``masks`` / ``boxes`` / ``objects`` / ``concepts`` exclude the patch pixels. ``mode``: ``"agree"`` (patch
 colour = label's; the train split's default, where ``relabel`` = 1/4 of the images get another class as label and
-patch colour, so that the patch predicts the label better than the shape), ``"conflict"`` (another class's; val and test) or ``"none"``.
+patch colour, so that the patch predicts the label better than the shape), ``"conflict"`` (another class's; val
+and test) or ``"none"``.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def patch_side(height: int, width: int, fraction: float = PATCH_FRACTION) -> int
 
 
 def _hash(*parts: Any) -> int:
-    return int.from_bytes(hashlib.blake2b("|".join(map(str, (SHORTCUT_VERSION, *parts))).encode(), digest_size=8).digest(),
-                          "little")
+    text = "|".join(map(str, (SHORTCUT_VERSION, *parts)))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def conflict_class(seed: int, split: str, index: int, label: int, num_classes: int = len(SHAPES)) -> int:
@@ -70,7 +71,9 @@ class ShortcutWorld(torch.utils.data.Dataset):
         if not isinstance(patch, (int, float)) or not 0 < patch <= 0.5:
             raise ComponentError(f"shapes-shortcut: patch {patch!r} must be a fraction of the image side in (0, 0.5]")
         self.patch = float(patch)
-        self.relabel = (TRAIN_RELABEL if split == "train" and self.mode == "agree" else 0.0) if relabel is None else relabel
+        if relabel is None:
+            relabel = TRAIN_RELABEL if split == "train" and self.mode == "agree" else 0.0
+        self.relabel = relabel
         if not isinstance(self.relabel, (int, float)) or not 0 <= self.relabel < 1:
             raise ComponentError(f"shapes-shortcut: relabel {relabel!r} must be a fraction in [0, 1)")
         if self.relabel and self.mode != "agree":

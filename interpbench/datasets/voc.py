@@ -170,7 +170,7 @@ class AnnotatedImages(torch.utils.data.Dataset):
 
 
 def parse_voc_xml(path: Path) -> dict[str, Any]:
-    """A VOC annotation file -> ``{"filename", "size": (H, W), "objects": [(class name, difficult, [xmin, ymin, xmax, ymax])]}``."""
+    """A VOC annotation file -> ``{"filename", "size": (H, W), "objects": [(name, difficult, [x0, y0, x1, y1])]}``."""
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError:
@@ -193,10 +193,10 @@ def parse_voc_xml(path: Path) -> dict[str, Any]:
         if box is None:
             raise ComponentError(f"voc: an object in {str(path)!r} lacks <bndbox>")
         difficult = obj.find("difficult")
-        objects.append((text(obj, "name"), bool(int(difficult.text)) if difficult is not None and difficult.text else False,
-                        [float(text(box, k)) for k in ("xmin", "ymin", "xmax", "ymax")]))
-    return {"filename": text(root, "filename"), "size": (int(float(text(size, "height"))), int(float(text(size, "width")))),
-            "objects": objects}
+        flag = bool(int(difficult.text)) if difficult is not None and difficult.text else False
+        objects.append((text(obj, "name"), flag, [float(text(box, k)) for k in ("xmin", "ymin", "xmax", "ymax")]))
+    height, width = int(float(text(size, "height"))), int(float(text(size, "width")))
+    return {"filename": text(root, "filename"), "size": (height, width), "objects": objects}
 
 
 def find_voc_root(path: Path, year: str) -> Path:

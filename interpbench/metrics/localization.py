@@ -109,6 +109,17 @@ def pointing_hits(points: torch.Tensor, regions: torch.Tensor, tolerance: float)
     return (accept & regions).flatten(1).any(dim=1)
 
 
+def region_distance(points: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Float ``B``: Euclidean distance from ``points[b]`` (x, y) to the nearest pixel of ``regions[b]`` (inf if empty)."""
+    height, width = regions.shape[-2:]
+    points = points.to(device=regions.device, dtype=torch.float32)
+    ys = torch.arange(height, dtype=torch.float32, device=regions.device)
+    xs = torch.arange(width, dtype=torch.float32, device=regions.device)
+    d2 = (ys[None] - points[:, 1:2])[:, :, None] ** 2 + (xs[None] - points[:, 0:1])[:, None, :] ** 2
+    d2 = torch.where(regions, d2, torch.full_like(d2, math.inf))
+    return d2.flatten(1).min(dim=1).values.sqrt()
+
+
 def positive_share(maps: torch.Tensor, regions: torch.Tensor, eps: float = GRID_EPS) -> torch.Tensor:
     """Share of each map's positive mass inside its region: ``sum(relu(m) * r) / sum(relu(m))``, 0 if the mass <= eps."""
     # Wang et al. 2020 (Score-CAM), energy-based pointing game; Rao et al. 2022, GridPG localisation score
@@ -124,7 +135,7 @@ def region_fraction(region: torch.Tensor) -> float:
 
 
 def difficult_pair(area_fraction: float, other_classes: int) -> bool:
-    """Zhang et al. 2016, sec. 5.1: the class's boxes cover less than 1/4 of the image and a distractor class is present."""
+    """Zhang et al. 2016, sec. 5.1: the class's boxes cover < 1/4 of the image and a distractor class is present."""
     return area_fraction < DIFFICULT_AREA and other_classes > 0
 
 
@@ -238,7 +249,8 @@ def _image_id(sample: dict) -> str:
     return str(sample.get("image_id", sample.get("id")))
 
 
-def _region(sample: dict, target: int, map_size: tuple[int, int], kind: str) -> tuple[torch.Tensor | None, tuple[int, int], str]:
+def _region(sample: dict, target: int, map_size: tuple[int, int],
+            kind: str) -> tuple[torch.Tensor | None, tuple[int, int], str]:
     """The ground-truth region of ``target`` in ``sample``: (bool mask or None, its size, "masks"/"boxes"/"")."""
     if "orig_size" in sample:
         size = (int(sample["orig_size"][0]), int(sample["orig_size"][1]))
@@ -288,7 +300,8 @@ def _positive_number(name: str, key: str, value: Any, allow_zero: bool = False) 
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and (
         value >= 0 if allow_zero else value > 0)
     if not ok:
-        raise ComponentError(f"{name}: {key} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+        kind = "non-negative" if allow_zero else "positive"
+        raise ComponentError(f"{name}: {key} must be a {kind} number, got {value!r}")
 
 
 class _Trials:
@@ -325,16 +338,18 @@ class _Trials:
         np.add.at(den, (r, k), 1.0)
         return num, den
 
-    def summary(self, per_class: bool, n_boot: int, seed: int) -> dict[str, float]:
+    def summary(self, headline: str, per_class: bool, n_boot: int, seed: int) -> dict[str, float]:
+        """``headline`` (all trials) and ``difficult`` (the difficult subset), with CIs and counts."""
         out: dict[str, float] = {}
         difficult = np.asarray(self.difficult, dtype=bool)
-        for name, select in (("all", np.ones(len(self), dtype=bool)), ("difficult", difficult)):
+        for name, select in ((headline, np.ones(len(self), dtype=bool)), ("difficult", difficult)):
+            if not select.any():  # no difficult pair: no number (results must be finite)
+                continue
             num, den = self.matrices(select, per_class)
             out[name] = class_mean_ratio(num, den) if len(num) else math.nan
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = cluster_bootstrap_ci(num, den, n_boot, seed)
         out["n"] = float(len(self))
         out["n_difficult"] = float(difficult.sum())
-        out["n_images"] = float(len(set(self.images)))
         return out
 
 
@@ -402,7 +417,7 @@ class _LocalisationGame(Metric):
                 f"{self.name}: no trial had a ground-truth region ({self.no_region} trials whose class is not in the "
                 f"image, {self.skipped_difficult} skipped as all-difficult); with --target predicted the model's "
                 "classes must be those of the dataset's boxes; use --target label on a multi-label dataset")
-        out = self.trials.summary(self.per_class, self.params["n_boot"], self.params["seed"])
+        out = self.trials.summary(self.name, self.per_class, self.params["n_boot"], self.params["seed"])
         out["no_region"] = float(self.no_region)
         out["skipped_difficult"] = float(self.skipped_difficult)
         return out
@@ -416,15 +431,23 @@ class PointingGame(_LocalisationGame):
     with TorchRay's centre point (W/2, H/2) instead of its map's arg-max, so that its numbers are the published
     ones by construction; its map's arg-max lies within a pixel of it), ``n_boot`` / ``seed`` (the CI).
 
-    Result: ``all``, ``difficult`` (class-mean accuracy in [0, 1]) with ``_ci_low`` / ``_ci_high``, ``n`` (trials in
-    "all"), ``n_difficult``, ``n_images``, ``no_region`` (trials whose class is not in the image: left out),
-    ``skipped_difficult`` (VOC pairs whose boxes are all difficult: left out).
+    Result: ``pointing_game`` (all trials) and ``difficult`` (the difficult subset; absent when no pair is), the
+    class-mean accuracy in [0, 1], each with ``_ci_low`` / ``_ci_high``; ``n`` (trials), ``n_difficult``,
+    ``no_region`` (trials whose class is not in the image: left out), ``skipped_difficult`` (VOC pairs whose boxes
+    are all difficult: left out).
 
     The shapes world is generated at the model's 64 px, where 15 px is a quarter of the image: pass a tolerance
-    in proportion (``tolerance=2`` is 15 px at VOC's ~500 px), or the chance level of ``random`` is high.
+    in proportion (``tolerance=2`` is 15 px at VOC's ~500 px), or every map hits. Even then the centre baseline is
+    strong there: the labelled object is large (radius 22-30% of the side) and lies wholly inside the image, so it
+    covers the image centre in most images (as in VOC, centre 69.6%, only more so); use the grid game to compare
+    methods without that bias.
     """
 
     name: ClassVar[str] = "pointing_game"
+    # the inverted map's arg-max, (0, 0), lies 8.9 px from the kit's region on its 32 x 32 image: a hit at 15 px
+    expected_failures: ClassVar[dict[str, str]] = {
+        "prefers_oracle_map": "on the kit's 32 x 32 reference image the inverted map's point lies within the published "
+                              "15 px of the region too (at tolerance 4 the oracle map wins)"}
     defaults: ClassVar[dict[str, Any]] = {"tolerance": TORCHRAY_TOLERANCE, "region": "auto", "centre_point": True,
                                           "n_boot": 2000, "seed": 0}
 
@@ -447,7 +470,7 @@ class EnergyPointingGame(_LocalisationGame):
     """Energy-based pointing game (Wang et al., Score-CAM, CVPR-W 2020): share of positive map mass in the region.
 
     Same trials, regions, resizing, skips and subsets as ``pointing_game``; the result is the mean over trials
-    (``all``, ``difficult``, with bootstrap CIs over images), not a class mean.
+    (``energy_pointing_game`` for all trials, ``difficult``, with bootstrap CIs over images), not a class mean.
     """
 
     name: ClassVar[str] = "energy_pointing_game"
@@ -467,15 +490,20 @@ class GridPointingGame(Metric):
     runs the run's method (``batch.method``) on each grid once per cell with that cell's class as the target, and
     scores the share of the map's positive mass inside the cell (0 when the map has no positive mass). Grids are
     ``2H x 2W`` (the model must accept that size, as a fully convolutional network with global pooling does); with
-    ``fit_input=True`` they are resized to ``H x W`` instead.
+    ``fit_input=True`` they are resized to ``H x W`` instead. The candidates are the model's own (Rao et al. keep the
+    images that all the compared models classify confidently, so that every model sees the same grids); all
+    methods on one model see the same grids (same candidates, same seed).
 
-    Result: ``all`` (mean localisation score) with a bootstrap CI over grids, ``pointing`` (share of trials whose
-    map's arg-max lies in the right cell), ``n`` (trials = 4 x grids), ``grids``, ``candidates`` (confident images),
+    Result: ``grid_pointing_game`` (mean localisation score) with a bootstrap CI over grids, ``pointing`` (share of
+    trials whose map's arg-max lies in the right cell), ``n`` (trials = 4 x grids), ``grids``, ``candidates`` (confident images),
     ``classes`` (classes with a confident image). Chance level: 0.25.
     """
 
     name: ClassVar[str] = "grid_pointing_game"
     version: ClassVar[str] = "1"
+    _reason = "the conformance kit's reference world has 3 classes; a 2 x 2 grid needs 4 (NotApplicable, by design)"
+    expected_failures: ClassVar[dict[str, str]] = dict.fromkeys(
+        ("compute_finite", "reset_clears_state", "batch_split_invariance", "prefers_oracle_map"), _reason)
     higher_is_better: ClassVar[bool] = True
     needs: ClassVar[frozenset[str]] = frozenset()
     defaults: ClassVar[dict[str, Any]] = {"confidence": 0.99, "grids": 500, "scale": 2, "fit_input": False,
@@ -484,7 +512,8 @@ class GridPointingGame(Metric):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         p = self.params
-        if not isinstance(p["confidence"], (int, float)) or isinstance(p["confidence"], bool) or not 0 <= p["confidence"] <= 1:
+        confidence = p["confidence"]
+        if not isinstance(confidence, (int, float)) or isinstance(confidence, bool) or not 0 <= confidence <= 1:
             raise ComponentError(f"{self.name}: confidence must be a probability in [0, 1] (0.99 in Rao et al.), "
                                  f"got {p['confidence']!r}")
         for key in ("grids", "scale", "n_boot"):
@@ -548,11 +577,9 @@ class GridPointingGame(Metric):
                 part = grids[start:start + chunk_grids]
                 images = torch.stack([torch.stack([self._image(c, k) for c, k in grid]) for grid in part]).to(device)
                 grid_images = make_grids(images, p["scale"])  # G x 3 x sH x sW
-                height, width = images.shape[-2:]
-                if p["fit_input"]:
-                    grid_images = F.interpolate(grid_images, size=(height, width), mode="bilinear", align_corners=False,
-                                                antialias=True)
-                    height, width = height // p["scale"], width // p["scale"]
+                if p["fit_input"]:  # the grid shrunk to one cell's (the model's input) size
+                    grid_images = F.interpolate(grid_images, size=tuple(images.shape[-2:]), mode="bilinear",
+                                                align_corners=False, antialias=True)
                 inputs = grid_images.repeat_interleave(cells, dim=0)  # trial (grid g, cell k) = g * cells + k
                 targets = torch.tensor([c for grid in part for c, _ in grid], device=device)
                 try:
@@ -565,8 +592,9 @@ class GridPointingGame(Metric):
                         f"grids of {tuple(inputs.shape[-2:])} px ({type(exc).__name__}: {exc}); if the model needs "
                         f"its input size, use grid_pointing_game.fit_input=true") from exc
                 if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != (len(inputs), *inputs.shape[-2:]):
+                    expected = (len(inputs), *inputs.shape[-2:])
                     raise ComponentError(f"{self.name}: method returned maps of shape "
-                                         f"{tuple(getattr(maps, 'shape', ()))}, expected {(len(inputs), *inputs.shape[-2:])}")
+                                         f"{tuple(getattr(maps, 'shape', ()))}, expected {expected}")
                 maps = maps.detach().float()
                 mask_h, mask_w = maps.shape[-2] // p["scale"], maps.shape[-1] // p["scale"]
                 cell_masks = grid_cell_masks(mask_h, mask_w, p["scale"], device=maps.device)
@@ -586,7 +614,7 @@ class GridPointingGame(Metric):
         np.add.at(den, (np.asarray(grid_ids), 0), 1.0)
         lo, hi = cluster_bootstrap_ci(num, den, p["n_boot"], p["seed"])
         plo, phi = cluster_bootstrap_ci(hit, den, p["n_boot"], p["seed"])
-        return {"all": class_mean_ratio(num, den), "all_ci_low": lo, "all_ci_high": hi,
+        return {self.name: class_mean_ratio(num, den), f"{self.name}_ci_low": lo, f"{self.name}_ci_high": hi,
                 "pointing": class_mean_ratio(hit, den), "pointing_ci_low": plo, "pointing_ci_high": phi,
                 "n": float(len(scores)), "grids": float(len(grids)),
                 "candidates": float(sum(pools.values())), "classes": float(len(pools))}
@@ -600,12 +628,15 @@ class ShortcutLocalization(Metric):
     """Planted shortcut (the ``shapes-shortcut`` world): do the maps point at the corner patch or at the object?
 
     Samples (``interpbench.datasets.shortcut``) carry ``patch_mask`` (bool H x W), ``patch_label`` (the class the
-    patch colour stands for), ``shape_label`` / ``label`` (the object's class), ``masks`` (the object regions, patch pixels removed)
-    and ``clean_image`` (the same image without the patch). On test images the patch and the object disagree.
+    patch colour stands for), ``shape_label`` / ``label`` (the object's class), ``masks`` (the object regions,
+    patch pixels removed) and ``clean_image`` (the same image without the patch). On test images the patch and the
+    object disagree.
 
     Per trial: ``patch_mass`` / ``object_mass`` (share of positive map mass on the patch / on the object of class
-    ``label``), ``patch_hit`` / ``object_hit`` (the arg-max lies strictly within ``tolerance`` px of the patch /
-    object; 1 px: on it). Model behaviour on the same images: ``acc_patched`` (prediction = object class, with the
+    ``label``), ``patch_hit`` / ``object_hit`` (the map's arg-max is nearer to the patch than to the object / nearer
+    to the object than to the patch, distances to the regions' nearest pixels; a parameter-free pointing rule,
+    since the patch (6 px) is smaller than a CAM cell (8 px) and a fixed tolerance would favour one resolution).
+    Model behaviour on the same images: ``acc_patched`` (prediction = object class, with the
     conflicting patch), ``follows_patch`` (prediction = patch class), ``acc_clean`` (prediction = object class on
     ``clean_image``). A model that uses the shortcut has ``acc_clean`` high, ``acc_patched`` low, ``follows_patch``
     high; an explanation that exposes it has high ``patch_mass`` and ``patch_hit``.
@@ -615,13 +646,12 @@ class ShortcutLocalization(Metric):
     version: ClassVar[str] = "1"
     higher_is_better: ClassVar[bool] = True
     needs: ClassVar[frozenset[str]] = frozenset({"patch_mask", "patch_label", "clean_image", "masks"})
-    defaults: ClassVar[dict[str, Any]] = {"tolerance": 1, "n_boot": 2000, "seed": 0}
+    defaults: ClassVar[dict[str, Any]] = {"n_boot": 2000, "seed": 0}
     VALUES: ClassVar[tuple[str, ...]] = ("patch_mass", "object_mass", "patch_hit", "object_hit", "acc_patched",
                                          "follows_patch", "acc_clean")
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        _positive_number(self.name, "tolerance", self.params["tolerance"])
         self.reset()
 
     def reset(self) -> None:
@@ -629,7 +659,8 @@ class ShortcutLocalization(Metric):
 
     def update(self, model: Model, batch: Batch, maps: torch.Tensor) -> None:
         _check_maps(self.name, maps, batch)
-        missing = [k for k in ("patch_mask", "patch_label", "label", "clean_image") if any(k not in s for s in batch.samples)]
+        missing = [k for k in ("patch_mask", "patch_label", "label", "clean_image")
+                   if any(k not in s for s in batch.samples)]
         if missing:
             raise ComponentError(f"{self.name}: samples lack {missing}; run it on the 'shapes-shortcut' dataset")
         size = tuple(maps.shape[-2:])
@@ -640,7 +671,7 @@ class ShortcutLocalization(Metric):
         objects = torch.stack([torch.as_tensor((s.get("masks") or {}).get(c, empty)).bool()
                                for s, c in zip(batch.samples, labels)]).to(device)
         points = argmax_points(maps)
-        tol = self.params["tolerance"]
+        to_patch, to_object = region_distance(points, patch), region_distance(points, objects)
         clean = torch.stack([torch.as_tensor(s["clean_image"]) for s in batch.samples]).to(batch.images.device)
         with torch.no_grad():
             pred = model(batch.images).argmax(dim=1).cpu()
@@ -649,7 +680,7 @@ class ShortcutLocalization(Metric):
         patch_t = torch.tensor([int(s["patch_label"]) for s in batch.samples])
         new = {
             "patch_mass": positive_share(maps, patch), "object_mass": positive_share(maps, objects),
-            "patch_hit": pointing_hits(points, patch, tol).float(), "object_hit": pointing_hits(points, objects, tol).float(),
+            "patch_hit": (to_patch < to_object).float(), "object_hit": (to_object < to_patch).float(),
             "acc_patched": (pred == label_t).float(), "follows_patch": (pred == patch_t).float(),
             "acc_clean": (pred_clean == label_t).float(),
         }

@@ -45,7 +45,28 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "weight_decay": 1e-4,
     "n_test": 512,
 }
-DEFAULT_DATASET = {"shape": "shapes", "color": "shapes-color", "texture": "shapes-texture"}
+DEFAULT_DATASET = {"shape": "shapes", "color": "shapes-color", "texture": "shapes-texture",
+                   "shortcut": "shapes-shortcut"}
+# Variants trained on another world, with the labels of a task: ``shapes:cnn.shortcut`` learns shapes on the
+# planted-shortcut world (interpbench.datasets.shortcut), where a corner patch's colour predicts the label.
+VARIANTS = {"shortcut": "shape"}
+
+
+def _world(task: str, split: str, n: int):
+    """The training / test world of ``task`` (a task of TASKS or a variant)."""
+    if task == "shortcut":
+        from interpbench.datasets.shortcut import ShortcutWorld
+
+        return ShortcutWorld(split, INPUT_SIZE, n=n, mode="agree")  # train: a quarter relabelled; test: agreeing
+    return ShapesWorld(split, INPUT_SIZE, n=n, task=task)
+
+
+def _variant_recipe(task: str) -> dict[str, Any]:
+    if task != "shortcut":
+        return {}
+    from interpbench.datasets.shortcut import PATCH_FRACTION, SHORTCUT_VERSION, TRAIN_RELABEL
+
+    return {"shortcut": SHORTCUT_VERSION, "patch": PATCH_FRACTION, "relabel": TRAIN_RELABEL}
 
 
 def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
@@ -73,7 +94,7 @@ def seeded_net(task: str, seed: int) -> nn.Sequential:
     """A freshly initialised network for ``task``; the same ``seed`` gives the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_shapes_cnn(len(TASKS[task]))
+        return build_shapes_cnn(len(TASKS[VARIANTS.get(task, task)]))
 
 
 def recipe(task: str, seed: int, **overrides: Any) -> dict[str, Any]:
@@ -84,7 +105,7 @@ def recipe(task: str, seed: int, **overrides: Any) -> dict[str, Any]:
                              f"known: {sorted(TRAIN_DEFAULTS)}")
     return {"arch": ARCH_VERSION, "widths": list(WIDTHS), "world": GENERATOR_VERSION, "size": list(INPUT_SIZE),
             "task": task, "seed": int(seed), "mean": list(MEAN), "std": list(STD), "optimizer": "adamw+onecycle",
-            "augment": "hflip", **TRAIN_DEFAULTS, **overrides}
+            "augment": "hflip", **_variant_recipe(task), **TRAIN_DEFAULTS, **overrides}
 
 
 def recipe_hash(rec: dict[str, Any]) -> str:
@@ -145,11 +166,11 @@ def train_shapes_cnn(task: str = "shape", seed: int = 0, *, show_progress: bool 
     Data: the shapes world, train split (world seed 0, ``n_train`` images, random horizontal flips), evaluated on
     the first ``n_test`` images of the test split. AdamW with a one-cycle learning-rate schedule.
     """
-    if task not in TASKS:
-        raise ComponentError(f"shapes:cnn: task {task!r} is not one of {sorted(TASKS)}")
+    if task not in TASKS and task not in VARIANTS:
+        raise ComponentError(f"shapes:cnn: task {task!r} is not one of {sorted(TASKS) + sorted(VARIANTS)}")
     rec = recipe(task, seed, **overrides)
-    images, labels = ShapesWorld("train", INPUT_SIZE, n=rec["n_train"], task=task).tensors()
-    test_images, test_labels = ShapesWorld("test", INPUT_SIZE, n=rec["n_test"], task=task).tensors()
+    images, labels = _world(task, "train", rec["n_train"]).tensors()
+    test_images, test_labels = _world(task, "test", rec["n_test"]).tensors()
     net = seeded_net(task, seed)
     steps_per_epoch = len(images) // rec["batch_size"]
     optimizer = torch.optim.AdamW(net.parameters(), lr=rec["lr"], weight_decay=rec["weight_decay"])
@@ -262,18 +283,19 @@ def load_checkpoint(path: str | os.PathLike, spec: str) -> tuple[dict[str, torch
 
 
 class ShapesModelSource(ModelSource):
-    """Model source ``shapes``: ``shapes:cnn`` / ``shapes:cnn.color`` / ``shapes:cnn.texture``."""
+    """Model source ``shapes``: ``shapes:cnn`` / ``shapes:cnn.color`` / ``shapes:cnn.texture`` /
+    ``shapes:cnn.shortcut``."""
 
     name = "shapes"
     defaults = {"seed": 0}
 
     def available(self) -> list[str]:
-        return ["cnn", "cnn.shape", "cnn.color", "cnn.texture"]
+        return ["cnn", "cnn.shape", "cnn.color", "cnn.texture", "cnn.shortcut"]
 
     def load(self, name: str, weights: str | None, resolve_weights: Callable[..., Any] | None = None) -> Model:
         arch, _, task = name.partition(".")
         task = task or "shape"
-        if arch != "cnn" or task not in TASKS:
+        if arch != "cnn" or (task not in TASKS and task not in VARIANTS):
             raise ComponentError(f"model 'shapes:{name}': unknown name {name!r}; the shapes source has "
                                  f"{self.available()} (e.g. 'shapes:cnn')")
         tag = "cnn" if task == "shape" else f"cnn.{task}"
@@ -295,11 +317,13 @@ class ShapesModelSource(ModelSource):
                 net.load_state_dict(state)
             except RuntimeError as error:
                 raise ComponentError(f"model {spec!r}: {str(path)!r} does not fit the shapes:cnn architecture "
-                                     f"for task {task!r} ({len(TASKS[task])} classes): {error}") from error
+                                     f"for task {task!r} ({len(TASKS[VARIANTS.get(task, task)])} classes): "
+                                     f"{error}") from error
             # The identity is the weights themselves: the file also holds training metadata (its wall time).
             info.update(path=str(path), sha256=state_dict_sha256(state), sha256_of="state_dict",
                         file_sha256=file_sha256(Path(path)), recipe=meta.get("recipe"),
                         test_accuracy=meta.get("test_accuracy"))
-        return Model(net.eval(), spec=spec, mean=MEAN, std=STD, input_size=INPUT_SIZE, class_names=list(TASKS[task]),
-                     cam_layer="layer3", label_space=f"shapes:{task}", default_dataset=DEFAULT_DATASET[task],
+        labels = VARIANTS.get(task, task)
+        return Model(net.eval(), spec=spec, mean=MEAN, std=STD, input_size=INPUT_SIZE, class_names=list(TASKS[labels]),
+                     cam_layer="layer3", label_space=f"shapes:{labels}", default_dataset=DEFAULT_DATASET[task],
                      weights=info, layers=["stem", "layer1", "layer2", "layer3"])
