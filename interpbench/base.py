@@ -102,6 +102,12 @@ class Metric(Component):
     needs: ClassVar[frozenset[str]] = frozenset()
     scope: ClassVar[str] = "explanation"
     defaults: ClassVar[dict[str, Any]] = {}
+    # Distributed runs (interpbench.distributed): a dataset-level metric names its state attributes and how the
+    # ranks' parts combine ("cat", "sum", "max", "min", "first" or a function (metric, values) -> value); without
+    # them it runs on rank 0 alone. A model-scope metric sets ``distributed = True`` when ``evaluate`` shards its
+    # work over ``ctx.dist``; otherwise it runs on rank 0 alone.
+    dist_state: ClassVar[dict[str, Any]] = {}
+    distributed: ClassVar[bool] = False
 
     @property
     def per_sample(self) -> bool:
@@ -133,6 +139,8 @@ class RunContext:
     out_dir: Any = None  # pathlib.Path where artefacts (CSV, PNG) go, or None
     progress: Callable[[int, int], None] | None = None  # progress(done, total)
     limit: int | None = None
+    dist: Any = None  # interpbench.distributed.Dist of a distributed run (metrics with distributed = True), else None
+    workers: int = 0  # data-loading worker processes (the run's --workers)
 
 
 # --------------------------------------------------------------------------------------------- data

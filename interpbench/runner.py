@@ -5,7 +5,9 @@ loaded once, its targets computed once, and each method's maps computed once and
 metric. Per-sample scores go to the store one transaction per batch; batches whose samples are all stored for
 every cell are skipped, so a killed run resumes and ends with the numbers of an uninterrupted one. Batches are
 formed from the dataset order alone and seeds from the identity of the cell and the batch, never from the order
-in which cells run.
+in which cells run. Under torchrun each rank computes a contiguous block of the batches and rank 0 alone writes
+(:mod:`interpbench.distributed`, docs/scale.md); ``--workers`` processes decode the batches ahead
+(:mod:`interpbench.feeding`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from . import api
-from .base import Batch, ComponentError, Method, Metric, Model, NotApplicable, RunContext, collate
+from . import api, distributed, feeding
+from .base import Batch, ComponentError, Method, Metric, Model, NotApplicable, RunContext
 from .manifest import config_key, environment, stable_hash
 from .registry import get_registry
 from .store import Store
@@ -87,8 +89,26 @@ class RunConfig:
     progress: bool = True
     experiment: str | None = None
     command: str | None = None
+    # An experiment may be several grids: each part overrides some of PART_KEYS (e.g. every method on one model,
+    # four methods on another). The top-level methods / models / metrics are then the union of the parts'.
+    parts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)  # free text for the manifest (e.g. a budget)
+    workers: int = 0  # data-loading worker processes per rank (0: load in the main process)
 
     def __post_init__(self) -> None:
+        self.methods, self.models, self.metrics = list(self.methods), list(self.models), list(self.metrics)
+        for i, part in enumerate(self.parts):
+            unknown = sorted(set(part) - set(PART_KEYS))
+            if unknown:
+                raise ComponentError(f"experiment part {i}: unknown keys {unknown}; a part may set {list(PART_KEYS)}")
+            for kind in ("methods", "models", "metrics"):
+                for name in part.get(kind) or []:
+                    if name not in getattr(self, kind):
+                        getattr(self, kind).append(name)
+            if part.get("target", self.target) not in TARGETS:
+                raise ComponentError(f"experiment part {i}: target {part['target']!r}: choose one of {list(TARGETS)}")
+            if not part.get("models") and not self.models:
+                raise ComponentError(f"experiment part {i}: no models")
         if self.target not in TARGETS:
             raise ComponentError(f"--target {self.target!r}: choose one of {list(TARGETS)}")
         if self.batch_size < 1:
@@ -97,9 +117,28 @@ class RunConfig:
             raise ComponentError(f"--precision {self.precision!r}: choose one of {list(PRECISIONS)}")
         if self.limit is not None and self.limit < 1:
             raise ComponentError(f"--limit {self.limit}: must be a positive integer")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
+            raise ComponentError(f"--workers {self.workers!r}: must be 0 (load in the main process) or a positive integer")
         for kind, names in (("methods", self.methods), ("models", self.models), ("metrics", self.metrics)):
             if not names:
                 raise ComponentError(f"no {kind} given; name at least one (see `interpbench list {kind}`)")
+
+
+PART_KEYS = ("methods", "models", "metrics", "datasets", "limit", "method_limits", "target", "batch_size")
+
+
+def grids(config: RunConfig) -> list[RunConfig]:
+    """The grids of an experiment: the config itself, or one config per part (the part's keys over the rest)."""
+    if not config.parts:
+        return [config]
+    out = []
+    for part in config.parts:
+        fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "parts"}
+        fields.update({"methods": [], **part})
+        grid = RunConfig.__new__(RunConfig)  # a part may have no methods (model-scope metrics only)
+        grid.__dict__.update(fields, parts=[])
+        out.append(grid)
+    return out
 
 
 def resolve_device(device: str) -> torch.device:
@@ -182,7 +221,7 @@ class Runner:
         self.config = config
         self.console = console or Console(stderr=True)
         self.registry = get_registry()
-        self.device = resolve_device(config.device)
+        self.dist, self.device = distributed.setup(resolve_device(config.device))  # cuda:LOCAL_RANK under torchrun
         self.out = Path(config.out)
         self.ok = True
         self.oom_events: list[dict[str, Any]] = []
@@ -194,7 +233,7 @@ class Runner:
             self.registry.get("metrics", name)
         for name in config.datasets or []:
             api.dataset_entry(name, config.datasets_config)
-        for failure in self.registry.failures:
+        for failure in self.registry.failures if self.dist.is_main else []:
             self.console.print(f"[yellow]warning: {failure} (see `interpbench list plugins`)[/yellow]")
 
     # ------------------------------------------------------------------ building components
@@ -209,12 +248,13 @@ class Runner:
         from .leaderboard import write_leaderboard
 
         cfg = self.config
-        store = Store(self.out / "store.sqlite")
+        store = distributed.open_store(self.dist, self.out / "store.sqlite")  # rank 0 alone opens the file
         manifest: dict[str, Any] = {
             "experiment": cfg.experiment or self.out.name,
             "command": cfg.command,
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
             "environment": environment(self.device, self.registry),
+            "distributed": {**self.dist.describe(), "workers": cfg.workers},
             "precision": {"requested": cfg.precision,
                           "autocast": "methods and metrics" if cfg.precision != "fp32" else "none",
                           "note": "softmax probabilities of the causal metrics are computed in fp32"},
@@ -228,22 +268,28 @@ class Runner:
         self.position = 0
         started = time.time()
         with self._progress() as progress:
-            for spec in cfg.models:
-                self._run_model(spec, store, run_id, manifest, progress)
+            try:
+                for grid in grids(cfg):
+                    self.config = grid
+                    for spec in grid.models:
+                        self._run_model(spec, store, run_id, manifest, progress)
+            finally:
+                self.config = cfg
         manifest["wall_time"] = time.time() - started
-        manifest["out_of_memory"] = self.oom_events
+        manifest["out_of_memory"] = distributed.gather_events(self.dist, self.oom_events)
         manifest["cells"] = [
             {k: c[k] for k in ("key", "model", "dataset", "method", "metric", "status", "error", "n", "wall_time")}
             for c in store.run_cells(run_id)
         ]
         store.finish_run(run_id, manifest)
         self.ok = self.ok and all(c["status"] in ("done", "skipped", "not_applicable") for c in manifest["cells"])
-        table = write_leaderboard(store, self.out, run_id)
+        table = write_leaderboard(distributed.local_store(store), self.out, run_id) if self.dist.is_main else None
+        self.ok, table = distributed.finish(self.dist, self.ok, table)
         store.close()
         return table
 
     def _progress(self):
-        if not self.config.progress:
+        if not self.config.progress or not self.dist.is_main:
             return nullcontext(None)
         return Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -252,7 +298,7 @@ class Runner:
 
     def _register_failed(self, store: Store, run_id: int, model: str, dataset: str, error: str) -> None:
         """A model or dataset that cannot load: one failed row per cell it would have had."""
-        for method in self.config.methods:
+        for method in self.config.methods or ["-"]:
             for metric in self.config.metrics:
                 key = config_key({"failed": [model, dataset, method, metric]})
                 self._add_cell(store, run_id, key, model, dataset, method, metric, "explanation", True, {})
@@ -267,14 +313,14 @@ class Runner:
     def _run_model(self, spec: str, store: Store, run_id: int, manifest: dict, progress) -> None:
         cfg = self.config
         try:
-            model = api.load_model(spec, device=str(self.device))
+            model = self.dist.agree(lambda: api.load_model(spec, device=str(self.device)))  # fails on every rank
         except Exception as exc:  # noqa: BLE001 - one failing model never loses the others
             error = describe_error(exc)
             self.console.print(f"[red]model {spec}: {error}[/red]")
             manifest["failures"].append({"model": spec, "error": error})
             self._register_failed(store, run_id, spec, "-", error)
             return
-        manifest["models"][spec] = model.describe()
+        manifest["models"][spec] = distributed.same_on_every_rank(self.dist, f"model {spec!r}", model.describe())
         if not cfg.datasets and not model.default_dataset:
             error = (f"model {spec!r} (label space {model.label_space!r}) has no embedded default dataset; "
                      "name one with --dataset (see `interpbench list datasets`)")
@@ -283,7 +329,8 @@ class Runner:
             return
         for ds_name in cfg.datasets or [model.default_dataset]:
             try:
-                dataset = api.load_dataset(ds_name, split="test", size=model.input_size, config=cfg.datasets_config)
+                dataset = self.dist.agree(lambda: api.load_dataset(ds_name, split="test", size=model.input_size,
+                                                                   config=cfg.datasets_config))
                 if cfg.limit is not None and cfg.limit < len(dataset):
                     dataset = LimitedDataset(dataset, cfg.limit)
                 if cfg.target == "label" and not ({"label", "labels"} & set(dataset.provides)):
@@ -299,7 +346,8 @@ class Runner:
                 manifest["failures"].append({"model": spec, "dataset": ds_name, "error": error})
                 self._register_failed(store, run_id, spec, ds_name, error)
                 continue
-            manifest["datasets"].setdefault(ds_name, {})[spec] = {**dataset.identity(), "n": len(dataset)}
+            manifest["datasets"].setdefault(ds_name, {})[spec] = distributed.same_on_every_rank(
+                self.dist, f"dataset {ds_name!r}", {**dataset.identity(), "n": len(dataset)})
             self._run_model_scope(model, spec, ds_name, dataset, store, run_id, manifest)
             self._run_explanations(model, spec, ds_name, dataset, store, run_id, manifest, progress)
 
@@ -324,9 +372,10 @@ class Runner:
                 continue
             t0 = time.time()
             ctx = RunContext(device=self.device, batch_size=cfg.batch_size, seed=stable_hash([cfg.seed, key]),
-                             out_dir=self.out / "artifacts" / f"{slug(spec)}__{ds_name}__{metric_name}", limit=cfg.limit)
+                             out_dir=self.out / "artifacts" / f"{slug(spec)}__{ds_name}__{metric_name}"
+                             if self.dist.is_main else None, limit=cfg.limit, workers=cfg.workers)
             try:
-                values = metric.evaluate(model, dataset, ctx)
+                values = distributed.evaluate_model_scope(self.dist, metric, model, dataset, ctx)
                 store.write_results(key, {k: float(v) for k, v in values.items()})
                 store.set_status(key, "done", None, time.time() - t0)
             except NotApplicable as exc:
@@ -390,12 +439,13 @@ class Runner:
             return
         n = len(dataset)
         n_batches = math.ceil(n / cfg.batch_size)
-        task = progress.add_task(f"{spec} on {ds_name}", total=n_batches) if progress is not None else None
+        # this rank's batches (all of them in one process), decoded ahead by --workers processes
+        feed = distributed.ShardedBatches(self.dist, store, dataset, cfg.batch_size, plans, cfg.workers, self.device)
+        task = progress.add_task(f"{spec} on {ds_name}", total=len(feed)) if progress is not None else None
         multilabel = cfg.target == "label" and getattr(dataset, "multilabel", False)
-        for b in range(n_batches):
+        for b, samples in feed:
             start = b * cfg.batch_size
             indices = range(start, min(n, start + cfg.batch_size))
-            samples = [dataset[i] for i in indices]
             if multilabel:  # one trial per (image, present class)
                 samples = [{**s, "id": f"{s['id']}#{c}", "label": int(c), "image_id": s["id"]}
                            for s in samples for c in s.get("labels", [])]
@@ -412,7 +462,8 @@ class Runner:
                 if keep == 0:
                     continue
                 cells = [c for c in plan.cells if c.status == "pending"
-                         and (not c.metric.per_sample or not set(ids[:keep]) <= c.done)]
+                         and (not c.metric.per_sample or not set(ids[:keep]) <= c.done)
+                         and distributed.runs_here(self.dist, c.metric, b, n_batches)]
                 if cells:
                     todo.append((plan, cells, keep))
             if todo:
@@ -423,6 +474,9 @@ class Runner:
                     self._run_batch(model, plan, cells, part, store, snapshot)
             if task is not None:
                 progress.advance(task)
+        feeding_stats = distributed.gather_stats(self.dist, feed.stats())  # time spent waiting for data, per rank
+        manifest.setdefault("data_feeding", {})[f"{spec} on {ds_name}"] = feeding_stats
+        distributed.sync_cells(self.dist, store, plans, self.device)  # outcomes and dataset-level states to rank 0
         for plan in plans:
             for cell in plan.cells:
                 if cell.status != "pending":
@@ -450,11 +504,12 @@ class Runner:
         def record(chunk: int) -> None:
             owner.chunk = chunk
             self.oom_events.append({"model": model, "component": name, "chunk": chunk})
-            self.console.print(f"[yellow]{name} on {model}: out of memory, retrying with {chunk} samples per call[/yellow]")
+            if self.dist.is_main:
+                self.console.print(f"[yellow]{name} on {model}: out of memory, retrying with {chunk} samples per call[/yellow]")
         return record
 
     def _batch(self, model: Model, samples: list[dict]) -> Batch:
-        data = collate(samples)
+        data = feeding.collate(samples)  # reuses the images stacked (and pinned) by the feed
         images = data["images"].to(self.device, non_blocking=True)
         labels = data.get("labels")
         if self.config.target == "label":
@@ -568,6 +623,8 @@ class LimitedDataset(torch.utils.data.Dataset):
         return self.dataset[i]
 
     def __getattr__(self, name: str):
+        if "dataset" not in self.__dict__:  # while unpickling (data-loading workers started by spawn)
+            raise AttributeError(name)
         return getattr(self.__dict__["dataset"], name)
 
 

@@ -195,3 +195,25 @@ def test_a_loader_name_works_as_a_dataset_without_an_entry(toy, tmp_path):
     assert table.iloc[0]["n"] == 24
     ds = ib.load_dataset("toy", size=(8, 8))
     assert ds[0]["image"].shape == (3, 8, 8)
+
+
+def test_an_experiment_of_several_grids_runs_each_part_alone(toy, tmp_path):
+    parts = [{"models": ["toy:net"], "methods": ["toy_noise"], "metrics": ["deletion"], "limit": 8},
+             {"models": ["toy:net"], "methods": ["toy_brightest", "toy_noise"], "metrics": ["toy_brightness"],
+              "limit": 16, "method_limits": {"toy_noise": 4}}]
+    table = ib.run(methods=[], models=[], metrics=[], parts=parts, out=tmp_path / "p", batch_size=8,
+                   progress=False)
+    cells = {(r.method, r.metric): r.n for r in table.itertuples()}
+    # only the parts' cells, each with its part's limits: no toy_brightest x deletion cell
+    assert cells == {("toy_noise", "deletion"): 8, ("toy_brightest", "toy_brightness"): 16,
+                     ("toy_noise", "toy_brightness"): 4}
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert manifest["config"]["methods"] == ["toy_noise", "toy_brightest"] and manifest["config"]["parts"] == parts
+    # a part's cell has the numbers of the same grid run alone
+    alone = ib.run(methods=["toy_noise"], models=["toy:net"], metrics=["deletion"], limit=8, out=tmp_path / "a",
+                   batch_size=8, progress=False)
+    assert scores_by_cell(tmp_path / "a") == {k: v for k, v in scores_by_cell(tmp_path / "p").items()
+                                              if k[1] == "deletion"}
+    assert alone.iloc[0]["mean"] == table[table.metric == "deletion"].iloc[0]["mean"]
+    with pytest.raises(ib.ComponentError, match=r"unknown keys \['model'\]"):
+        ib.run(methods=[], models=[], metrics=[], parts=[{"model": ["toy:net"]}], out=tmp_path / "x")

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Mapping, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from interpbench.base import ComponentError, Metric, Model, NotApplicable, RunContext
@@ -53,6 +55,7 @@ from interpbench.ops.dissect import (
     label_units,
     quantile_position,
     threshold_from_top,
+    top_by_value_then_index,
     upsample_maps,
 )
 from interpbench.ops.hooks import capture_outputs, named_module
@@ -129,14 +132,23 @@ def _collate(samples: list[dict]) -> tuple[torch.Tensor, list[dict]]:
     return images, [s.get("concepts") or {} for s in samples]
 
 
-def iter_probe(dataset: Any, batch_size: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[dict]]]:
-    """``(indices, images, concept dicts)`` per batch, in dataset order."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         collate_fn=_collate)
-    start = 0
-    for images, concepts in loader:
-        yield torch.arange(start, start + len(images)), images, concepts
-        start += len(images)
+def iter_probe(dataset: Any, batch_size: int, workers: int = 0,
+               batches: range | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[dict]]]:
+    """``(indices, images, concept dicts)`` per batch, in dataset order; ``batches``: only these batch numbers (a
+    rank's block in a distributed dissection), default all."""
+    if batches is None:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                             collate_fn=_collate)
+        numbers: Iterable[int] = itertools.count()
+    else:
+        n = len(dataset)
+        numbers = batches
+        sampler = [range(b * batch_size, min(n, (b + 1) * batch_size)) for b in batches]
+        if not sampler:
+            return
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_collate)
+    for b, (images, concepts) in zip(numbers, loader):
+        yield torch.arange(b * batch_size, b * batch_size + len(images)), images, concepts
 
 
 @torch.no_grad()
@@ -333,13 +345,21 @@ def dissect(
     thresholds: Mapping[str, torch.Tensor] | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int = 0,
+    dist: Any = None,
 ) -> DissectionResult:
     """Dissect ``layers`` of ``model`` on the probe ``dataset`` (Bau et al. 2017; PROTOCOLS.md).
 
     ``label_size``: the label resolution (None: the probe's own concept maps, e.g. 112 x 112 for Broden at 224);
     ``thresholds``: fixed ``T_k`` per layer (float ``[U]``) instead of the probe's quantile; ``image_transform``:
     ``f(images, indices) -> images`` applied to each batch on the device (deterministic, it may run twice).
+    ``dist``: the :class:`interpbench.distributed.Dist` of a distributed run. Each rank then reads a contiguous
+    block of the probe's batches; the exact thresholds come from the ranks' top activations (the top ``k`` of the
+    union of each rank's top ``k``), the tallies are summed over the ranks, and every rank returns what one process
+    would.
     """
+    from interpbench.distributed import SINGLE
+
+    dist = SINGLE if dist is None else dist
     if not 0.0 <= iou_threshold < 1.0:
         raise ComponentError(f"dissection: iou_threshold {iou_threshold!r} must lie in [0, 1) (default 0.04)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -354,12 +374,16 @@ def dissect(
         raise ComponentError("dissection: the probe dataset is empty")
     size = None if label_size is None else _label_size(label_size, torch.empty(0), [])
     n_batches = math.ceil(n_images / batch_size)
+    block = dist.shard(n_batches)  # this rank's batches (all of them in one process)
+    block_images = max(0, min(n_images, block.stop * batch_size) - block.start * batch_size)
     if thresholds is not None and set(names) - set(thresholds):
         raise ComponentError(f"dissection: thresholds given for {sorted(thresholds)} but not for layer(s) "
                              f"{sorted(set(names) - set(thresholds))}; give one tensor of T_k per dissected layer")
     fixed = None if thresholds is None else {n: torch.as_tensor(thresholds[n], dtype=torch.float64) for n in names}
+    if size is None and dist.world > 1:  # the label size of the probe's first batch, as one process reads it
+        size = dist.from_main(lambda: _label_size(label_size, *next(iter_probe(dataset, batch_size, 0, range(1)))[1:]))
     budget = cache_mb * 2**20
-    done, total = 0, 2 * n_batches
+    done, total = 0, 2 * len(block)
 
     def tick() -> None:
         nonlocal done
@@ -369,7 +393,8 @@ def dissect(
 
     def batches() -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor], ProbeLabels]]:
         nonlocal size
-        for indices, images, concept_maps in iter_probe(dataset, batch_size, workers):
+        for indices, images, concept_maps in iter_probe(dataset, batch_size, workers,
+                                                        block if dist.world > 1 else None):
             if size is None:
                 size = _label_size(label_size, images, concept_maps)
             images = images.to(device, non_blocking=True)
@@ -383,28 +408,45 @@ def dissect(
     top_imgs: dict[str, StreamingTopK] = {}
     shapes: dict[str, tuple[int, int, int]] = {}
     cache: list[tuple[dict[str, torch.Tensor], ProbeLabels]] | None = []
-    for indices, acts, labels in batches():
-        for name, act in acts.items():
-            b, units, h, w = act.shape
-            if name not in shapes:
-                shapes[name] = (units, h, w)
-                k_needed = quantile_position(n_images * h * w, quantile)[0]
-                top_values[name] = StreamingTopK(k_needed, units, device)
-                top_imgs[name] = StreamingTopK(min(top_images, n_images) if top_images > 0 else 1, units, device,
-                                               with_indices=True)
-            elif shapes[name] != (units, h, w):
-                raise ComponentError(f"dissection: layer {name!r} output {(units, h, w)} on one batch and {shapes[name]} "
-                                     "on another; the probe images must all have the same size")
-            if fixed is None:
-                top_values[name].update(act.transpose(0, 1).reshape(units, -1))
-            top_imgs[name].update(act.amax(dim=(2, 3)).transpose(0, 1), indices.to(device))
-        if cache is not None:
-            per_image = (sum(a[0].numel() * a.element_size() for a in acts.values()) + labels.nbytes() / len(labels))
-            if per_image * n_images > budget:
-                cache = None
-            else:
-                cache.append((acts, labels))
-        tick()
+
+    def start_layer(name: str, units: int, h: int, w: int) -> None:
+        shapes[name] = (units, h, w)
+        k_needed = quantile_position(n_images * h * w, quantile)[0]
+        top_values[name] = StreamingTopK(k_needed, units, device)
+        top_imgs[name] = StreamingTopK(min(top_images, n_images) if top_images > 0 else 1, units, device,
+                                       with_indices=True)
+
+    def first_pass() -> None:
+        nonlocal cache
+        for indices, acts, labels in batches():
+            for name, act in acts.items():
+                b, units, h, w = act.shape
+                if name not in shapes:
+                    start_layer(name, units, h, w)
+                elif shapes[name] != (units, h, w):
+                    raise ComponentError(f"dissection: layer {name!r} output {(units, h, w)} on one batch and "
+                                         f"{shapes[name]} on another; the probe images must all have the same size")
+                if fixed is None:
+                    top_values[name].update(act.transpose(0, 1).reshape(units, -1))
+                top_imgs[name].update(act.amax(dim=(2, 3)).transpose(0, 1), indices.to(device))
+            if cache is not None:
+                per_image = (sum(a[0].numel() * a.element_size() for a in acts.values())
+                             + labels.nbytes() / len(labels))
+                if per_image * block_images > budget:
+                    cache = None
+                else:
+                    cache.append((acts, labels))
+            tick()
+
+    dist.agree(first_pass)  # a failure on one rank fails every rank here, before the collectives below
+    if dist.world > 1:  # a rank with no batch (more ranks than batches) takes the layers' shapes from the others
+        for rank_shapes in dist.all_gather_objects(shapes):
+            for name, shape in rank_shapes.items():
+                if name not in shapes:
+                    start_layer(name, *shape)
+                elif shapes[name] != shape:
+                    raise ComponentError(f"dissection: layer {name!r} output {shape} on one rank and {shapes[name]} "
+                                         "on another; the probe images must all have the same size")
 
     final_thresholds: dict[str, torch.Tensor] = {}
     for name in names:
@@ -416,26 +458,61 @@ def dissect(
             final_thresholds[name] = fixed[name].to(device)
         else:
             values, _ = top_values[name].result()
+            values = gathered_top(dist, values, top_values[name].k)[0]
             final_thresholds[name] = threshold_from_top(values, n_images * h * w, quantile)
 
-    # pass 2: the tally
+    # pass 2: the tally (each rank its block, then summed over the ranks)
     tallies = {name: Tally.zeros(shapes[name][0], concepts, device) for name in names}
-    source = ((acts, labels) for acts, labels in cache) if cache is not None else ((a, l) for _, a, l in batches())
-    for acts, labels in source:
-        for name in names:
-            accumulate_tally(tallies[name], acts[name], final_thresholds[name], labels)
-        tick()
-    del cache
 
+    def second_pass() -> None:
+        nonlocal cache
+        source = ((acts, labels) for acts, labels in cache) if cache is not None else ((a, l) for _, a, l in batches())
+        for acts, labels in source:
+            for name in names:
+                accumulate_tally(tallies[name], acts[name], final_thresholds[name], labels)
+            tick()
+        cache = None
+
+    dist.agree(second_pass)
     out: dict[str, LayerDissection] = {}
     for name in names:
-        tally = tallies[name].to("cpu")
+        tally = sum_tally(dist, tallies[name]).to("cpu")
         iou = iou_from_tally(tally, concepts)
         peaks, indices = top_imgs[name].result()
+        peaks, indices = gathered_top(dist, peaks, top_imgs[name].k, indices)
         out[name] = LayerDissection(name=name, feature_size=shapes[name][1:], thresholds=final_thresholds[name].cpu(),
                                     tally=tally, iou=iou, labels=label_units(iou, concepts),
                                     top_images=indices.cpu(), top_peaks=peaks.cpu())
     return DissectionResult(concepts, out, n_images, float(quantile), float(iou_threshold), size)  # type: ignore[arg-type]
+
+
+def gathered_top(dist: Any, values: torch.Tensor, k: int,
+                 indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The top ``k`` per row over every rank (values sorted descending, ties to the lowest index when ``indices``
+    are given), from each rank's own top ``k`` (``U x <=k``, sorted): the union of the ranks' top ``k`` holds the
+    overall top ``k``, so the result is exact. In one process: the input."""
+    if dist.world == 1:
+        return values, indices
+    pad = k - values.shape[1]
+    values = F.pad(values, (0, pad), value=-math.inf)  # a rank with fewer than k values
+    gathered = dist.all_gather_tensor(values)  # world x U x k
+    merged = gathered.transpose(0, 1).reshape(values.shape[0], -1)
+    if indices is None:
+        return torch.topk(merged, k, dim=1, largest=True, sorted=True).values, None
+    indices = F.pad(indices, (0, pad), value=-1)
+    all_indices = dist.all_gather_tensor(indices).transpose(0, 1).reshape(values.shape[0], -1)
+    return top_by_value_then_index(merged, all_indices, k)
+
+
+def sum_tally(dist: Any, tally: Tally) -> Tally:
+    """``tally`` summed over the ranks (exact int64 sums; in place). In one process: ``tally``."""
+    if dist.world == 1:
+        return tally
+    for counts in (tally.intersection, tally.activation, tally.unit_pixels, tally.ground_truth):
+        dist.all_reduce_sum(counts)
+    images = dist.all_reduce_sum(torch.tensor([tally.images], dtype=torch.long, device=tally.intersection.device))
+    tally.images = int(images.item())
+    return tally
 
 
 # --------------------------------------------------------------------------------------------- figure
@@ -510,6 +587,7 @@ class Dissection(Metric):
     scope: ClassVar[str] = "model"
     higher_is_better: ClassVar[bool] = True
     needs: ClassVar[frozenset[str]] = frozenset({"concepts"})
+    distributed: ClassVar[bool] = True  # evaluate() shards the probe over ctx.dist (see dissect)
     defaults: ClassVar[dict[str, Any]] = {
         "layers": None,
         "quantile": 0.005,
@@ -525,8 +603,9 @@ class Dissection(Metric):
         p = self.params
         result = dissect(model, dataset, p["layers"], quantile=p["quantile"], iou_threshold=p["iou_threshold"],
                          label_size=p["label_size"], batch_size=p["batch_size"] or ctx.batch_size, device=ctx.device,
-                         cache_mb=p["cache_mb"], top_images=p["figure_images"], progress=ctx.progress)
-        if ctx.out_dir is not None:
+                         cache_mb=p["cache_mb"], top_images=p["figure_images"], progress=ctx.progress,
+                         workers=ctx.workers, dist=ctx.dist)
+        if ctx.out_dir is not None:  # None on the ranks other than 0 of a distributed run
             result.write(ctx.out_dir)
             for layer in result.layers:
                 unit_figure(model, dataset, result, layer, Path(ctx.out_dir) / f"{_slug(layer)}-top-units.png",

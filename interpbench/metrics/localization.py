@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from interpbench.base import Batch, ComponentError, Metric, Model, NotApplicable
+from interpbench.distributed import merge_values
 
 TORCHRAY_TOLERANCE = 15  # pixels of the original image (TorchRay PointingGame default)
 DIFFICULT_AREA = 0.25  # Zhang et al. 2016: the class's boxes cover less than 1/4 of the image
@@ -363,6 +364,8 @@ class _LocalisationGame(Metric):
     higher_is_better: ClassVar[bool] = True
     needs: ClassVar[frozenset[str]] = frozenset({"boxes"})
     per_class: ClassVar[bool] = True
+    # distributed runs: the ranks' trials put end to end in rank order are the one-process trials
+    dist_state: ClassVar[dict[str, Any]] = {"trials": "cat", "no_region": "sum", "skipped_difficult": "sum"}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -508,6 +511,10 @@ class GridPointingGame(Metric):
     needs: ClassVar[frozenset[str]] = frozenset()
     defaults: ClassVar[dict[str, Any]] = {"confidence": 0.99, "grids": 500, "scale": 2, "fit_input": False,
                                           "seed": 0, "n_boot": 2000}
+    # distributed runs: each class keeps its first `cap` confident images in dataset order, as in one process
+    dist_state: ClassVar[dict[str, Any]] = {
+        "pool": lambda metric, pools: {c: v[:metric._cap(metric.model)] for c, v in merge_values(pools, "cat").items()},
+        "seen": "sum", "chunk": "max"}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -538,8 +545,7 @@ class GridPointingGame(Metric):
                                  "Batch(method=...)")
         self.model, self.method = model, batch.method
         self.chunk = max(self.chunk, len(batch))
-        cells = self.params["scale"] ** 2
-        cap = max(1, math.ceil(cells * self.params["grids"] / max(getattr(model, "num_classes", 1), 1))) + 1
+        cap = self._cap(model)
         with torch.no_grad():
             probs = model(batch.images).float().softmax(dim=1)
         conf, pred = probs.max(dim=1)
@@ -555,6 +561,11 @@ class GridPointingGame(Metric):
             # keep 8-bit images as uint8 (lossless), others (e.g. the rendered shapes world) as they are
             self.pool[cls].append(quantised.to(torch.uint8) if torch.equal(quantised / 255, image) else image.clone())
         self.seen += len(batch)
+
+    def _cap(self, model: Model | None) -> int:
+        """Confident images kept per class: enough for ``grids`` grids of ``scale**2`` classes, plus one."""
+        cells = self.params["scale"] ** 2
+        return max(1, math.ceil(cells * self.params["grids"] / max(getattr(model, "num_classes", 1), 1))) + 1
 
     def compute(self) -> dict[str, float]:
         p = self.params
@@ -653,6 +664,8 @@ class ShortcutLocalization(Metric):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.reset()
+
+    dist_state: ClassVar[dict[str, Any]] = {"values": "cat"}  # distributed runs: per-trial lists, in rank order
 
     def reset(self) -> None:
         self.values: dict[str, list[float]] = {k: [] for k in self.VALUES}

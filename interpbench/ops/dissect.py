@@ -203,19 +203,29 @@ class StreamingTopK:
             return
         values = torch.cat([self.values, *self._buffer], dim=1)
         keep = min(self.k, values.shape[1])
-        top = torch.topk(values, keep, dim=1, largest=True, sorted=False)
-        self.values = top.values
-        if self.with_indices:
+        if self.with_indices:  # ties to the lowest index: the same top k whatever the order or split of the stream
             indices = torch.cat([self.indices, *self._buffer_indices], dim=1)
-            self.indices = indices.gather(1, top.indices)
+            self.values, self.indices = top_by_value_then_index(values, indices, keep)
+        else:
+            self.values = torch.topk(values, keep, dim=1, largest=True, sorted=False).values
         self._buffer, self._buffer_indices, self._buffered = [], [], 0
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(values, indices)`` sorted descending per row (ties: as ``torch.sort`` leaves them); indices or None."""
+        """``(values, indices)`` sorted descending per row (with indices: ties to the lowest index); indices or None."""
         self._merge()
-        values, order = torch.sort(self.values, dim=1, descending=True, stable=True)
-        indices = self.indices.gather(1, order) if self.with_indices else None
-        return values, indices
+        if self.with_indices:
+            return self.values, self.indices  # sorted by _merge
+        values, _ = torch.sort(self.values, dim=1, descending=True)
+        return values, None
+
+
+def top_by_value_then_index(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the ``k`` entries of largest value, ties to the lowest index, in that order: a total order, so the
+    result does not depend on how the entries were split or ordered (e.g. over the ranks of a distributed run)."""
+    by_index = torch.argsort(indices, dim=1, stable=True)
+    values, indices = values.gather(1, by_index), indices.gather(1, by_index)
+    order = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
+    return values.gather(1, order), indices.gather(1, order)
 
 
 # --------------------------------------------------------------------------------------------- labels
@@ -717,5 +727,6 @@ __all__ = [
     "resize_labels",
     "tally_reference_numpy",
     "threshold_from_top",
+    "top_by_value_then_index",
     "upsample_maps",
 ]
