@@ -40,7 +40,12 @@ def load_metric(name: str, **params: Any) -> Metric:
 
 
 def load_model(spec: str, device: str | None = None) -> Model:
-    """Load ``SOURCE:NAME[@WEIGHTS]`` in eval mode (on ``device`` if given)."""
+    """Load ``SOURCE:NAME[@WEIGHTS]`` in eval mode (on ``device`` if given); pairs ``A=>B`` and randomised models
+    ``SPEC~cascade:K`` are built by :mod:`interpbench.pairs`."""
+    from .pairs import is_derived, load_derived
+
+    if is_derived(spec):
+        return load_derived(spec, device)
     parsed = parse_model_spec(spec)
     reg = get_registry()
     if parsed.source not in reg.names("models"):

@@ -8,8 +8,9 @@ def register_metrics():
     from .adversarial import AdversarialConsistency, AdversarialDetection
     from .causal import Deletion, Insertion
     from .dissection import Dissection
+    from .drift import ExplanationDrift, UnitDrift
     from .localization import EnergyPointingGame, GridPointingGame, PointingGame, ShortcutLocalization
     from .net2vec import Net2Vec
 
     return [Deletion, Insertion, Dissection, Net2Vec, PointingGame, EnergyPointingGame, GridPointingGame,
-            ShortcutLocalization, AdversarialDetection, AdversarialConsistency]
+            ShortcutLocalization, AdversarialDetection, AdversarialConsistency, UnitDrift, ExplanationDrift]

@@ -1,0 +1,641 @@
+"""Unit drift and explanation drift between the two models of a pair ``A=>B`` (PROTOCOLS.md, "Unit drift under
+transfer, fine-tuning, distillation, compression"; :mod:`interpbench.pairs` builds the pairs).
+
+- ``unit_drift`` (model scope): dissect A and B on the same probe (Bau et al., CVPR 2017; thresholds recomputed
+  per model), then for each compared layer: linear CKA (Kornblith et al., ICML 2019), detector and unique-concept
+  counts and their change per category, the overlap of the detected concept sets, and for each matching of A's
+  units to B's (``aligned``: unit k is unit k, when the layer has the same shape in both; ``hungarian``: one-to-one
+  by activation correlation; ``best``: each unit to its most correlated partner, Li et al., ICLR 2016) the concept
+  and category retention, the IoU change on A's concept, the IoU-profile rank correlation, the activation
+  correlation with the partner and the category-switch matrix (with "none"). Writes the per-unit table, the switch
+  matrices (CSV and a heatmap PNG) and both dissections under the run's artefact directory.
+- ``explanation_drift`` (explanation scope): the method's maps for the same images on A (computed here, with A's
+  own predictions and the same random draws as B's maps) against the runner's maps on B: Spearman rank
+  correlation and top-10% overlap per image, beside how much the predictions changed. On a sanity pair
+  ``A=>A~cascade:L`` (every stage re-initialised) it gives the verdict of the model-randomisation test (Adebayo et
+  al., NeurIPS 2018).
+
+Maths: :mod:`interpbench.ops.drift`. Tables for the leaderboard: :func:`drift_table`, :func:`sanity_table`,
+:func:`drift_markdown`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import torch
+
+from interpbench.base import Batch, ComponentError, Metric, Model, NotApplicable, RunContext
+from interpbench.metrics.dissection import _slug, dissect, iter_probe, layer_activations, resolve_layers
+from interpbench.ops.drift import (
+    CrossCorrelation,
+    best_partners,
+    concept_set_overlap,
+    hungarian_partners,
+    identity_partners,
+    linear_cka,
+    map_rank_correlation,
+    switch_dict,
+    switch_labels,
+    top_fraction_overlap,
+    unit_drift_measures,
+    unit_rows,
+)
+
+MATCHINGS = ("aligned", "hungarian", "best")
+UNIT_MEASURES = ("concept_retention", "category_retention", "iou_change", "iou_profile_rho", "activation_correlation")
+
+
+def reference_of(model: Model, metric: str) -> Model:
+    """Model A of a pair, or NotApplicable naming the fix."""
+    reference = getattr(model, "reference", None)
+    if not isinstance(reference, torch.nn.Module):
+        raise NotApplicable(f"{metric}: model {getattr(model, 'spec', model)!r} is not a pair; compare two models "
+                            "with a pair spec 'A=>B' (e.g. 'shapes:cnn=>shapes:cnn.shape2color', `interpbench run "
+                            "--pairs A=>B` or `interpbench drift --from A --to B`)")
+    return reference
+
+
+# --------------------------------------------------------------------------------------------- unit drift
+
+
+def layer_pairs(model_a: Model, model_b: Model, layers: Any) -> list[tuple[str, str]]:
+    """``[(layer of A, layer of B)]``: None -> the two cam_layers; ``"layer3"`` (the same name in both);
+    ``"layer3:blocks.5"`` (A's layer, then B's); several joined by commas or given as a list."""
+    if layers is None or layers == "" or layers == []:
+        return [(model_a.cam_layer, model_b.cam_layer)]
+    items = [p.strip() for p in layers.split(",") if p.strip()] if isinstance(layers, str) else [str(x) for x in layers]
+    out = []
+    for item in items:
+        a, sep, b = item.partition(":")
+        out.append((a.strip(), (b if sep else a).strip()))
+    if not out or any(not a or not b for a, b in out):
+        raise ComponentError(f"unit_drift: layers {layers!r} must name layers as 'NAME' or 'LAYER_OF_A:LAYER_OF_B', "
+                             "comma-separated (e.g. 'layer3' or 'layer3:blocks.5')")
+    resolve_layers(model_a, [a for a, _ in out])
+    resolve_layers(model_b, [b for _, b in out])
+    return out
+
+
+def same_layer_shape(model_a: Model, model_b: Model, layer_a: str, layer_b: str) -> bool:
+    """Units are aligned when the layer has the same name and the same parameter shapes in both networks."""
+    if layer_a != layer_b:
+        return False
+    shapes = [{n: tuple(p.shape) for n, p in m.module(layer_a).named_parameters()} for m in (model_a, model_b)]
+    return shapes[0] == shapes[1]
+
+
+def layer_key(layer_a: str, layer_b: str) -> str:
+    return layer_a if layer_a == layer_b else f"{layer_a}->{layer_b}"
+
+
+@torch.no_grad()
+def paired_activations(model_a: Model, model_b: Model, dataset: Any, pairs: Sequence[tuple[str, str]], *,
+                       batch_size: int, device: torch.device, cka_pairs: Sequence[tuple[str, str]] = (),
+                       cka_images: int = 1024, cka_mb: float = 512, progress=None
+                       ) -> tuple[dict[tuple[str, str], CrossCorrelation], dict[tuple[str, str], float], int, int]:
+    """One pass over the probe through both models: the unit cross-correlations of each layer pair of ``pairs``
+    (over images and positions, at the smaller resolution when they differ) and the linear CKA of each layer pair
+    of ``pairs`` and ``cka_pairs`` on the flattened feature maps of the first probe images: ``cka_images`` of them,
+    fewer when their features would take more than ``cka_mb`` MB (kept on the CPU). Returns
+    ``(correlations, cka, images, images used for CKA)``."""
+    cka_all = list(dict.fromkeys([*pairs, *cka_pairs]))
+    layers_a = sorted({a for a, _ in cka_all})
+    layers_b = sorted({b for _, b in cka_all})
+    corr: dict[tuple[str, str], CrossCorrelation] = {}
+    features: dict[tuple[str, str], tuple[list[torch.Tensor], list[torch.Tensor]]] = {p: ([], []) for p in cka_all}
+    kept, n, budget = 0, 0, None
+    total = math.ceil(len(dataset) / batch_size)
+    for step, (_, images, _) in enumerate(iter_probe(dataset, batch_size)):
+        images = images.to(device, non_blocking=True)
+        acts_a = layer_activations(model_a, images, layers_a)
+        acts_b = layer_activations(model_b, images, layers_b)
+        if budget is None:  # images whose features fit in cka_mb, from the shapes alone (deterministic)
+            per_image = 4 * sum(acts_a[a][0].numel() + acts_b[b][0].numel() for a, b in cka_all)
+            budget = max(2, min(int(cka_images), int(cka_mb * 2**20 // max(per_image, 1))))
+        for pair in pairs:
+            a, b = acts_a[pair[0]], acts_b[pair[1]]
+            size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
+            if pair not in corr:
+                corr[pair] = CrossCorrelation(a.shape[1], b.shape[1], device)
+            corr[pair].update(unit_rows(a, size), unit_rows(b, size))
+        take = max(0, min(len(images), budget - kept))
+        if take:
+            for pair in cka_all:
+                features[pair][0].append(acts_a[pair[0]][:take].flatten(1).cpu())
+                features[pair][1].append(acts_b[pair[1]][:take].flatten(1).cpu())
+        kept += take
+        n += len(images)
+        if progress is not None:
+            progress(step + 1, total)
+    cka = {pair: linear_cka(torch.cat(fa), torch.cat(fb)) for pair, (fa, fb) in features.items() if kept >= 2}
+    return corr, cka, n, kept
+
+
+def shared_layers(model_a: Model, model_b: Model) -> list[tuple[str, str]]:
+    """The named stages both models have (by name, A's order): CKA compares them pairwise."""
+    names_b = set(model_b._layer_names)
+    return [(name, name) for name in model_a._layer_names if name in names_b]
+
+
+class UnitDrift(Metric):
+    """How the units of model A changed in model B (a pair ``A=>B``): dissection of both on the same probe,
+    concept / category retention and the category-switch matrix under three matchings, IoU change, IoU-profile
+    rank correlation, activation correlation, detector counts, concept-set overlap and linear CKA.
+
+    Parameters: ``layers`` (None: A's cam_layer against B's; ``"layer3"``; ``"LAYER_A:LAYER_B"``; comma-separated
+    or a list), ``matchings`` (``"aligned,hungarian,best"``; ``aligned`` only where the layer has the same shape in
+    both models), ``quantile`` / ``iou_threshold`` / ``label_size`` / ``cache_mb`` (dissection), ``batch_size``
+    (None: the run's), ``cka_layers`` (``"all"``: also every other named layer both models share; ``"compared"``),
+    ``cka_images`` (CKA on the first N probe images, 1024, fewer when their features exceed ``cka_mb``, 512 MB;
+    ``cka_n`` in the results says how many).
+
+    Results per compared layer ``L`` (``L`` is ``LAYER_A->LAYER_B`` when the names differ): ``L.cka``,
+    ``L.detectors_a`` / ``_b``, ``L.unique_a`` / ``_b``, per category ``L.CAT.detectors_change`` /
+    ``L.CAT.unique_change`` (B minus A, one label per unit), ``L.concept_overlap`` (Jaccard of the detected
+    concept sets), per matching ``M``: ``L.M.concept_retention``, ``L.M.category_retention``, ``L.M.iou_change``,
+    ``L.M.iou_profile_rho``, ``L.M.activation_correlation``, and the switch matrix of the first applicable matching
+    as ``L.switch.A->B`` counts (``L.switch_matching``: 0 aligned, 1 hungarian, 2 best); ``LAYER.cka`` for every
+    other shared layer; ``n`` (probe images) and ``cka_n``. A measure with nothing to
+    average over (e.g. retention when A has no detector) is left out.
+    """
+
+    name: ClassVar[str] = "unit_drift"
+    version: ClassVar[str] = "1"
+
+    @classmethod
+    def leaderboard_markdown(cls, rows: Any) -> str | None:
+        """The section of ``representations.md``: the drift table and CKA per layer (every value stays in the CSV)."""
+        return unit_drift_markdown(rows) or None
+    scope: ClassVar[str] = "model"
+    higher_is_better: ClassVar[bool] = True
+    needs: ClassVar[frozenset[str]] = frozenset({"concepts"})
+    defaults: ClassVar[dict[str, Any]] = {
+        "layers": None,
+        "matchings": "aligned,hungarian,best",
+        "quantile": 0.005,
+        "iou_threshold": 0.04,
+        "label_size": None,
+        "batch_size": None,
+        "cache_mb": 2048,
+        "cka_images": 1024,
+        "cka_mb": 512,
+        "cka_layers": "all",
+    }
+
+    def _matchings(self) -> list[str]:
+        value = self.params["matchings"]
+        names = [m.strip() for m in value.split(",")] if isinstance(value, str) else [str(m) for m in value]
+        unknown = [m for m in names if m not in MATCHINGS]
+        if unknown or not names:
+            raise ComponentError(f"unit_drift: matchings {value!r}: choose among {list(MATCHINGS)}, comma-separated")
+        return names
+
+    def evaluate(self, model: Model, dataset: Any, ctx: RunContext) -> dict[str, float]:
+        p = self.params
+        model_a = reference_of(model, self.name)
+        matchings = self._matchings()
+        if not isinstance(p["cka_images"], int) or p["cka_images"] < 2:
+            raise ComponentError(f"unit_drift: cka_images {p['cka_images']!r} must be an int >= 2")
+        if not isinstance(p["cka_mb"], (int, float)) or p["cka_mb"] <= 0:
+            raise ComponentError(f"unit_drift: cka_mb {p['cka_mb']!r} must be a positive number of megabytes")
+        if p["cka_layers"] not in ("all", "compared"):
+            raise ComponentError(f"unit_drift: cka_layers {p['cka_layers']!r}: choose 'all' (every named layer both "
+                                 "models share, and the compared layers) or 'compared'")
+        pairs = layer_pairs(model_a, model, p["layers"])
+        batch_size = p["batch_size"] or ctx.batch_size
+        device = ctx.device
+        phases = 3
+
+        def phase(i: int):  # dissect A, dissect B, the paired pass: a third of the progress each
+            if ctx.progress is None:
+                return None
+            return lambda done, total: ctx.progress(i * 1000 + (1000 * done) // max(total, 1), phases * 1000)
+
+        common = dict(quantile=p["quantile"], iou_threshold=p["iou_threshold"], label_size=p["label_size"],
+                      batch_size=batch_size, device=device, cache_mb=p["cache_mb"])
+        dis_a = dissect(model_a, dataset, sorted({a for a, _ in pairs}), progress=phase(0), **common)
+        dis_b = dissect(model, dataset, sorted({b for _, b in pairs}), progress=phase(1), **common)
+        cka_pairs = shared_layers(model_a, model) if p["cka_layers"] == "all" else []
+        corr, cka, n, n_cka = paired_activations(model_a, model, dataset, pairs, batch_size=batch_size, device=device,
+                                                 cka_pairs=cka_pairs, cka_images=p["cka_images"],
+                                                 cka_mb=p["cka_mb"], progress=phase(2))
+        concepts = dis_a.concepts
+        category_of = concepts.category_of()
+        thr = float(p["iou_threshold"])
+        out: dict[str, float] = {"n": float(n), "cka_n": float(n_cka)}
+        for (la, lb), value in cka.items():
+            if (la, lb) not in pairs and math.isfinite(value):
+                out[f"{layer_key(la, lb)}.cka"] = value
+        report: dict[str, Any] = {"pairs": [list(x) for x in pairs], "layers": {},
+                                  "cka": {layer_key(*k): v for k, v in cka.items()}}
+        written_units: dict[str, list[dict[str, Any]]] = {}
+        switches: dict[str, dict[str, torch.Tensor]] = {}
+        for la, lb in pairs:
+            key = layer_key(la, lb)
+            da, db = dis_a.layers[la], dis_b.layers[lb]
+            counts_a, counts_b = dis_a.layer_summary(la), dis_b.layer_summary(lb)
+            values: dict[str, float] = {}
+            if math.isfinite(cka.get((la, lb), math.nan)):
+                values["cka"] = cka[(la, lb)]
+            values.update(detectors_a=counts_a["detectors"], detectors_b=counts_b["detectors"],
+                          unique_a=counts_a["unique"], unique_b=counts_b["unique"])
+            for category in concepts.categories:
+                values[f"{category}.detectors_change"] = (counts_b[f"{category}.detectors"]
+                                                          - counts_a[f"{category}.detectors"])
+                values[f"{category}.unique_change"] = counts_b[f"{category}.unique"] - counts_a[f"{category}.unique"]
+            det_a, det_b = dis_a.detectors(la), dis_b.detectors(lb)
+            values["concept_overlap"] = concept_set_overlap(da.labels.label, det_a, db.labels.label, det_b)
+            correlation, valid_a, valid_b = corr[(la, lb)].result()
+            correlation, valid_a, valid_b = correlation.cpu(), valid_a.cpu(), valid_b.cpu()
+            partners = {}
+            for matching in matchings:
+                if matching == "aligned":
+                    if not same_layer_shape(model_a, model, la, lb):
+                        continue
+                    partners[matching] = identity_partners(da.units, db.units)
+                elif matching == "hungarian":
+                    partners[matching] = hungarian_partners(correlation)
+                else:
+                    partners[matching] = best_partners(correlation)
+            rows: list[dict[str, Any]] = []
+            switches[key] = {}
+            for matching, partner in partners.items():
+                change = unit_drift_measures(da.iou, db.iou, da.labels.label, db.labels.label, category_of,
+                                             concepts.num_categories, thr, partner, correlation, valid_a, valid_b)
+                summary = change.summary()
+                summary.pop("detectors_a", None)
+                values.update({f"{matching}.{k}": v for k, v in summary.items()})
+                switches[key][matching] = change.switch
+                rows += self._unit_rows(matching, change, da, db, concepts)
+            if partners:
+                first = next(iter(partners))
+                values["switch_matching"] = float(MATCHINGS.index(first))
+                values.update(switch_dict(switches[key][first], concepts.categories))
+            out.update({f"{key}.{k}": float(v) for k, v in values.items() if math.isfinite(float(v))})
+            written_units[key] = rows
+            report["layers"][key] = values
+        if ctx.out_dir is not None:
+            self._write(Path(ctx.out_dir), dis_a, dis_b, written_units, switches, concepts, report, model_a, model)
+        return out
+
+    @staticmethod
+    def _unit_rows(matching: str, change, da, db, concepts) -> list[dict[str, Any]]:
+        rows = []
+        for u in range(len(change.partner)):
+            partner = int(change.partner[u])
+            cat_a, label_a = concepts.describe(int(da.labels.label[u]))
+            if partner >= 0:
+                cat_b, label_b = concepts.describe(int(db.labels.label[partner]))
+                iou_b = float(db.labels.score[partner])
+            else:
+                cat_b, label_b, iou_b = "-", "-", 0.0
+            rows.append({"matching": matching, "unit": u + 1, "partner": partner + 1 if partner >= 0 else 0,
+                         "detector_a": int(change.detector_a[u]), "category_a": cat_a, "label_a": label_a,
+                         "iou_a": float(change.iou_a[u]), "category_b": cat_b, "label_b": label_b, "iou_b": iou_b,
+                         "iou_b_on_label_a": float(change.iou_b_on_a[u]),
+                         "kept_concept": int(change.kept_concept[u]), "kept_category": int(change.kept_category[u]),
+                         "iou_profile_rho": _blank_nan(float(change.profile_rho[u])),
+                         "activation_correlation": _blank_nan(float(change.correlation[u]))})
+        return rows
+
+    def _write(self, out: Path, dis_a, dis_b, units, switches, concepts, report, model_a, model_b) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        dis_a.write(out / "from")
+        dis_b.write(out / "to")
+        names = switch_labels(concepts.categories)
+        columns = ["matching", "unit", "partner", "detector_a", "category_a", "label_a", "iou_a", "category_b",
+                   "label_b", "iou_b", "iou_b_on_label_a", "kept_concept", "kept_category", "iou_profile_rho",
+                   "activation_correlation"]
+        for key, rows in units.items():
+            with open(out / f"{_slug(key)}-units.csv", "w", newline="") as f:
+                writer = csv.DictWriter(f, columns)
+                writer.writeheader()
+                writer.writerows(rows)
+            with open(out / f"{_slug(key)}-switch.csv", "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["matching", "from \\ to", *names])
+                for matching, matrix in switches[key].items():
+                    for i, name in enumerate(names):
+                        writer.writerow([matching, name, *[int(v) for v in matrix[i]]])
+            if switches[key]:
+                switch_heatmap(switches[key], names, out / f"{_slug(key)}-switch.png",
+                               title=f"{model_a.spec} => {getattr(model_b, 'target', model_b.spec)}, {key}")
+        info = {"params": self.params, "from": model_a.spec, "to": getattr(model_b, "target", model_b.spec),
+                "categories": list(concepts.categories), **report}
+        (out / "drift.json").write_text(json.dumps(info, indent=1, default=str))
+
+
+def _blank_nan(value: float) -> float | str:
+    return "" if math.isnan(value) else value
+
+
+def switch_heatmap(matrices: dict[str, torch.Tensor], names: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """A PNG of category-switch matrices side by side (one per matching): rows A's category of each unit ("none":
+    not a detector), columns its partner's in B; each cell shows the count, shaded by its share of the row."""
+    from PIL import Image, ImageDraw
+
+    cell, label_w, header, pad = 44, 64, 34, 12
+    k = len(names)
+    panel_w = label_w + k * cell
+    width = pad + len(matrices) * (panel_w + pad)
+    height = header + 16 + k * cell + 24
+    canvas = Image.new("RGB", (max(width, 8 * len(title) + 2 * pad), height), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 4), title, fill="black")
+    for m, (matching, matrix) in enumerate(matrices.items()):
+        left = pad + m * (panel_w + pad)
+        draw.text((left + label_w, 18), f"{matching}: rows A, columns B", fill="black")
+        counts = matrix.double()
+        shares = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
+        top = header + 16
+        for j, name in enumerate(names):
+            draw.text((left + label_w + j * cell + 3, top - 14), name[:7], fill="black")
+        for i, name in enumerate(names):
+            y = top + i * cell
+            draw.text((left + 2, y + cell // 2 - 6), name[:9], fill="black")
+            for j in range(k):
+                x = left + label_w + j * cell
+                s = float(shares[i, j])
+                colour = (int(255 - 215 * s), int(255 - 170 * s), int(255 - 60 * s))
+                draw.rectangle([x, y, x + cell - 2, y + cell - 2], fill=colour, outline=(200, 200, 200))
+                draw.text((x + 6, y + cell // 2 - 6), str(int(counts[i, j])), fill="white" if s > 0.55 else "black")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- explanation drift
+
+
+class ExplanationDrift(Metric):
+    """How much a method's maps change from model A to model B of a pair, for the same images.
+
+    For each batch the metric explains model A itself (``batch.method`` on ``model.reference``; targets: A's own
+    top-1 predictions, or ``reference_target="same"``: the batch's targets, when A and B share a label space), under
+    the seed the runner used for B's maps (``batch.seed``), so a stochastic method draws the same noise for both.
+    Per image: Spearman rank correlation of the two maps (average ranks for ties; two identical constant maps count
+    1, a constant map against another 0) and the overlap of their top ``top_fraction`` pixels.
+
+    Results: ``explanation_drift`` (1 - mean rank correlation: 0 when the maps did not change), ``rank_correlation``,
+    ``topN_overlap`` (N = 100 x top_fraction), each with a 95% bootstrap interval over images; when A and B share a
+    label space ``prediction_agreement`` (share of images with the same top-1 class) and ``prediction_tv`` (mean
+    total-variation distance of the softmax outputs); ``n``. On a sanity pair ``A=>A~cascade:K`` also
+    ``randomized_stages`` (K) and ``stages`` (L), and on the full-randomisation row (K = L) ``sanity_pass``: 1 when
+    the mean rank correlation with the original maps is below ``sanity_threshold`` (0.5), else 0 (the method's maps
+    barely depend on the model's weights: it fails the model-randomisation test of Adebayo et al. 2018, who gave
+    no numeric cut-off; 0.5 is this benchmark's, a parameter recorded in the manifest).
+    """
+
+    name: ClassVar[str] = "explanation_drift"
+    version: ClassVar[str] = "1"
+
+    @classmethod
+    def leaderboard_markdown(cls, rows: Any) -> str | None:
+        """The section of ``methods.md``: every value per (pair, method), then the sanity check's verdicts."""
+        from interpbench.leaderboard import to_markdown, wide_table
+
+        done = rows[~rows["value_name"].astype(str).isin(["randomized_stages", "stages"])]
+        return to_markdown(wide_table(done, "explanation")) + sanity_markdown(rows)
+    scope: ClassVar[str] = "explanation"
+    higher_is_better: ClassVar[bool] = True  # in the randomisation test, drift is what a model-dependent map shows
+    defaults: ClassVar[dict[str, Any]] = {"top_fraction": 0.1, "reference_target": "predicted",
+                                          "sanity_threshold": 0.5}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self.params["reference_target"] not in ("predicted", "same"):
+            raise ComponentError(f"explanation_drift: reference_target {self.params['reference_target']!r}: choose "
+                                 "'predicted' (A's own top-1 class) or 'same' (the class explained on B)")
+        fraction = self.params["top_fraction"]
+        if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ComponentError(f"explanation_drift: top_fraction {fraction!r} must lie in (0, 1] (default 0.1)")
+        self.reset()
+
+    def reset(self) -> None:
+        self._rho: list[torch.Tensor] = []
+        self._overlap: list[torch.Tensor] = []
+        self._agree: list[torch.Tensor] = []
+        self._tv: list[torch.Tensor] = []
+        self._pair: dict[str, Any] = {}
+
+    def update(self, model: Model, batch: Batch, maps: torch.Tensor) -> None:
+        reference = reference_of(model, self.name)
+        method = batch.method
+        if method is None:
+            raise ComponentError(f"{self.name}: batch.method is None; this metric explains model A with the method "
+                                 "that made the maps, so the runner (or caller) must set Batch.method")
+        images = batch.images
+        b, _, h, w = images.shape
+        if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != (b, h, w):
+            got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
+            raise ComponentError(f"{self.name}: maps must be B x H x W = {(b, h, w)}, got {got}")
+        same_space = reference.label_space == model.label_space and reference.class_names == model.class_names
+        with torch.no_grad():
+            logits_a, logits_b = reference(images).float(), model(images).float()
+        if self.params["reference_target"] == "same":
+            if not same_space:
+                raise ComponentError(f"{self.name}: reference_target='same' needs one label space, but A predicts "
+                                     f"{reference.label_space!r} and B {model.label_space!r}; use 'predicted'")
+            targets_a = batch.targets.to(images.device)
+        else:
+            targets_a = logits_a.argmax(dim=1)
+        devices = [images.device] if images.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(batch.seed)  # the runner drew B's maps from this seed: the same noise for A
+            maps_a = method.explain(reference, images, targets_a)
+        if not isinstance(maps_a, torch.Tensor) or tuple(maps_a.shape) != (b, h, w):
+            got = tuple(maps_a.shape) if isinstance(maps_a, torch.Tensor) else type(maps_a).__name__
+            raise ComponentError(f"{self.name}: method {method.name!r} returned maps of shape {got} on model A "
+                                 f"({reference.spec}), expected {(b, h, w)}")
+        maps_a = maps_a.detach().float()
+        if not bool(torch.isfinite(maps_a).all()):
+            raise ComponentError(f"{self.name}: method {method.name!r} returned non-finite maps on model A "
+                                 f"({reference.spec})")
+        maps_b = maps.detach().float()
+        self._rho.append(map_rank_correlation(maps_a, maps_b).cpu())
+        self._overlap.append(top_fraction_overlap(maps_a, maps_b, float(self.params["top_fraction"])).cpu())
+        if same_space:
+            self._agree.append((logits_a.argmax(1) == logits_b.argmax(1)).double().cpu())
+            tv = 0.5 * (logits_a.softmax(1) - logits_b.softmax(1)).abs().sum(1)
+            self._tv.append(tv.double().cpu())
+        self._pair = dict(getattr(model, "pair_info", {}) or {})
+
+    def compute(self) -> dict[str, float]:
+        from interpbench.leaderboard import bootstrap_ci
+        from interpbench.manifest import stable_hash
+
+        if not self._rho:
+            raise ComponentError(f"{self.name}: no batch was seen; nothing to compute")
+        out: dict[str, float] = {}
+        rho = torch.cat(self._rho).numpy()
+        top = f"top{round(100 * float(self.params['top_fraction']))}_overlap"
+        series = {"explanation_drift": 1.0 - rho, "rank_correlation": rho, top: torch.cat(self._overlap).numpy()}
+        if self._agree:
+            series["prediction_agreement"] = torch.cat(self._agree).numpy()
+            series["prediction_tv"] = torch.cat(self._tv).numpy()
+        for name, values in series.items():
+            out[name] = float(values.mean())
+            lo, hi = bootstrap_ci(values, stable_hash([self.name, name, len(values)]))
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
+        out["n"] = float(len(rho))
+        if "sanity_depth" in self._pair:
+            depth, total = int(self._pair["sanity_depth"]), int(self._pair["sanity_stages"])
+            out["randomized_stages"], out["stages"] = float(depth), float(total)
+            if depth == total:
+                out["sanity_pass"] = float(out["rank_correlation"] < float(self.params["sanity_threshold"]))
+        return out
+
+
+# --------------------------------------------------------------------------------------------- tables
+
+
+def _split_value(name: str) -> tuple[str, str | None, str]:
+    """``"blocks.6.hungarian.concept_retention"`` -> ``("blocks.6", "hungarian", "concept_retention")``."""
+    head, _, measure = name.rpartition(".")
+    layer, _, matching = head.rpartition(".")
+    if matching in MATCHINGS:
+        return layer, matching, measure
+    return head, None, measure
+
+
+def drift_table(table: Any) -> Any:
+    """The unit-drift table of a run (from :func:`interpbench.leaderboard.results_table`): one row per (pair,
+    dataset, layer, matching) with detectors and unique concepts A -> B, CKA, concept overlap and the unit
+    measures. Empty when the run has no ``unit_drift`` result."""
+    import pandas as pd
+
+    part = table[(table["metric"] == UnitDrift.name) & (table["status"] == "done")]
+    rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    layer_values: dict[tuple[str, str, str], dict[str, float]] = {}
+    for _, r in part.iterrows():
+        name = str(r["value_name"])
+        if name == "n" or ".switch." in f".{name}" or name.endswith((".switch_matching", ".detectors_change",
+                                                                          ".unique_change")):
+            continue
+        layer, matching, measure = _split_value(name)
+        if matching is None:
+            layer_values.setdefault((r["model"], r["dataset"], layer), {})[measure] = float(r["mean"])
+        else:
+            rows.setdefault((r["model"], r["dataset"], layer, matching), {})[measure] = float(r["mean"])
+    out = []
+    groups = list(dict.fromkeys(key[:3] for key in rows))
+    order = sorted(rows, key=lambda key: (groups.index(key[:3]), MATCHINGS.index(key[3])))
+    for model, dataset, layer, matching in order:
+        values = rows[(model, dataset, layer, matching)]
+        lv = layer_values.get((model, dataset, layer), {})
+        out.append({
+            "pair": model, "dataset": dataset, "layer": layer, "matching": matching,
+            "detectors A→B": f"{lv.get('detectors_a', math.nan):.0f} → {lv.get('detectors_b', math.nan):.0f}",
+            "unique A→B": f"{lv.get('unique_a', math.nan):.0f} → {lv.get('unique_b', math.nan):.0f}",
+            "CKA": _fmt(lv.get("cka")), "concept overlap": _fmt(lv.get("concept_overlap")),
+            **{m.replace("_", " "): _fmt(values.get(m)) for m in UNIT_MEASURES},
+        })
+    return pd.DataFrame(out)
+
+
+def cka_table(table: Any) -> Any:
+    """Linear CKA per layer of each pair of a run: one row per (pair, dataset), one column per layer."""
+    import pandas as pd
+
+    part = table[(table["metric"] == UnitDrift.name) & (table["status"] == "done")
+                 & table["value_name"].astype(str).str.endswith(".cka")]
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for _, r in part.iterrows():
+        row = rows.setdefault((r["model"], r["dataset"]), {"pair": r["model"], "dataset": r["dataset"]})
+        row[f"CKA {str(r['value_name'])[:-len('.cka')]}"] = _fmt(float(r["mean"]))
+    return pd.DataFrame(list(rows.values()))
+
+
+def sanity_table(table: Any) -> Any:
+    """The model-randomisation check of a run: one row per (model, dataset, method), the mean rank correlation of
+    the maps with the original model's at each randomisation depth, and the verdict of the full-randomisation row
+    (``pass`` / ``FAIL``). Empty when the run has no sanity pair."""
+    import pandas as pd
+
+    part = table[(table["metric"] == ExplanationDrift.name) & (table["status"] == "done")]
+    if part.empty:
+        return pd.DataFrame()
+    from interpbench.pairs import PAIR, parse_cascade
+
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for _, r in part.iterrows():
+        model = str(r["model"])
+        if PAIR not in model:
+            continue
+        a, _, b = model.partition(PAIR)
+        cascade = parse_cascade(b.strip())
+        if cascade is None or cascade[0] != a.strip():
+            continue
+        values = part[(part["model"] == model) & (part["method"] == r["method"]) & (part["dataset"] == r["dataset"])]
+        named = dict(zip(values["value_name"], values["mean"]))
+        if "stages" not in named or r["value_name"] != "rank_correlation":
+            continue
+        row = rows.setdefault((a.strip(), r["dataset"], r["method"]), {"model": a.strip(), "dataset": r["dataset"],
+                                                                        "method": r["method"]})
+        row[f"ρ depth {int(named['randomized_stages'])}/{int(named['stages'])}"] = _fmt(named["rank_correlation"])
+        if "sanity_pass" in named:
+            row["randomisation test"] = "pass" if named["sanity_pass"] >= 0.5 else "FAIL"
+    frame = pd.DataFrame(list(rows.values()))
+    if frame.empty:
+        return frame
+    depth_cols = sorted([c for c in frame.columns if c.startswith("ρ depth")],
+                        key=lambda c: int(c.split()[2].split("/")[0]))
+    rest = [c for c in ("randomisation test",) if c in frame.columns]
+    return frame[["model", "dataset", "method", *depth_cols, *rest]]
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def unit_drift_markdown(table: Any) -> str:
+    """The "Unit drift" section for ``representations.md`` (empty string when the run has no unit_drift result)."""
+    from interpbench.leaderboard import to_markdown
+
+    drift = drift_table(table)
+    if drift.empty:
+        return ""
+    return ("Both models dissected on the same probe. Retention: share of A's detectors "
+            "whose partner in B detects the same concept (category). Matchings: aligned (the same unit), hungarian "
+            "(one-to-one by activation correlation), best (each unit's most correlated partner). Category-switch "
+            "matrices: artifacts/*__unit_drift/*-switch.png (CSV beside them).\n\n" + to_markdown(drift)
+            + "\nLinear CKA (Kornblith et al. 2019) per layer, A against B:\n\n" + to_markdown(cka_table(table)))
+
+
+def sanity_markdown(table: Any) -> str:
+    """The "Model-randomisation sanity check" section for ``methods.md`` (empty string without sanity pairs)."""
+    from interpbench.leaderboard import to_markdown
+
+    sanity = sanity_table(table)
+    if sanity.empty:
+        return ""
+    return ("\n### Model-randomisation sanity check (Adebayo et al., NeurIPS 2018)\n\nMean Spearman rank correlation "
+            "between each method's maps on the model and on the model with its top k of L stages re-initialised "
+            "(cascading randomisation). A method whose maps stay correlated (rho >= sanity_threshold, 0.5) when every "
+            "stage is re-initialised does not depend on the model's weights: FAIL.\n\n" + to_markdown(sanity))
+
+
+def drift_markdown(table: Any) -> str:
+    """Both sections (:func:`unit_drift_markdown` and :func:`sanity_markdown`)."""
+    return unit_drift_markdown(table) + sanity_markdown(table)
+
+
+__all__ = [
+    "ExplanationDrift",
+    "UnitDrift",
+    "cka_table",
+    "drift_markdown",
+    "drift_table",
+    "layer_pairs",
+    "paired_activations",
+    "sanity_markdown",
+    "sanity_table",
+    "switch_heatmap",
+    "unit_drift_markdown",
+]

@@ -1,0 +1,626 @@
+"""Recipes that make the second model of a pair reproducibly: fine-tune, distil, prune.
+
+Each recipe takes model specs (or loaded Models) and named datasets (``datasets.yaml``), trains on the CPU or a GPU
+with a fixed seed (seeded head, data order, augmentation and dropout; deterministic algorithms), and writes
+
+- a checkpoint ``{"state_dict", "recipe", "test_accuracy"}`` loadable as a model spec ``SOURCE:NAME@PATH`` (the
+  spec is printed, returned and checked: loading it gives the trained network's outputs), and
+- a JSON record beside it (``PATH`` with ``.json``): the recipe, its parameters, the seed, the source weights'
+  sha256, the datasets' identities, the final test accuracy, the wall time and the library versions.
+
+- :func:`finetune`: all layers trained on a new dataset / task (a new classifier head when the label space
+  changes, e.g. ``shapes:cnn`` from the shape task to the colour task, or an ImageNet model to the shapes world);
+- :func:`distil`: a teacher into a (smaller) student with the soft-target loss of Hinton, Vinyals, Dean,
+  "Distilling the knowledge in a neural network" (2015): ``alpha T^2 KL(p_T(teacher) || p_T(student)) +
+  (1 - alpha) CE(y, student)``;
+- :func:`prune`: global magnitude pruning (Han, Pool, Tran, Dally, NeurIPS 2015; global across layers as in
+  Frankle & Carbin, ICLR 2019) of the Conv/Linear weights to an exact sparsity, with optional fine-tuning that
+  keeps the pruned weights at zero.
+
+The built-in transfer ``shapes:cnn.shape2color`` uses :func:`finetune_model` and is cached like ``shapes:cnn``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import ComponentError, Model, collate
+
+log = logging.getLogger(__name__)
+
+RECIPES_VERSION = "1"
+OPTIMIZER = "adamw+cosine"  # AdamW (Loshchilov & Hutter 2019), learning rate annealed to 0 by a cosine over all steps
+AUGMENTATIONS = ("hflip", "none")
+MAX_TRAIN_BYTES = 4 << 30
+
+
+@dataclasses.dataclass
+class RecipeResult:
+    """What a recipe made: the spec that loads it, the checkpoint and record files, and the record itself."""
+
+    spec: str
+    path: Path
+    record_path: Path
+    record: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def dataset_tensors(dataset: Any, n: int | None, what: str, batch_size: int = 64,
+                    need_labels: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``n`` samples of ``dataset`` as ``N x 3 x H x W`` images in [0, 1] and ``N`` labels (CPU)."""
+    count = len(dataset) if n is None else min(int(n), len(dataset))
+    if count < 1:
+        raise ComponentError(f"{what}: dataset {getattr(dataset, 'name', dataset)!r} has no samples")
+    images: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    subset = torch.utils.data.Subset(dataset, range(count))
+    for batch in torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, collate_fn=collate):
+        if images and batch["images"].shape[1:] != images[0].shape[1:]:
+            raise ComponentError(f"{what}: images of dataset {getattr(dataset, 'name', '?')!r} differ in size; load "
+                                 "it at a fixed size")
+        images.append(batch["images"].float())
+        if need_labels:
+            if "labels" not in batch:
+                raise ComponentError(f"{what}: dataset {getattr(dataset, 'name', '?')!r} has samples without a single "
+                                     "'label'; a recipe trains on single-label classification data")
+            labels.append(batch["labels"])
+        if sum(x.numel() for x in images) * 4 > MAX_TRAIN_BYTES:
+            raise ComponentError(f"{what}: {count} images do not fit the {MAX_TRAIN_BYTES >> 30} GiB in-memory "
+                                 "training set; lower n_train (--n-train)")
+    return torch.cat(images), (torch.cat(labels) if need_labels else None)
+
+
+def load_recipe_dataset(name: str, split: str, model: Model, config: Any = None):
+    from . import api
+
+    return api.load_dataset(name, split=split, size=model.input_size, config=config)
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def as_model(model: Model | str, what: str) -> Model:
+    from . import api
+    from .pairs import is_derived
+
+    if isinstance(model, Model):
+        return model
+    if not isinstance(model, str) or is_derived(model):
+        raise ComponentError(f"{what}: {model!r} must be a plain model spec SOURCE:NAME[@WEIGHTS] (not a pair) or a "
+                             "loaded interpbench Model")
+    return api.load_model(model)
+
+
+def classifier_name(net: nn.Module) -> str:
+    """The module that produces the logits: timm's ``get_classifier()``, else the last Linear (or Conv2d,
+    SqueezeNet) registered."""
+    if hasattr(net, "get_classifier"):
+        head = net.get_classifier()
+        for name, module in net.named_modules():
+            if module is head:
+                return name
+    name = ""
+    for n, m in net.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            name = n
+    if not name:
+        raise ComponentError("recipe: the network has no Linear or Conv2d layer to use as the classifier head")
+    return name
+
+
+def replace_classifier(net: nn.Module, num_classes: int, seed: int) -> str:
+    """A new, seeded classifier head for ``num_classes`` (the layer a source builds for that class count, so the
+    checkpoint loads as ``SOURCE:NAME@PATH``). Returns the head's module name."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if hasattr(net, "reset_classifier") and hasattr(net, "get_classifier"):  # timm
+            net.reset_classifier(num_classes)
+            return classifier_name(net)
+        name = classifier_name(net)
+        parent_name, _, attr = name.rpartition(".")
+        parent = net.get_submodule(parent_name) if parent_name else net
+        old = getattr(parent, attr)
+        if isinstance(old, nn.Linear):
+            new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+        else:
+            new = nn.Conv2d(old.in_channels, num_classes, old.kernel_size, old.stride, old.padding,
+                            bias=old.bias is not None)
+        setattr(parent, attr, new.to(old.weight.device))
+        return name
+
+
+def rewrap(model: Model, net: nn.Module, *, spec: str, class_names: list[str] | None = None,
+           label_space: str | None = None, default_dataset: str | None = None,
+           weights: dict[str, Any] | None = None) -> Model:
+    """A Model around ``net`` with ``model``'s normalisation, size and layers (and new classes if given)."""
+    return Model(net, spec=spec, mean=model.mean.flatten().tolist(), std=model.std.flatten().tolist(),
+                 input_size=model.input_size, class_names=class_names or model.class_names,
+                 cam_layer=model.cam_layer, label_space=label_space or model.label_space,
+                 default_dataset=model.default_dataset if default_dataset is None else default_dataset,
+                 weights=weights or dict(model.weights), layers=model._layer_names).eval()
+
+
+def checkpoint_spec(source_spec: str, path: Path, label_space: str | None = None) -> str:
+    """The spec that loads a checkpoint of ``source_spec``'s architecture: ``SOURCE:NAME@PATH``; for the shapes
+    source with a new head, the name of the head's task (``shapes:cnn.color@PATH``)."""
+    from .config import parse_model_spec
+
+    parsed = parse_model_spec(source_spec)
+    name = parsed.name
+    if parsed.source == "shapes" and label_space is not None:
+        if not label_space.startswith("shapes:"):
+            raise ComponentError(f"recipe: the shapes source builds heads for the shapes-world tasks only, not for "
+                                 f"label space {label_space!r}; fine-tune shapes:cnn on a shapes dataset")
+        arch, task = name.partition(".")[0], label_space.split(":", 1)[1]
+        name = arch if task == "shape" else f"{arch}.{task}"
+    return f"{parsed.source}:{name}@{Path(path).resolve()}"
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256,
+             device: torch.device | str = "cpu") -> float:
+    """Top-1 accuracy of a Model (images in [0, 1]) on ``images`` / ``labels``."""
+    was_training = model.training
+    model.eval()
+    hits = 0
+    for i in range(0, len(images), batch_size):
+        logits = model(images[i:i + batch_size].to(device))
+        hits += int((logits.argmax(1).cpu() == labels[i:i + batch_size]).sum())
+    model.train(was_training)
+    return hits / max(len(images), 1)
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+@contextlib.contextmanager
+def deterministic(device: torch.device):
+    """Deterministic algorithms while training (CPU: enforced; CUDA: warnings only, cuBLAS needs
+    CUBLAS_WORKSPACE_CONFIG set before start-up for bitwise repeatability)."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def progress_bar(total: int, description: str, show: bool | None):
+    """A rich progress bar (on a TTY unless ``show`` says otherwise), or None."""
+    if show is None:
+        show = sys.stderr.isatty()
+    if not show:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("{task.fields[status]}"), transient=False)
+
+
+def fit(model: Model, images: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        *, epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int, augment: str,
+        device: torch.device, description: str, show_progress: bool | None = None,
+        after_step: Callable[[], None] | None = None) -> list[float]:
+    """Train every parameter of ``model`` (a Model: images in [0, 1]) with AdamW and a cosine schedule.
+
+    ``loss_fn(logits, images, index)`` gets the batch's logits, its (augmented) images and its sample indices.
+    Data order and flips come from a generator seeded with ``seed``; torch's global RNG (dropout) is seeded too.
+    Returns the mean loss per epoch.
+    """
+    if augment not in AUGMENTATIONS:
+        raise ComponentError(f"recipe: augment {augment!r}: choose one of {list(AUGMENTATIONS)}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < (0 if name == "epochs" else 1):
+            kind = "non-negative" if name == "epochs" else "positive"
+            raise ComponentError(f"recipe: {name} {value!r} must be a {kind} int")
+    steps_per_epoch = max(1, len(images) // batch_size)
+    total = epochs * steps_per_epoch
+    losses: list[float] = []
+    if total == 0:
+        return losses
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    order_rng = torch.Generator().manual_seed(seed)
+    bar = progress_bar(total, description, show_progress)
+    task = bar.add_task(description, total=total, status="") if bar else None
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), deterministic(device), (bar or contextlib.nullcontext()):
+        torch.manual_seed(seed)
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(images), generator=order_rng)
+            flips = torch.rand(len(images), generator=order_rng) < 0.5
+            running = 0.0
+            for step in range(steps_per_epoch):
+                index = order[step * batch_size:(step + 1) * batch_size]
+                x = images[index].to(device)
+                if augment == "hflip":
+                    x = torch.where(flips[index].view(-1, 1, 1, 1).to(device), x.flip(-1), x)
+                loss = loss_fn(model(x), x, index)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                if after_step is not None:
+                    after_step()
+                running += float(loss.detach())
+                if bar:
+                    bar.update(task, advance=1, status=f"epoch {epoch + 1}/{epochs} loss {float(loss):.3f}")
+            losses.append(running / steps_per_epoch)
+            log.info("%s: epoch %d/%d, mean loss %.4f", description, epoch + 1, epochs, losses[-1])
+    model.eval()
+    return losses
+
+
+def _environment(device: torch.device) -> dict[str, Any]:
+    from . import __version__
+
+    return {"interpbench": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "threads": torch.get_num_threads(), "recipes_version": RECIPES_VERSION}
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "cpu":
+        return torch.device("cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ComponentError(f"recipe: device {str(device)!r}: CUDA is not available on this machine; use cpu")
+    return dev
+
+
+def _save(net: nn.Module, record: dict[str, Any], out: Path, accuracy_value: float) -> tuple[Path, Path]:
+    from .models.shapes import _atomic_save
+
+    out = Path(out).expanduser()
+    _atomic_save({"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                  "recipe": json.loads(json.dumps(record, default=str)), "test_accuracy": float(accuracy_value)}, out)
+    record_path = out.with_suffix(".json")
+    return out, record_path
+
+
+def _finish(result_net: nn.Module, record: dict[str, Any], out: Path, acc: float, spec_of: Callable[[Path], str],
+            probe: torch.Tensor, device: torch.device) -> RecipeResult:
+    """Save the checkpoint, check that its spec loads the same network (``record["_probe_logits"]``: the trained
+    network's logits on ``probe``), write the JSON record."""
+    from . import api
+    from .models.weights import file_sha256, state_dict_sha256
+
+    expected = record.pop("_probe_logits")
+    path, record_path = _save(result_net, record, out, acc)
+    spec = spec_of(path)
+    loaded = api.load_model(spec, device=str(device))
+    with torch.no_grad():
+        got = loaded(probe.to(device)).float().cpu()
+    if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-4, rtol=1e-4):
+        diff = float((got - expected).abs().max()) if got.shape == expected.shape else math.inf
+        raise ComponentError(f"recipe: the checkpoint {str(path)!r} loaded as {spec!r} does not reproduce the trained "
+                             f"network's outputs (max difference {diff:.3g}); the source's loader builds another "
+                             "architecture for it")
+    record.update(spec=spec, checkpoint=str(path.resolve()), checkpoint_sha256=file_sha256(path),
+                  weights_sha256=state_dict_sha256({k: v.detach().cpu() for k, v in result_net.state_dict().items()}))
+    record_path.write_text(json.dumps(record, indent=1, default=str))
+    return RecipeResult(spec=spec, path=path, record_path=record_path, record=record)
+
+
+def _default_out(kind: str, source: str, tag: str, seed: int) -> Path:
+    from .runner import slug
+
+    return Path("checkpoints") / f"{slug(source)}.{kind}-{slug(tag)}-seed{seed}.pt"
+
+
+# --------------------------------------------------------------------------------------------- fine-tune
+
+
+def finetune_model(model: Model, train: Any, test: Any, *, seed: int = 0, epochs: int = 2, lr: float = 1e-3,
+                   batch_size: int = 64, n_train: int | None = 2048, n_test: int | None = 512,
+                   weight_decay: float = 1e-4, augment: str = "hflip", head: str = "auto",
+                   device: str | torch.device | None = "cpu", show_progress: bool | None = None
+                   ) -> tuple[Model, float, dict[str, Any]]:
+    """Fine-tune a copy of ``model`` on the ``train`` dataset (all layers, cross-entropy on its labels) and return
+    ``(fine-tuned Model, accuracy on the first n_test samples of test, record)``; the caller's model is unchanged.
+
+    ``head``: ``"auto"`` (a new seeded head when the dataset's classes differ from the model's), ``"new"``,
+    ``"keep"``.
+    """
+    if head not in ("auto", "new", "keep"):
+        raise ComponentError(f"finetune: head {head!r}: choose 'auto', 'new' or 'keep'")
+    dev = _resolve_device(device)
+    classes = list(getattr(train, "classes", []) or [])
+    label_space = getattr(train, "label_space", None)
+    if not classes:
+        raise ComponentError(f"finetune: dataset {getattr(train, 'name', train)!r} lists no classes; a recipe trains "
+                             "on a classification dataset (attribute 'classes')")
+    new_head = head == "new" or (head == "auto" and (classes != model.class_names or label_space != model.label_space))
+    if head == "keep" and len(classes) != model.num_classes:
+        raise ComponentError(f"finetune: head='keep' but the model predicts {model.num_classes} classes and dataset "
+                             f"{getattr(train, 'name', '?')!r} has {len(classes)}; use head='auto'")
+    t0 = time.perf_counter()
+    images, labels = dataset_tensors(train, n_train, "finetune (train)")
+    test_images, test_labels = dataset_tensors(test, n_test, "finetune (test)")
+    net = copy.deepcopy(model.net).cpu()
+    head_name = replace_classifier(net, len(classes), seed) if new_head else None
+    tuned = rewrap(model, net, spec=f"{model.spec}+finetune", class_names=classes if new_head else None,
+                   label_space=label_space if new_head else None, default_dataset=getattr(train, "name", None))
+    tuned.to(dev)
+    losses = fit(tuned, images, lambda logits, x, i: F.cross_entropy(logits, labels[i].to(dev)), epochs=epochs,
+                 batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed, augment=augment, device=dev,
+                 description=f"fine-tuning {model.spec} on {getattr(train, 'name', 'data')}",
+                 show_progress=show_progress)
+    acc = accuracy(tuned, test_images, test_labels, device=dev)
+    record = {
+        "recipe": "finetune",
+        "params": {"epochs": epochs, "lr": lr, "batch_size": batch_size, "n_train": len(images),
+                   "n_test": len(test_images), "weight_decay": weight_decay, "augment": augment, "head": head,
+                   "optimizer": OPTIMIZER, "trained": "all layers", "loss": "cross-entropy"},
+        "seed": int(seed),
+        "source": {"spec": model.spec, "weights_sha256": model.weights.get("sha256"),
+                   "classes": model.class_names, "label_space": model.label_space},
+        "new_head": head_name,
+        "dataset": {"name": getattr(train, "name", None), "train": _identity(train), "test": _identity(test),
+                    "classes": classes, "label_space": label_space},
+        "final_accuracy": acc,
+        "epoch_losses": losses,
+        "wall_time_s": time.perf_counter() - t0,
+        "environment": _environment(dev),
+    }
+    log.info("finetune %s -> %s: test accuracy %.4f", model.spec, getattr(train, "name", "?"), acc)
+    return tuned, acc, record
+
+
+def _identity(dataset: Any) -> Any:
+    identity = getattr(dataset, "identity", None)
+    return identity() if callable(identity) else None
+
+
+def finetune(model: Model | str, dataset: str, *, out: str | Path | None = None, seed: int = 0, epochs: int = 2,
+             lr: float = 1e-3, batch_size: int = 64, n_train: int | None = 2048, n_test: int | None = 512,
+             weight_decay: float = 1e-4, augment: str = "hflip", head: str = "auto", device: str | None = "cpu",
+             show_progress: bool | None = None, datasets_config: Any = None) -> RecipeResult:
+    """Fine-tune ``model`` on the named dataset's train split, evaluate on its test split, write the checkpoint
+    and its record; returns the spec that loads it (e.g. ``shapes:cnn.color@/abs/path.pt``)."""
+    source = as_model(model, "finetune")
+    dev = _resolve_device(device)
+    train = load_recipe_dataset(dataset, "train", source, datasets_config)
+    test = load_recipe_dataset(dataset, "test", source, datasets_config)
+    tuned, acc, record = finetune_model(source, train, test, seed=seed, epochs=epochs, lr=lr, batch_size=batch_size,
+                                        n_train=n_train, n_test=n_test, weight_decay=weight_decay, augment=augment,
+                                        head=head, device=dev, show_progress=show_progress)
+    probe = dataset_tensors(test, 4, "finetune (check)", need_labels=False)[0]
+    with torch.no_grad():
+        record["_probe_logits"] = tuned(probe.to(dev)).float().cpu()
+    new_space = record["dataset"]["label_space"] if record["new_head"] else None
+    out = Path(out) if out is not None else _default_out("finetune", source.spec, dataset, seed)
+    return _finish(tuned.net, record, out, acc, lambda p: checkpoint_spec(source.spec, p, new_space), probe, dev)
+
+
+# --------------------------------------------------------------------------------------------- distil
+
+
+def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
+                     temperature: float, alpha: float) -> torch.Tensor:
+    """Hinton et al. 2015, eq. (2) and section 2: ``alpha T^2 KL(softmax(t/T) || softmax(s/T)) + (1 - alpha)
+    CE(y, s)`` (the T^2 keeps the soft-target gradients' scale when T changes); batch mean."""
+    t = float(temperature)
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * t * t
+    if alpha >= 1.0 or labels is None:
+        return soft
+    return alpha * soft + (1.0 - alpha) * F.cross_entropy(student_logits, labels)
+
+
+def distil(teacher: Model | str, student: Model | str, dataset: str | None = None, *,
+           out: str | Path | None = None, temperature: float = 4.0, alpha: float = 0.9, seed: int = 0,
+           epochs: int = 4, lr: float = 3e-3, batch_size: int = 64, n_train: int | None = 4096,
+           n_test: int | None = 512, weight_decay: float = 1e-4, augment: str = "hflip",
+           device: str | None = "cpu", show_progress: bool | None = None, datasets_config: Any = None) -> RecipeResult:
+    """Distil ``teacher`` into ``student`` (e.g. ``shapes:cnn`` into ``shapes:cnn-small@random``) on the named
+    dataset (default: the teacher's) with the soft-target loss; write the student's checkpoint and record."""
+    if not temperature > 0:
+        raise ComponentError(f"distil: temperature {temperature!r} must be > 0 (Hinton et al. use 1-20; default 4)")
+    if not 0.0 <= alpha <= 1.0:
+        raise ComponentError(f"distil: alpha {alpha!r} (weight of the soft-target term) must lie in [0, 1]")
+    t_model, s_model = as_model(teacher, "distil (teacher)"), as_model(student, "distil (student)")
+    if t_model.class_names != s_model.class_names:
+        raise ComponentError(f"distil: student {s_model.spec!r} predicts {s_model.num_classes} classes "
+                             f"({s_model.label_space}) but teacher {t_model.spec!r} predicts {t_model.num_classes} "
+                             f"({t_model.label_space}); give a student spec for the teacher's label space (e.g. "
+                             "shapes:cnn-small.color@random for shapes:cnn.color)")
+    dev = _resolve_device(device)
+    name = dataset or t_model.default_dataset
+    if not name:
+        raise ComponentError(f"distil: teacher {t_model.spec!r} has no default dataset; name one (--dataset)")
+    train = load_recipe_dataset(name, "train", s_model, datasets_config)
+    test = load_recipe_dataset(name, "test", s_model, datasets_config)
+    same_labels = getattr(train, "label_space", None) == t_model.label_space
+    if alpha < 1.0 and not same_labels:
+        raise ComponentError(f"distil: alpha {alpha} < 1 mixes in the dataset's labels, but {name!r} is labelled in "
+                             f"{getattr(train, 'label_space', None)!r}, not the teacher's {t_model.label_space!r}; "
+                             "use alpha=1 (soft targets only) or a dataset in the teacher's label space")
+    t0 = time.perf_counter()
+    images, labels = dataset_tensors(train, n_train, "distil (train)", need_labels=alpha < 1.0)
+    test_images, test_labels = dataset_tensors(test, n_test, "distil (test)", need_labels=same_labels)
+    t_model = t_model.to(dev).eval()
+    net = copy.deepcopy(s_model.net).cpu()
+    pupil = rewrap(s_model, net, spec=f"{s_model.spec}+distil")
+    pupil.to(dev)
+
+    def loss_fn(logits: torch.Tensor, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            teacher_logits = t_model(x).float()
+        y = labels[index].to(dev) if labels is not None else None
+        return soft_target_loss(logits.float(), teacher_logits, y, temperature, alpha)
+
+    losses = fit(pupil, images, loss_fn, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                 seed=seed, augment=augment, device=dev, description=f"distilling {t_model.spec} into {s_model.spec}",
+                 show_progress=show_progress)
+    record: dict[str, Any] = {
+        "recipe": "distil",
+        "params": {"temperature": temperature, "alpha": alpha, "epochs": epochs, "lr": lr, "batch_size": batch_size,
+                   "n_train": len(images), "n_test": len(test_images), "weight_decay": weight_decay,
+                   "augment": augment, "optimizer": OPTIMIZER,
+                   "loss": "alpha T^2 KL(teacher_T || student_T) + (1 - alpha) CE (Hinton et al. 2015)"},
+        "seed": int(seed),
+        "teacher": {"spec": t_model.spec, "weights_sha256": t_model.weights.get("sha256"),
+                    "parameters": sum(p.numel() for p in t_model.net.parameters())},
+        "student": {"spec": s_model.spec, "weights_sha256": s_model.weights.get("sha256"),
+                    "parameters": sum(p.numel() for p in pupil.net.parameters())},
+        "source": {"spec": s_model.spec, "weights_sha256": s_model.weights.get("sha256")},
+        "dataset": {"name": name, "train": _identity(train), "test": _identity(test)},
+        "epoch_losses": losses,
+    }
+    with torch.no_grad():
+        chunks = [test_images[i:i + 256].to(dev) for i in range(0, len(test_images), 256)]
+        agree = sum(int((t_model(x).argmax(1) == pupil(x).argmax(1)).sum()) for x in chunks)
+    record["teacher_agreement"] = agree / len(test_images)
+    if test_labels is not None:
+        record["final_accuracy"] = accuracy(pupil, test_images, test_labels, device=dev)
+        record["teacher_accuracy"] = accuracy(t_model, test_images, test_labels, device=dev)
+    else:
+        record["final_accuracy"] = record["teacher_agreement"]
+        record["final_accuracy_is"] = "agreement with the teacher's top-1 (the dataset has no labels of its classes)"
+    record["wall_time_s"] = time.perf_counter() - t0
+    record["environment"] = _environment(dev)
+    probe = test_images[:4]
+    with torch.no_grad():
+        record["_probe_logits"] = pupil(probe.to(dev)).float().cpu()
+    out = Path(out) if out is not None else _default_out("distil", t_model.spec, s_model.spec, seed)
+    return _finish(pupil.net, record, out, record["final_accuracy"], lambda p: checkpoint_spec(s_model.spec, p),
+                   probe, dev)
+
+
+# --------------------------------------------------------------------------------------------- prune
+
+
+def prunable_weights(net: nn.Module, include_head: bool = True) -> dict[str, torch.Tensor]:
+    """``{module name: weight}`` of every Conv and Linear layer (biases and normalisation layers are not pruned)."""
+    head = classifier_name(net) if not include_head else None
+    return {name: m.weight for name, m in net.named_modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and name != head}
+
+
+def global_magnitude_masks(weights: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
+    """Han et al. 2015, global variant: keep-masks that zero exactly ``round(sparsity * N)`` of the ``N`` weights,
+    the smallest in absolute value across all layers (ties: the earlier weight, in layer order, goes first)."""
+    if not 0.0 <= sparsity < 1.0:
+        raise ComponentError(f"prune: sparsity {sparsity!r} must lie in [0, 1) (the share of weights set to zero)")
+    if not weights:
+        raise ComponentError("prune: the network has no Conv or Linear weights to prune")
+    flat = torch.cat([w.detach().abs().flatten().double().cpu() for w in weights.values()])
+    k = int(round(sparsity * flat.numel()))
+    keep = torch.ones(flat.numel(), dtype=torch.bool)
+    if k:
+        keep[torch.sort(flat, stable=True).indices[:k]] = False
+    masks, start = {}, 0
+    for name, w in weights.items():
+        masks[name] = keep[start:start + w.numel()].view_as(w).to(w.device)
+        start += w.numel()
+    return masks
+
+
+def prune(model: Model | str, sparsity: float, dataset: str | None = None, *, out: str | Path | None = None,
+          include_head: bool = True, finetune_epochs: int = 0, lr: float = 1e-4, batch_size: int = 64,
+          n_train: int | None = 2048, n_test: int | None = 512, weight_decay: float = 0.0, augment: str = "hflip",
+          seed: int = 0, device: str | None = "cpu", show_progress: bool | None = None,
+          datasets_config: Any = None) -> RecipeResult:
+    """Global magnitude pruning of ``model`` to ``sparsity`` (share of its Conv/Linear weights set to zero), then
+    ``finetune_epochs`` of fine-tuning with the pruned weights held at zero; accuracy on the named dataset's test
+    split (default: the model's dataset). Units stay aligned, so ``unit_drift`` compares them unit by unit."""
+    source = as_model(model, "prune")
+    dev = _resolve_device(device)
+    name = dataset or source.default_dataset
+    if not name:
+        raise ComponentError(f"prune: model {source.spec!r} has no default dataset to measure accuracy on; name one "
+                             "(--dataset)")
+    test = load_recipe_dataset(name, "test", source, datasets_config)
+    if getattr(test, "label_space", None) != source.label_space:
+        raise ComponentError(f"prune: dataset {name!r} is labelled in {getattr(test, 'label_space', None)!r}, the "
+                             f"model predicts {source.label_space!r}; name a dataset of the model's classes")
+    t0 = time.perf_counter()
+    net = copy.deepcopy(source.net).cpu()
+    pruned = rewrap(source, net, spec=f"{source.spec}+prune")
+    weights = prunable_weights(net, include_head)
+    masks = global_magnitude_masks(weights, float(sparsity))
+    with torch.no_grad():
+        for key, w in weights.items():
+            w.mul_(masks[key].to(w.dtype))
+    pruned.to(dev)
+    masks = {k: m.to(dev) for k, m in masks.items()}
+    weights = prunable_weights(net, include_head)
+    losses: list[float] = []
+    if finetune_epochs:
+        train = load_recipe_dataset(name, "train", source, datasets_config)
+        images, labels = dataset_tensors(train, n_train, "prune (fine-tune)")
+
+        def reapply() -> None:
+            with torch.no_grad():
+                for key, w in weights.items():
+                    w.mul_(masks[key].to(w.dtype))
+
+        losses = fit(pruned, images, lambda logits, x, i: F.cross_entropy(logits, labels[i].to(dev)),
+                     epochs=finetune_epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+                     augment=augment, device=dev, description=f"fine-tuning {source.spec} pruned to {sparsity:.0%}",
+                     show_progress=show_progress, after_step=reapply)
+    test_images, test_labels = dataset_tensors(test, n_test, "prune (test)")
+    total = sum(w.numel() for w in weights.values())
+    zeros = sum(int((w == 0).sum()) for w in weights.values())
+    record: dict[str, Any] = {
+        "recipe": "prune",
+        "params": {"sparsity": float(sparsity), "criterion": "global magnitude |w| (Han et al. 2015)",
+                   "include_head": include_head, "pruned": "Conv/Linear weights", "finetune_epochs": finetune_epochs,
+                   "lr": lr, "batch_size": batch_size, "n_train": n_train if finetune_epochs else 0,
+                   "n_test": len(test_images), "weight_decay": weight_decay, "augment": augment,
+                   "optimizer": OPTIMIZER if finetune_epochs else None},
+        "seed": int(seed),
+        "source": {"spec": source.spec, "weights_sha256": source.weights.get("sha256"),
+                   "accuracy": accuracy(source.to(dev), test_images, test_labels, device=dev)},
+        "dataset": {"name": name, "test": _identity(test)},
+        "achieved_sparsity": zeros / total,
+        "pruned_weights": total,
+        "per_layer_sparsity": {k: float((w == 0).double().mean()) for k, w in weights.items()},
+        "epoch_losses": losses,
+        "final_accuracy": accuracy(pruned, test_images, test_labels, device=dev),
+        "wall_time_s": time.perf_counter() - t0,
+        "environment": _environment(dev),
+    }
+    probe = test_images[:4]
+    with torch.no_grad():
+        record["_probe_logits"] = pruned(probe.to(dev)).float().cpu()
+    out = Path(out) if out is not None else _default_out("prune", source.spec, f"{sparsity:g}", seed)
+    return _finish(net, record, out, record["final_accuracy"], lambda p: checkpoint_spec(source.spec, p), probe, dev)
+
+
+__all__ = [
+    "RecipeResult",
+    "accuracy",
+    "checkpoint_spec",
+    "classifier_name",
+    "dataset_tensors",
+    "distil",
+    "finetune",
+    "finetune_model",
+    "fit",
+    "global_magnitude_masks",
+    "prunable_weights",
+    "prune",
+    "replace_classifier",
+    "soft_target_loss",
+]
