@@ -4,6 +4,7 @@ The trained weights are cached in the user cache dir (or $INTERPBENCH_CACHE): th
 them (about a minute on 2 CPU cores), later runs load them.
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,29 @@ def test_training_is_deterministic_and_cached_by_recipe(tmp_path, monkeypatch):
     model = ShapesModelSource(seed=3).load("cnn", None, None)
     assert model.weights["path"] == str(target) and model.weights["test_accuracy"] == acc_a
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_the_packaged_weights_are_those_the_current_recipes_ask_for():
+    # a changed recipe (or world) must come with remade packaged files (python -m interpbench.models.shapes);
+    # otherwise every user would silently train on first use again
+    for task in shapes_model.PACKAGED:
+        if task in shapes_model.TRANSFERS:
+            rec = shapes_model.transfer_recipe(task, 0)
+        else:
+            rec = recipe(task, 0)
+        name = f"shapes-cnn-{task}-seed0-{recipe_hash(rec)}.pt"
+        path = shapes_model.packaged_checkpoint(name)
+        assert path is not None, f"no packaged {name}: run python -m interpbench.models.shapes"
+        stored = torch.load(path, weights_only=True)
+        assert stored["recipe"] == json.loads(json.dumps(rec)) and stored["test_accuracy"] >= 0.95
+    model = ShapesModelSource().load("cnn", None, None)
+    assert Path(model.weights["path"]).parent == shapes_model.PACKAGED_DIR
+
+
+def test_the_full_recipe_trains_to_95_percent_from_scratch():
+    # what `python -m interpbench.models.shapes` does for the packaged file (about a minute on one core)
+    net, acc = train_shapes_cnn("shape", 0, show_progress=False)
+    model = Model(net, spec="shapes:cnn", mean=shapes_model.MEAN, std=shapes_model.STD, input_size=(64, 64),
+                  class_names=list(SHAPES), cam_layer="layer3", label_space="shapes:shape", default_dataset="shapes",
+                  weights={})
+    assert acc >= 0.95 and held_out_accuracy(model, 512, 1024) >= 0.95

@@ -2,6 +2,9 @@
 
 Specs: ``shapes:cnn`` (= ``shapes:cnn.shape``), ``shapes:cnn.color``, ``shapes:cnn.texture``; weights
 ``@random`` (seeded random init) or ``@/path/to/ckpt.pt`` (a state dict, loaded with ``weights_only=True``).
+``shapes:cnn.shape2color``: ``shapes:cnn`` fine-tuned to the colour task (``interpbench.recipes.finetune_model``,
+``TRANSFER_DEFAULTS``), made on first use and cached the same way. ``shapes:cnn-small.TASK@random``: a half-width
+student architecture for distillation (no default weights).
 
 Training is deterministic given the recipe (seeded init, seeded data order, deterministic ops) on a given machine
 and thread count; the checkpoint lands in ``$INTERPBENCH_CACHE`` (default ``platformdirs.user_cache_dir
@@ -15,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -50,6 +54,18 @@ DEFAULT_DATASET = {"shape": "shapes", "color": "shapes-color", "texture": "shape
 # Variants trained on another world, with the labels of a task: ``shapes:cnn.shortcut`` learns shapes on the
 # planted-shortcut world (interpbench.datasets.shortcut), where a corner patch's colour predicts the label.
 VARIANTS = {"shortcut": "shape"}
+# Transfers: ``shapes:cnn.shape2color`` is ``shapes:cnn`` (shape task, same seed) fine-tuned to the colour task by
+# interpbench.recipes.finetune_model with TRANSFER_DEFAULTS, trained on first use and cached like the others.
+TRANSFERS = {"shape2color": ("shape", "color")}
+TRANSFER_DEFAULTS: dict[str, Any] = {"n_train": 2048, "epochs": 2, "batch_size": 64, "lr": 2e-3,
+                                     "weight_decay": 1e-4, "n_test": 512, "augment": "hflip", "head": "new"}
+# Architectures: ``cnn`` and a half-width student for distillation (``cnn-small``: @random or a checkpoint only).
+ARCHS = {"cnn": WIDTHS, "cnn-small": (12, 16, 32, 64)}
+
+
+def label_task(task: str) -> str:
+    """The task whose labels ``task`` (a task, a variant or a transfer) predicts."""
+    return TRANSFERS[task][1] if task in TRANSFERS else VARIANTS.get(task, task)
 
 
 def _world(task: str, split: str, n: int):
@@ -90,11 +106,11 @@ def build_shapes_cnn(num_classes: int, widths: tuple[int, ...] = WIDTHS) -> nn.S
     ))
 
 
-def seeded_net(task: str, seed: int) -> nn.Sequential:
+def seeded_net(task: str, seed: int, widths: tuple[int, ...] = WIDTHS) -> nn.Sequential:
     """A freshly initialised network for ``task``; the same ``seed`` gives the same weights."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_shapes_cnn(len(TASKS[VARIANTS.get(task, task)]))
+        return build_shapes_cnn(len(TASKS[label_task(task)]), widths)
 
 
 def recipe(task: str, seed: int, **overrides: Any) -> dict[str, Any]:
@@ -245,10 +261,27 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+# Checkpoints shipped inside the package (``python -m interpbench.models.shapes`` remakes them): the default
+# experiment's models, so that every machine scores the same weights and nobody waits for training. A file is
+# used only when its name (task, seed, recipe hash) is the one the current recipe asks for; otherwise the recipe
+# trains on first use as before.
+PACKAGED_DIR = Path(__file__).with_name("packaged")
+PACKAGED = ("shape", "shape2color", "shortcut")
+
+
+def packaged_checkpoint(name: str) -> Path | None:
+    path = PACKAGED_DIR / name
+    return path if path.is_file() else None
+
+
 def cached_checkpoint(task: str = "shape", seed: int = 0, *, show_progress: bool | None = None) -> Path:
-    """The path of the trained checkpoint for (task, seed), training and caching it first if needed."""
+    """The path of the trained checkpoint for (task, seed): the packaged one, or the cached one, training and
+    caching it first if needed."""
     rec = recipe(task, seed)
     path = cache_dir() / f"shapes-cnn-{task}-seed{seed}-{recipe_hash(rec)}.pt"
+    shipped = packaged_checkpoint(path.name)
+    if shipped is not None:
+        return shipped
     if path.exists():
         return path
     with _file_lock(path.with_name(path.name + ".lock")):  # one process trains, the others wait for its file
@@ -261,6 +294,50 @@ def cached_checkpoint(task: str = "shape", seed: int = 0, *, show_progress: bool
         _atomic_save({"state_dict": net.state_dict(), "recipe": rec, "test_accuracy": acc,
                       "train_seconds": seconds}, path)
         log.info("shapes:cnn.%s: trained in %.1f s, test accuracy %.4f, saved to %s", task, seconds, acc, path)
+    return path
+
+
+def transfer_recipe(tag: str, seed: int) -> dict[str, Any]:
+    """Everything that determines the weights of a transfer (``shape2color``): the source's recipe hash, the target
+    task, the fine-tuning recipe and its code version; its hash names the cached checkpoint."""
+    from interpbench.recipes import OPTIMIZER, RECIPES_VERSION
+
+    source, target = TRANSFERS[tag]
+    return {"recipe": "finetune", "recipes_version": RECIPES_VERSION, "optimizer": OPTIMIZER,
+            "source": f"shapes:cnn.{source}", "source_recipe": recipe_hash(recipe(source, seed)), "target": target,
+            "world": GENERATOR_VERSION, "seed": int(seed), **TRANSFER_DEFAULTS}
+
+
+def cached_transfer(tag: str, seed: int = 0, *, show_progress: bool | None = None) -> Path:
+    """The checkpoint of transfer ``tag`` (e.g. ``shape2color``) for ``seed``, fine-tuning and caching it first if
+    needed (from the cached ``shapes:cnn`` of the source task; about 15 s on 2 CPU cores)."""
+    from interpbench.recipes import finetune_model
+
+    rec = transfer_recipe(tag, seed)
+    path = cache_dir() / f"shapes-cnn-{tag}-seed{seed}-{recipe_hash(rec)}.pt"
+    shipped = packaged_checkpoint(path.name)
+    if shipped is not None:
+        return shipped
+    if path.exists():
+        return path
+    with _file_lock(path.with_name(path.name + ".lock")):
+        if path.exists():
+            return path
+        source, target = TRANSFERS[tag]
+        log.warning("shapes:cnn.%s: no cached weights at %s; fine-tuning shapes:cnn.%s to the %s task now", tag, path,
+                    source, target)
+        base = ShapesModelSource(seed=seed).load(f"cnn.{source}", None, None)
+        p = TRANSFER_DEFAULTS
+        train = ShapesWorld("train", INPUT_SIZE, n=p["n_train"], task=target)
+        test = ShapesWorld("test", INPUT_SIZE, n=p["n_test"], task=target)
+        tuned, acc, record = finetune_model(base, train, test, seed=seed, epochs=p["epochs"], lr=p["lr"],
+                                            batch_size=p["batch_size"], n_train=p["n_train"], n_test=p["n_test"],
+                                            weight_decay=p["weight_decay"], augment=p["augment"], head=p["head"],
+                                            device="cpu", show_progress=show_progress)
+        _atomic_save({"state_dict": tuned.net.state_dict(), "recipe": rec, "test_accuracy": acc,
+                      "train_seconds": record["wall_time_s"]}, path)
+        log.info("shapes:cnn.%s: fine-tuned in %.1f s, test accuracy %.4f, saved to %s", tag, record["wall_time_s"],
+                 acc, path)
     return path
 
 
@@ -290,18 +367,24 @@ class ShapesModelSource(ModelSource):
     defaults = {"seed": 0}
 
     def available(self) -> list[str]:
-        return ["cnn", "cnn.shape", "cnn.color", "cnn.texture", "cnn.shortcut"]
+        return ["cnn", "cnn.shape", "cnn.color", "cnn.texture", "cnn.shortcut", *[f"cnn.{t}" for t in TRANSFERS],
+                "cnn-small@random"]
 
     def load(self, name: str, weights: str | None, resolve_weights: Callable[..., Any] | None = None) -> Model:
         arch, _, task = name.partition(".")
         task = task or "shape"
-        if arch != "cnn" or (task not in TASKS and task not in VARIANTS):
+        if arch not in ARCHS or (task not in TASKS and task not in VARIANTS and task not in TRANSFERS) \
+                or (arch != "cnn" and task not in TASKS):
             raise ComponentError(f"model 'shapes:{name}': unknown name {name!r}; the shapes source has "
                                  f"{self.available()} (e.g. 'shapes:cnn')")
-        tag = "cnn" if task == "shape" else f"cnn.{task}"
+        tag = arch if task == "shape" else f"{arch}.{task}"
         spec = f"shapes:{tag}" + (f"@{weights}" if weights else "")
+        if arch != "cnn" and weights is None:
+            raise ComponentError(f"model {spec!r} has no default weights: {arch} is a student architecture for "
+                                 f"`interpbench distil`; use shapes:{tag}@random or "
+                                 f"shapes:{tag}@/path/to/checkpoint.pt")
         seed = int(self.params["seed"])
-        net = seeded_net(task, seed)
+        net = seeded_net(task, seed, ARCHS[arch])
         info: dict[str, Any] = {"source": "shapes", "tag": tag}
         if weights == "random":
             info.update(tag=f"{tag}@random", path=None, sha256=state_dict_sha256(net.state_dict()),
@@ -311,19 +394,52 @@ class ShapesModelSource(ModelSource):
                 path = weights
             else:  # a plugin may serve the weights; else train-or-load the cached ones
                 path = resolve_weights(source="shapes", name=name, tag=None) if resolve_weights else None
-                path = path if path is not None else cached_checkpoint(task, seed)
+                if path is None:
+                    path = cached_transfer(task, seed) if task in TRANSFERS else cached_checkpoint(task, seed)
             state, meta = load_checkpoint(path, spec)
             try:
                 net.load_state_dict(state)
             except RuntimeError as error:
-                raise ComponentError(f"model {spec!r}: {str(path)!r} does not fit the shapes:cnn architecture "
-                                     f"for task {task!r} ({len(TASKS[VARIANTS.get(task, task)])} classes): "
+                raise ComponentError(f"model {spec!r}: {str(path)!r} does not fit the shapes:{arch} architecture "
+                                     f"for task {task!r} ({len(TASKS[label_task(task)])} classes): "
                                      f"{error}") from error
             # The identity is the weights themselves: the file also holds training metadata (its wall time).
             info.update(path=str(path), sha256=state_dict_sha256(state), sha256_of="state_dict",
                         file_sha256=file_sha256(Path(path)), recipe=meta.get("recipe"),
                         test_accuracy=meta.get("test_accuracy"))
-        labels = VARIANTS.get(task, task)
+        labels = label_task(task)
         return Model(net.eval(), spec=spec, mean=MEAN, std=STD, input_size=INPUT_SIZE, class_names=list(TASKS[labels]),
-                     cam_layer="layer3", label_space=f"shapes:{labels}", default_dataset=DEFAULT_DATASET[task],
+                     cam_layer="layer3", label_space=f"shapes:{labels}",
+                     default_dataset=DEFAULT_DATASET[task if task in DEFAULT_DATASET else labels],
                      weights=info, layers=["stem", "layer1", "layer2", "layer3"])
+
+
+def write_packaged(directory: Path = PACKAGED_DIR, seed: int = 0) -> list[Path]:
+    """Train the ``PACKAGED`` models from their recipes (one thread, so that the bits do not depend on the
+    machine's thread count) and write them to ``directory``; stale packaged files are removed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("shapes-cnn-*.pt"):
+        old.unlink()
+    previous, cache = torch.get_num_threads(), os.environ.get("INTERPBENCH_CACHE")
+    torch.set_num_threads(1)
+    written = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["INTERPBENCH_CACHE"] = tmp  # train into an empty cache, never reuse a stale file
+            for task in PACKAGED:
+                made = cached_transfer(task, seed) if task in TRANSFERS else cached_checkpoint(task, seed)
+                target = directory / made.name
+                shutil.copyfile(made, target)
+                written.append(target)
+    finally:
+        torch.set_num_threads(previous)
+        if cache is None:
+            os.environ.pop("INTERPBENCH_CACHE", None)
+        else:
+            os.environ["INTERPBENCH_CACHE"] = cache
+    return written
+
+
+if __name__ == "__main__":  # python -m interpbench.models.shapes: remake the packaged checkpoints
+    for written_path in write_packaged():
+        print(written_path, file_sha256(written_path))
