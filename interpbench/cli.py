@@ -14,16 +14,50 @@ from rich.table import Table
 
 from .base import ComponentError
 
-# The embedded default experiment: runs offline on 2 CPU cores in a few minutes.
+BASELINES = ["gradient", "gradcam", "random", "center"]
+ALL_METHODS = ["gradient", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop", "gradcam",
+               "gradcam_pp", "scorecam", "occlusion", "rise", "mask", "extremal", "random", "center"]
+SANITY_METHODS = ["gradient", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop", "gradcam",
+                  "gradcam_pp", "random", "center"]
+SHAPES_METRICS = ["deletion", "insertion", "pointing_game", "energy_pointing_game", "grid_pointing_game",
+                  "adversarial_detection"]
+COSTLY = {"integrated_gradients": 32, "smoothgrad": 32, "scorecam": 24, "occlusion": 24, "mask": 12, "rise": 12,
+          "extremal": 12}  # images per costly method (of 128)
+# `interpbench run` with no arguments: every built-in method and metric on the embedded shapes world, and the
+# ImageNet model on the photos. Methods keep their published parameters; the costly ones see fewer images
+# (method_limits, recorded in the manifest) so that the whole experiment fits in minutes on 2 CPU cores.
 DEFAULT_EXPERIMENT: dict[str, Any] = {
     "experiment": "default",
-    "methods": ["gradient", "gradcam", "random", "center"],
-    "models": ["shapes:cnn", "timm:tf_efficientnet_lite0"],
-    "metrics": ["deletion", "insertion"],
-    "limit": 128,
-    # RISE's batched evaluation granularity (28 steps: 1,792 px per step at 224 px) for every model, so the
-    # default experiment stays within minutes on a CPU; the metrics' own default is one image row per step.
-    "metric_params": {"deletion": {"steps": 28}, "insertion": {"steps": 28}},
+    "metric_params": {
+        # RISE's batched evaluation granularity (28 steps: 1,792 px per step at 224 px) for every model; the
+        # metrics' own default is one image row per step.
+        "deletion": {"steps": 28}, "insertion": {"steps": 28},
+        # TorchRay's 15 px at VOC's ~500 px is 2 px at the shapes world's 64 px
+        "pointing_game": {"tolerance": 2},
+        # the attacks of the detection table: one-step and iterative, at 8/255
+        "adversarial_detection": {"attacks": ["fgsm8", "pgd8"]},
+        # grids shrunk to the model's 64 px input (cells of 32 px), the cost of one map per trial
+        "grid_pointing_game": {"fit_input": True},
+    },
+    # The two costliest methods run with an eighth of their published budget here (and only here); run them
+    # with their defaults with --methods rise,extremal.
+    "method_params": {"rise": {"num_masks": 1000}, "extremal": {"iterations": 100}},
+    "notes": ["default experiment budget: rise num_masks 1000 (published 8000) and extremal iterations 100 "
+              "(published 800); per-method image limits in method_limits of each part"],
+    "parts": [
+        {"models": ["shapes:cnn"], "methods": ALL_METHODS, "metrics": SHAPES_METRICS, "limit": 128,
+         "method_limits": COSTLY},
+        {"models": ["shapes:cnn", "shapes:cnn@random"], "metrics": ["dissection"], "limit": 256},
+        {"models": ["shapes:cnn"], "metrics": ["adversarial_consistency"], "limit": 128},
+        {"models": ["timm:tf_efficientnet_lite0"], "methods": BASELINES, "metrics": ["deletion", "insertion"],
+         "limit": 128},
+        # unit and explanation drift: shapes:cnn fine-tuned from the shape task to the colour task
+        {"models": ["shapes:cnn=>shapes:cnn.shape2color"], "methods": BASELINES,
+         "metrics": ["unit_drift", "explanation_drift"], "limit": 64},
+        # the model-randomisation sanity check: shapes:cnn against itself with its top k of 5 stages re-initialised
+        {"models": [f"shapes:cnn=>shapes:cnn~cascade:{k}" for k in range(1, 6)], "methods": SANITY_METHODS,
+         "metrics": ["explanation_drift"], "limit": 16, "method_limits": {"integrated_gradients": 8, "smoothgrad": 8}},
+    ],
 }
 
 
@@ -34,6 +68,11 @@ EXTRA_COMMANDS: dict[str, str] = {
     "report": "interpbench.report",
     "check": "interpbench.commands.check",
     "export-broden": "interpbench.commands.export_broden",
+    "pointing-center": "interpbench.commands.pointing_center",
+    "drift": "interpbench.commands.drift",
+    "finetune": "interpbench.commands.finetune",
+    "distil": "interpbench.commands.distil",
+    "prune": "interpbench.commands.prune",
 }
 
 
@@ -55,6 +94,10 @@ def _params(items: list[str] | None, flag: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _merge(base: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: {**base.get(name, {}), **overrides.get(name, {})} for name in {**base, **overrides}}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="interpbench", description="Benchmark explanation methods of image classifiers.")
     parser.add_argument("--strict", action="store_true", help="a plugin that fails to load is fatal")
@@ -63,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an experiment (no arguments: the embedded default experiment)")
     run.add_argument("--methods", help="comma-separated method names (interpbench list methods)")
     run.add_argument("--models", help="comma-separated model specs SOURCE:NAME[@WEIGHTS], e.g. timm:resnet50")
+    run.add_argument("--pairs", help="comma-separated model pairs A=>B (unit_drift, explanation_drift compare B with "
+                     "A), e.g. 'shapes:cnn=>shapes:cnn.shape2color'; sanity:SPEC = SPEC against SPEC re-initialised "
+                     "from the top, one pair per depth (Adebayo et al. 2018)")
     run.add_argument("--metrics", help="comma-separated metric names (default: deletion,insertion)")
     run.add_argument("--dataset", "--datasets", dest="datasets", help="comma-separated dataset names from datasets.yaml "
                      "(default: each model's embedded dataset)")
@@ -80,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metric-param", action="append", metavar="METRIC.PARAM=VALUE")
     run.add_argument("--datasets-config", help="a datasets.yaml overriding the packaged and ./datasets.yaml entries")
     run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--workers", type=int, default=0, help="data-loading worker processes per rank (0: decode in "
+                     "the main process); under torchrun every rank computes a block of the batches (docs/scale.md)")
 
     lst = sub.add_parser("list", help="list installed components and the plugins they come from")
     lst.add_argument("kind", nargs="?", default="all",
@@ -94,38 +142,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from .leaderboard import wide_table, to_markdown
+    from .leaderboard import headline_table
+    from .pairs import expand_specs
     from .runner import RunConfig, Runner
 
-    is_default = not any([args.methods, args.models, args.metrics, args.datasets])
+    is_default = not any([args.methods, args.models, args.metrics, args.datasets, args.pairs])
     base = dict(DEFAULT_EXPERIMENT) if is_default else {"experiment": args.experiment or "custom",
                                                          "metrics": ["deletion", "insertion"], "metric_params": {}}
     metric_params = {**base.get("metric_params", {})}
     for name, params in _params(args.metric_param, "--metric-param").items():
         metric_params[name] = {**metric_params.get(name, {}), **params}
     experiment = args.experiment or base["experiment"]
+    parts = [dict(p) for p in base.get("parts", [])]
+    if args.limit is not None:  # a smaller (or larger) default experiment: the same limit for every part
+        for part in parts:
+            part["limit"] = args.limit
+            part["method_limits"] = {k: min(v, args.limit) for k, v in part.get("method_limits", {}).items()}
     config = RunConfig(
-        methods=_csv(args.methods) or base.get("methods") or ["gradient", "gradcam", "random", "center"],
-        models=_csv(args.models) or base.get("models") or [],
-        metrics=_csv(args.metrics) or base["metrics"],
+        methods=_csv(args.methods) or base.get("methods") or ([] if parts else BASELINES),
+        models=(_csv(args.models) or base.get("models") or []) + expand_specs(_csv(args.pairs) or []),
+        metrics=_csv(args.metrics) or (["unit_drift", "explanation_drift"] if args.pairs and not args.models else
+                                       base.get("metrics") or []),
         datasets=_csv(args.datasets),
         out=args.out or f"runs/{experiment}",
         limit=args.limit if args.limit is not None else base.get("limit"),
+        parts=parts,
         batch_size=args.batch_size,
         device=args.device,
         target=args.target,
         seed=args.seed,
         precision=args.precision,
-        method_params=_params(args.method_param, "--method-param"),
+        method_params=_merge(base.get("method_params", {}), _params(args.method_param, "--method-param")),
+        notes=list(base.get("notes", [])),
         metric_params=metric_params,
         datasets_config=args.datasets_config,
         progress=not args.no_progress,
+        workers=args.workers,
         experiment=experiment,
         command="interpbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     runner = Runner(config, console)
     table = runner.run()
-    wide = wide_table(table)
+    if not runner.dist.is_main:  # under torchrun only rank 0 reports
+        return 0 if runner.ok else 1
+    wide = headline_table(table)
     summary = Table(title=f"{experiment}: {config.out}")
     for col in wide.columns:
         summary.add_column(str(col))
@@ -160,12 +220,14 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
                 table.add_row(name, e.loader, e.path or "(embedded)", e.description, e.source_file)
         else:
             registry_kind = "datasets" if kind == "loaders" else kind
-            for col in ("name", "version", "plugin", "distribution", "description"):
-                table.add_column(col)
+            for col in ("name", "version", "plugin", "distribution"):
+                table.add_column(col, no_wrap=True)
+            table.add_column("description", no_wrap=True, overflow="ellipsis", max_width=60)
             for name, entry in reg.entries(registry_kind).items():
-                doc = (entry.cls.__doc__ or "").strip().splitlines()
+                doc = (entry.cls.__doc__ or "").strip().split("\n\n")[0]
+                first = " ".join(doc.split())  # the first paragraph, on one line (cut to the column)
                 table.add_row(name, str(getattr(entry.cls, "version", "")), entry.plugin.name,
-                              f"{entry.plugin.dist} {entry.plugin.version}", doc[0] if doc else "")
+                              f"{entry.plugin.dist} {entry.plugin.version}", first)
         Console().print(table)
     return 0
 

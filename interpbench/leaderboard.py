@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,47 @@ def wide_table(table: pd.DataFrame, scope: str = "explanation") -> pd.DataFrame:
     return wide
 
 
+def headline_table(table: pd.DataFrame, scope: str = "explanation") -> pd.DataFrame:
+    """Like ``wide_table``, with only each metric's headline value (the result named after the metric, or a
+    cell that did not run): the summary a terminal or the top of a leaderboard can show."""
+    keep = (table["value_name"] == table["metric"]) | (table["status"] != "done")
+    return wide_table(table[keep], scope)
+
+
+def metric_sections(table: pd.DataFrame, scope: str = "explanation") -> str:
+    """One Markdown section per metric: the metric class's own ``leaderboard_markdown(rows)`` when it has one
+    (a metric with many values, e.g. unit drift, lays them out itself), else a table of all its values
+    (cross-attack values stay in the CSV / JSON)."""
+    part = table[(table["scope"] == scope) & ~table["value_name"].astype(str).str.startswith("cross.")]
+    drop = ["method"] if scope == "model" else []
+    out = []
+    for metric in dict.fromkeys(part["metric"]):
+        rows = part[part["metric"] == metric]
+        custom, text = _metric_class(metric), None
+        if custom is not None:
+            try:
+                text = custom.leaderboard_markdown(table[table["metric"] == metric])
+            except Exception as exc:  # noqa: BLE001 - a plugin's layout never loses the table: the generic one
+                warnings.warn(f"{metric}.leaderboard_markdown failed ({type(exc).__name__}: {exc}); "
+                              "the generic table is used", stacklevel=2)
+        if text is None:
+            text = to_markdown(wide_table(rows, scope).drop(columns=drop))
+        out.append(f"\n## {metric}\n\n" + text)
+    return "".join(out)
+
+
+def _metric_class(name: str) -> Any:
+    """The registered metric class if it lays out its own leaderboard section, else None (also when the plugin
+    that made the run is not installed: the generic table is then used)."""
+    from .registry import get_registry
+
+    try:
+        cls = get_registry().get("metrics", name)
+    except Exception:  # noqa: BLE001 - tables must regenerate without the plugin
+        return None
+    return cls if callable(getattr(cls, "leaderboard_markdown", None)) else None
+
+
 def to_markdown(df: pd.DataFrame) -> str:
     if df.empty:
         return "_no results_\n"
@@ -112,12 +154,14 @@ def write_leaderboard(store: Store, out: str | Path, run_id: int | None = None) 
     title = f"# {manifest.get('experiment', out.name)}\n\n"
     note = ("Mean over samples, 95% bootstrap confidence interval in brackets; ↑ higher is better, ↓ lower is better. "
             f"n per cell in methods.csv. Command: `{manifest.get('command') or 'interpbench.run(...)'}`\n\n")
-    wide = wide_table(table, "explanation")
-    (out / "methods.md").write_text(title + note + to_markdown(wide) + _failures_md(table))
+    summary = headline_table(table, "explanation")
+    expl = table[(table["scope"] == "explanation") & (table["status"] == "done")]
+    details = metric_sections(table, "explanation") if (expl["value_name"] != expl["metric"]).any() else ""
+    (out / "methods.md").write_text(title + note + to_markdown(summary) + details + _failures_md(table))
     table[table["scope"] == "explanation"].drop(columns=["scope"]).to_csv(out / "methods.csv", index=False)
     reps = wide_table(table, "model")
     if not reps.empty:
-        (out / "representations.md").write_text(title + to_markdown(reps.drop(columns=["method"])))
+        (out / "representations.md").write_text(title + metric_sections(table, "model").lstrip("\n"))
         table[table["scope"] == "model"].drop(columns=["scope", "method"]).to_csv(out / "representations.csv", index=False)
     records = json.loads(table.to_json(orient="records"))
     (out / "results.json").write_text(json.dumps({"experiment": manifest.get("experiment"), "results": records}, indent=1))

@@ -59,3 +59,45 @@ def test_ci_runs_exactly_the_readme_test_command():
     test_cmd = 'python3 -m venv .venv && . .venv/bin/activate && pip install -e ".[test]" -e plugins/interpbench-example -e plugins/interpbench-captum && pytest'
     assert test_cmd in readme
     assert test_cmd in ci.splitlines()
+
+
+def test_the_default_experiment_covers_every_builtin_and_records_its_budget(monkeypatch):
+    from interpbench import cli
+    from interpbench.runner import grids
+
+    captured = {}
+
+    class Capture:
+        def __init__(self, config, console):
+            captured["config"] = config
+
+        def run(self):
+            raise SystemExit(0)
+
+    monkeypatch.setattr("interpbench.runner.Runner", Capture)
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--no-progress"])
+    config = captured["config"]
+    builtin = {n for n in ib.list_methods() if ":" not in n}  # plugins' methods carry their prefix
+    parts = grids(config)
+    cells = {(m, d, x) for g in parts for m in g.models for d in (g.methods or ["-"]) for x in g.metrics}
+    for method in builtin:  # every built-in method on the shapes world with every explanation metric
+        for metric in ("deletion", "insertion", "pointing_game", "energy_pointing_game", "grid_pointing_game",
+                       "adversarial_detection"):
+            assert ("shapes:cnn", method, metric) in cells, (method, metric)
+    for model in ("shapes:cnn", "shapes:cnn@random"):
+        assert (model, "-", "dissection") in cells
+    assert ("shapes:cnn", "-", "adversarial_consistency") in cells
+    for method in ("gradient", "gradcam", "random", "center"):
+        assert ("timm:tf_efficientnet_lite0", method, "deletion") in cells
+    assert any("=>" in m for g in parts for m in g.models)  # a fine-tuning pair for the drift metrics
+    # the budget is recorded: limits per part and method, reduced parameters named in the notes
+    assert all(g.limit for g in parts) and config.notes
+    for name, params in config.method_params.items():
+        assert all(k in ib.load_method(name).params for k in params)
+        assert name in " ".join(config.notes)
+    # --limit shrinks every part (and no method limit exceeds it)
+    with pytest.raises(SystemExit):
+        cli.main(["run", "--no-progress", "--limit", "8"])
+    small = grids(captured["config"])
+    assert all(g.limit == 8 and all(v <= 8 for v in g.method_limits.values()) for g in small)

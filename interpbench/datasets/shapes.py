@@ -284,7 +284,8 @@ class ShapesWorld(torch.utils.data.Dataset):
 
     provides = frozenset({"label", "labels", "boxes", "masks", "objects", "concepts"})
 
-    def __init__(self, split: str = "test", size: Any = 64, n: int | None = None, seed: int = 0, task: str = "shape"):
+    def __init__(self, split: str = "test", size: Any = 64, n: int | None = None, seed: int = 0, task: str = "shape",
+                 multilabel: bool = False):
         if task not in TASKS:
             raise ComponentError(f"shapes: task {task!r} is not one of {sorted(TASKS)}; use e.g. task='shape'")
         if split not in DEFAULT_N:
@@ -295,6 +296,8 @@ class ShapesWorld(torch.utils.data.Dataset):
         if self.n < 0:
             raise ComponentError(f"shapes: n={n!r} must be >= 0")
         self.name = "shapes" if task == "shape" else f"shapes-{task}"
+        # multilabel: with --target label, one trial per (image, class of an object in it), as on VOC / COCO
+        self.multilabel = bool(multilabel)
         self.classes = list(TASKS[task])
         self.label_space = f"shapes:{task}"
 
@@ -302,8 +305,11 @@ class ShapesWorld(torch.utils.data.Dataset):
         return self.n
 
     def identity(self) -> dict[str, Any]:
-        return {"loader": "shapes", "split": self.split, "size": [self.height, self.width], "n": self.n,
-                "seed": self.seed, "task": self.task, "generator": GENERATOR_VERSION}
+        out = {"loader": "shapes", "split": self.split, "size": [self.height, self.width], "n": self.n,
+               "seed": self.seed, "task": self.task, "generator": GENERATOR_VERSION}
+        if self.multilabel:
+            out["multilabel"] = True
+        return out
 
     @staticmethod
     def concept_names() -> dict[str, list[str]]:
@@ -371,5 +377,5 @@ class ShapesSource(DatasetSource):
     name = "shapes"
 
     def load(self, split: str = "test", size: Any = 64, n: int | None = None, seed: int = 0, task: str = "shape",
-             path: Any = None, **ignored: Any) -> ShapesWorld:
-        return ShapesWorld(split=split, size=size, n=n, seed=seed, task=task)
+             multilabel: bool = False, path: Any = None, **ignored: Any) -> ShapesWorld:
+        return ShapesWorld(split=split, size=size, n=n, seed=seed, task=task, multilabel=multilabel)

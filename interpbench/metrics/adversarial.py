@@ -670,6 +670,38 @@ class AdversarialDetection(Metric):
     """
 
     name: ClassVar[str] = "adversarial_detection"
+
+    @classmethod
+    def leaderboard_markdown(cls, rows: Any) -> str | None:
+        """The section of ``methods.md``: one row per (model, dataset, method, attack) with the detector's AUROC and
+        TPR at 5% FPR, the method-free baseline's, the gain and n (the cross-attack table stays in the CSV)."""
+        import pandas as pd
+
+        from interpbench.leaderboard import format_value, to_markdown
+
+        done = rows[rows["status"] == "done"]
+        values = {(r.model, r.dataset, r.method, str(r.value_name)): r for r in done.itertuples(index=False)}
+        out = []
+        for (model, dataset, method, name), r in values.items():
+            if not name.endswith(".auroc") or name.startswith(("baseline.", "cross.")):
+                continue
+            attack = name[: -len(".auroc")]
+
+            def cell(key: str) -> str:
+                row = values.get((model, dataset, method, key))
+                return "" if row is None else format_value(pd.Series(row._asdict()))
+
+            out.append({"model": model, "dataset": dataset, "method": method, "attack": attack,
+                        "AUROC ↑": cell(f"{attack}.auroc"), "TPR@5%FPR ↑": cell(f"{attack}.tpr5"),
+                        "baseline AUROC": cell(f"baseline.{attack}.auroc"),
+                        "AUROC gain ↑": cell(f"{attack}.auroc_gain"), "pairs": cell(f"{attack}.n"),
+                        "attack success": cell(f"{attack}.success")})
+        if not out:
+            return None
+        table = pd.DataFrame(out).sort_values(["model", "dataset", "attack"], kind="stable")
+        return ("Detector on the method's map features against the same detector on softmax/logit features "
+                "(baseline), cross-validated over images; gain: method minus baseline (paired bootstrap).\n\n"
+                + to_markdown(table))
     version: ClassVar[str] = "1"
     scope: ClassVar[str] = "explanation"
     higher_is_better: ClassVar[bool] = True
@@ -713,6 +745,9 @@ class AdversarialDetection(Metric):
             raise ComponentError(f"{self.name}: fpr must lie strictly between 0 and 1 (default 0.05), got {p['fpr']!r}")
         self.out_dir: Path | None = None
         self.reset()
+
+    # distributed runs: the ranks' images (distinct ids) in rank order, counts summed
+    dist_state: ClassVar[dict[str, Any]] = {"_seen": "sum", "_clean": "cat", "_adv": "cat", "_attempted": "sum"}
 
     def reset(self) -> None:
         self._seen = 0
