@@ -39,10 +39,10 @@ DEFAULT_EXPERIMENT: dict[str, Any] = {
         # grids shrunk to the model's 64 px input (cells of 32 px), the cost of one map per trial
         "grid_pointing_game": {"fit_input": True},
     },
-    # The two costliest methods run with an eighth of their published budget here (and only here); run them
+    # The two costliest methods run with a sixteenth of their published budget here (and only here); run them
     # with their defaults with --methods rise,extremal.
-    "method_params": {"rise": {"num_masks": 1000}, "extremal": {"iterations": 100}},
-    "notes": ["default experiment budget: rise num_masks 1000 (published 8000) and extremal iterations 100 "
+    "method_params": {"rise": {"num_masks": 500}, "extremal": {"iterations": 50}},
+    "notes": ["default experiment budget: rise num_masks 500 (published 8000) and extremal iterations 50 "
               "(published 800); per-method image limits in method_limits of each part"],
     "parts": [
         {"models": ["shapes:cnn"], "methods": ALL_METHODS, "metrics": SHAPES_METRICS, "limit": 128,

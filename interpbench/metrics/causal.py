@@ -195,6 +195,19 @@ def resolve_step(step: int | None, height: int, width: int, steps: int | None = 
 # --------------------------------------------------------------------------------------------- metrics
 
 
+CPU_CHUNK_PIXELS = 4 * 224 * 224  # a CPU's caches favour small forward passes (lite0: 50 img/s at 4, 13 at 128)
+GPU_CHUNK = 128
+
+
+def auto_chunk(device: torch.device, height: int, width: int) -> int:
+    """Images per forward pass when ``chunk`` is None: 128 on a GPU; on a CPU, about four 224 px images' pixels
+    (measured on 2 cores: EfficientNet-Lite0 at 224 px runs 3.7x faster in passes of 4 images than of 128; a
+    64 px model gets 49 images per pass). The chunk changes the speed, not the curve (up to float rounding)."""
+    if torch.device(device).type == "cuda":
+        return GPU_CHUNK
+    return max(1, CPU_CHUNK_PIXELS // max(1, height * width))
+
+
 class _CausalMetric(Metric):
     """Shared code of :class:`Deletion` and :class:`Insertion` (they differ in direction and default substrate)."""
 
@@ -214,8 +227,9 @@ class _CausalMetric(Metric):
             raise ComponentError(f"{self.name}: steps must be a positive int (number of steps) or None, got {steps!r}")
         if steps is not None and step is not None:
             raise ComponentError(f"{self.name}: give step (pixels per step) or steps (number of steps), not both")
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ComponentError(f"{self.name}: chunk must be a positive int (images per forward pass), got {chunk!r}")
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+            raise ComponentError(f"{self.name}: chunk must be a positive int (images per forward pass) or None "
+                                 f"(auto), got {chunk!r}")
         if p["substrate"] not in SUBSTRATES:
             raise ComponentError(f"{self.name}: unknown substrate {p['substrate']!r}; choose one of {list(SUBSTRATES)}")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
@@ -238,7 +252,8 @@ class _CausalMetric(Metric):
         mean = 0.0 if mean is None else mean
         substrate = causal_substrate(images, p["substrate"], mean, p["blur_size"], p["blur_sigma"])
         start, finish = (images, substrate) if self.deletion else (substrate, images)
-        curves = causal_curves(model, batch.targets, maps, start, finish, step, chunk=p["chunk"])
+        chunk = p["chunk"] or auto_chunk(images.device, *images.shape[-2:])
+        curves = causal_curves(model, batch.targets, maps, start, finish, step, chunk=chunk)
         return {
             "score": normalized_auc(curves),
             "curve": curves,
@@ -252,7 +267,7 @@ class Deletion(_CausalMetric):
     Lower is better. Parameters: ``step`` pixels per step (None: one image row) or ``steps`` (a number of steps,
     ``ceil(HW / steps)`` pixels each), ``substrate`` ``"mean"`` (RISE;
     zero in normalised space) / ``"zero"`` (black) / ``"blur"``, ``blur_size`` / ``blur_sigma`` (for ``"blur"``),
-    ``chunk`` images per forward pass.
+    ``chunk`` images per forward pass (None: :func:`auto_chunk`, by device and image size).
     """
 
     name: ClassVar[str] = "deletion"
@@ -264,7 +279,7 @@ class Deletion(_CausalMetric):
         "substrate": "mean",
         "blur_size": 11,
         "blur_sigma": 5.0,
-        "chunk": 128,
+        "chunk": None,
     }
 
 
@@ -284,7 +299,7 @@ class Insertion(_CausalMetric):
         "substrate": "blur",
         "blur_size": 11,
         "blur_sigma": 5.0,
-        "chunk": 128,
+        "chunk": None,
     }
 
 
