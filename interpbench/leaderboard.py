@@ -157,7 +157,11 @@ def write_leaderboard(store: Store, out: str | Path, run_id: int | None = None) 
     summary = headline_table(table, "explanation")
     expl = table[(table["scope"] == "explanation") & (table["status"] == "done")]
     details = metric_sections(table, "explanation") if (expl["value_name"] != expl["metric"]).any() else ""
-    (out / "methods.md").write_text(title + note + to_markdown(summary) + details + _failures_md(table))
+    if summary.empty and details:  # no metric with a headline value (e.g. shortcut_localization): sections only
+        summary_md = ""
+    else:
+        summary_md = to_markdown(summary)
+    (out / "methods.md").write_text(title + note + summary_md + details + _failures_md(table))
     table[table["scope"] == "explanation"].drop(columns=["scope"]).to_csv(out / "methods.csv", index=False)
     reps = wide_table(table, "model")
     if not reps.empty:
