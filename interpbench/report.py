@@ -33,6 +33,8 @@ INFERNO = np.array([[0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]  # Tableau 10
 MAX_ARTIFACT_IMAGES = 200
+GALLERY_IMAGES = 4  # rows (images) per model and dataset in the map gallery
+THUMBNAIL = 112  # px: the gallery's display size; larger images are stored at this size
 OVERLAY_ALPHA = 0.6
 
 CSS = """
@@ -78,11 +80,17 @@ def overlay(image: np.ndarray, saliency: np.ndarray, alpha: float = OVERLAY_ALPH
     return np.round((1 - alpha) * rgb + alpha * heat).astype(np.uint8)
 
 
-def png_data_uri(rgb: np.ndarray) -> str:
+def png_data_uri(rgb: np.ndarray, max_side: int | None = None) -> str:
+    """``rgb`` (uint8 H x W x 3, or float in [0, 1]) as an inline PNG, shrunk to ``max_side`` if it is larger."""
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", optimize=True)
+    if rgb.dtype != np.uint8:
+        rgb = (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8)
+    picture = Image.fromarray(np.ascontiguousarray(rgb))
+    if max_side is not None and max(picture.size) > max_side:
+        picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    picture.save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -292,19 +300,21 @@ def gallery_section(exp: Experiment) -> str:
         if not snaps:
             continue
         first = next(iter(snaps.values()))
-        ids = [i for i in first["ids"] if all(i in s["ids"] for s in snaps.values())]
+        ids = [i for i in first["ids"] if all(i in s["ids"] for s in snaps.values())][:GALLERY_IMAGES]
         body = []
         for sample in ids:
             k = first["ids"].index(sample)
             image = first["images"][k].numpy()
             target = int(first["targets"][k])
-            up = ' class="up"' if image.shape[-1] < 112 else ""  # small images scale up without blurring
-            line = [f'<img{up} alt="{html.escape(sample)}" src="{png_data_uri(image.transpose(1, 2, 0))}">'
+            up = ' class="up"' if image.shape[-1] < THUMBNAIL else ""  # small images scale up without blurring
+            picture = png_data_uri(image.transpose(1, 2, 0), THUMBNAIL)
+            line = [f'<img{up} alt="{html.escape(sample)}" src="{picture}">'
                     f'<span class=muted>{html.escape(sample)}<br>target {target}</span>']
             for method, snap in snaps.items():
                 j = snap["ids"].index(sample)
                 rgb = overlay(snap["images"][j].numpy(), snap["maps"][j].float().numpy())
-                line.append(f'<img{up} alt="{html.escape(method)} on {html.escape(sample)}" src="{png_data_uri(rgb)}">')
+                picture = png_data_uri(rgb, THUMBNAIL)
+                line.append(f'<img{up} alt="{html.escape(method)} on {html.escape(sample)}" src="{picture}">')
             body.append(line)
         caption = f"Maps: {html.escape(model)} on {html.escape(dataset)}"
         out.append(_table(caption, ["image"] + [html.escape(m) for m in snaps], body, "gallery"))
