@@ -278,15 +278,8 @@ def cached_checkpoint(task: str = "shape", seed: int = 0, *, show_progress: bool
     """The path of the trained checkpoint for (task, seed): the packaged one, or the cached one, training and
     caching it first if needed."""
     rec = recipe(task, seed)
-    path = cache_dir() / f"shapes-cnn-{task}-seed{seed}-{recipe_hash(rec)}.pt"
-    shipped = packaged_checkpoint(path.name)
-    if shipped is not None:
-        return shipped
-    if path.exists():
-        return path
-    with _file_lock(path.with_name(path.name + ".lock")):  # one process trains, the others wait for its file
-        if path.exists():
-            return path
+
+    def make(path: Path) -> None:
         log.warning("shapes:cnn.%s: no cached weights at %s; training them now (about a minute on a CPU)", task, path)
         start = time.perf_counter()
         net, acc = train_shapes_cnn(task, seed, show_progress=show_progress)
@@ -294,6 +287,22 @@ def cached_checkpoint(task: str = "shape", seed: int = 0, *, show_progress: bool
         _atomic_save({"state_dict": net.state_dict(), "recipe": rec, "test_accuracy": acc,
                       "train_seconds": seconds}, path)
         log.info("shapes:cnn.%s: trained in %.1f s, test accuracy %.4f, saved to %s", task, seconds, acc, path)
+
+    return _packaged_or_cached(f"shapes-cnn-{task}-seed{seed}-{recipe_hash(rec)}.pt", make)
+
+
+def _packaged_or_cached(name: str, make: Callable[[Path], None]) -> Path:
+    """The packaged checkpoint ``name``, else the cached one, made by ``make(path)`` first if needed (one process
+    makes it, the others wait for its file)."""
+    shipped = packaged_checkpoint(name)
+    if shipped is not None:
+        return shipped
+    path = cache_dir() / name
+    if path.exists():
+        return path
+    with _file_lock(path.with_name(path.name + ".lock")):
+        if not path.exists():
+            make(path)
     return path
 
 
@@ -314,15 +323,8 @@ def cached_transfer(tag: str, seed: int = 0, *, show_progress: bool | None = Non
     from interpbench.recipes import finetune_model
 
     rec = transfer_recipe(tag, seed)
-    path = cache_dir() / f"shapes-cnn-{tag}-seed{seed}-{recipe_hash(rec)}.pt"
-    shipped = packaged_checkpoint(path.name)
-    if shipped is not None:
-        return shipped
-    if path.exists():
-        return path
-    with _file_lock(path.with_name(path.name + ".lock")):
-        if path.exists():
-            return path
+
+    def make(path: Path) -> None:
         source, target = TRANSFERS[tag]
         log.warning("shapes:cnn.%s: no cached weights at %s; fine-tuning shapes:cnn.%s to the %s task now", tag, path,
                     source, target)
@@ -338,7 +340,8 @@ def cached_transfer(tag: str, seed: int = 0, *, show_progress: bool | None = Non
                       "train_seconds": record["wall_time_s"]}, path)
         log.info("shapes:cnn.%s: fine-tuned in %.1f s, test accuracy %.4f, saved to %s", tag, record["wall_time_s"],
                  acc, path)
-    return path
+
+    return _packaged_or_cached(f"shapes-cnn-{tag}-seed{seed}-{recipe_hash(rec)}.pt", make)
 
 
 def load_checkpoint(path: str | os.PathLike, spec: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
