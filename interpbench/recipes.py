@@ -277,14 +277,10 @@ def _environment(device: torch.device) -> dict[str, Any]:
 
 
 def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or device == "cpu":
-        return torch.device("cpu")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ComponentError(f"recipe: device {str(device)!r}: CUDA is not available on this machine; use cpu")
-    return dev
+    """The run's device rule (``auto``, ``cpu``, ``cuda:N``, with its clear error); None is the CPU."""
+    from interpbench.runner import resolve_device
+
+    return resolve_device("cpu" if device is None else str(device))
 
 
 def _save(net: nn.Module, record: dict[str, Any], out: Path, accuracy_value: float) -> tuple[Path, Path]:

@@ -55,6 +55,18 @@ from interpbench.ops.attacks import Adversarial, carlini_wagner_l2, fgsm, pgd_li
 
 ATTACK_NAME = re.compile(r"^(?P<kind>fgsm|pgd)(?P<eps>\d+(?:\.\d+)?)$|^(?P<cw>cw)$")
 DEFAULT_ATTACKS = ("fgsm2", "fgsm4", "fgsm8", "pgd2", "pgd4", "pgd8", "cw")
+# The attack parameters both adversarial metrics take (PGD: Madry et al.; CW-L2: Carlini & Wagner's defaults).
+ATTACK_DEFAULTS: dict[str, Any] = {
+    "pgd_steps": 10,
+    "pgd_step_ratio": 0.25,
+    "pgd_random_start": True,
+    "cw_steps": 1000,
+    "cw_binary_search_steps": 9,
+    "cw_lr": 0.01,
+    "cw_initial_const": 1e-3,
+    "cw_kappa": 0.0,
+    "cw_abort_early": True,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -712,15 +724,7 @@ class AdversarialDetection(Metric):
     }
     defaults: ClassVar[dict[str, Any]] = {
         "attacks": list(DEFAULT_ATTACKS),
-        "pgd_steps": 10,
-        "pgd_step_ratio": 0.25,
-        "pgd_random_start": True,
-        "cw_steps": 1000,
-        "cw_binary_search_steps": 9,
-        "cw_lr": 0.01,
-        "cw_initial_const": 1e-3,
-        "cw_kappa": 0.0,
-        "cw_abort_early": True,
+        **ATTACK_DEFAULTS,
         "grid": 4,
         "folds": 5,
         "C": 1.0,
@@ -1037,15 +1041,7 @@ class AdversarialConsistency(Metric):
         "batch_size": None,
         "ci_blocks": 50,
         "bootstrap": 2000,
-        "pgd_steps": 10,
-        "pgd_step_ratio": 0.25,
-        "pgd_random_start": True,
-        "cw_steps": 1000,
-        "cw_binary_search_steps": 9,
-        "cw_lr": 0.01,
-        "cw_initial_const": 1e-3,
-        "cw_kappa": 0.0,
-        "cw_abort_early": True,
+        **ATTACK_DEFAULTS,
     }
 
     def __init__(self, **params: Any) -> None:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from interpbench.base import Batch, ComponentError, DatasetSource, Method, Metric, Model, RunContext, collate
-from interpbench.testing.report import Check, CheckReport, CheckResult, run_checks
+from interpbench.testing.report import Check, CheckReport, apply_expected_failures, run_checks
 
 # The ground-truth fields the built-in datasets and the runner know (base.py, DESIGN.md section 2).
 KNOWN_FIELDS = frozenset({"id", "image", "label", "labels", "boxes", "masks", "difficult", "concepts", "objects"})
@@ -822,12 +822,4 @@ def run_expected(component: str, checks: list[Check], instance: Any,
     if unknown:
         raise ComponentError(f"{component}: expected failures name unknown checks {sorted(unknown)}; the checks are "
                              f"{names}")
-    results = []
-    for r in run_checks(component, checks).results:
-        if r.name in declared and r.status == "failed":
-            r = CheckResult(r.name, "not_applicable", f"expected failure ({declared[r.name]}): {r.message}", r.detail)
-        elif r.name in declared and r.status == "passed":
-            r = CheckResult(r.name, "failed", f"declared as an expected failure ({declared[r.name]}) but passed; "
-                            "remove the declaration")
-        results.append(r)
-    return CheckReport(component, results)
+    return apply_expected_failures(run_checks(component, checks), declared)

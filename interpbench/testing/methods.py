@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from interpbench.base import ComponentError, Method, Model, NotApplicable
-from interpbench.testing.report import Check, CheckReport, CheckResult, run_checks
+from interpbench.testing.report import Check, CheckReport, apply_expected_failures, run_checks
 
 ORACLE_SIZE = 32
 # (top, left, bottom, right) in pixels, bottom/right exclusive; multiples of 4 (the CAM layer's stride).
@@ -544,15 +544,7 @@ def check_method(
                              f"{list(CHECK_NAMES)}")
     report = run_checks(f"method {instance.name or type(instance).__name__}",
                         method_checks(instance, model, images, targets, **options))
-    results = []
-    for r in report.results:
-        if r.name in declared and r.status == "failed":
-            r = CheckResult(r.name, "not_applicable", f"expected failure ({declared[r.name]}): {r.message}", r.detail)
-        elif r.name in declared and r.status == "passed":
-            r = CheckResult(r.name, "failed", f"declared as an expected failure ({declared[r.name]}) but passed; "
-                            "remove the declaration")
-        results.append(r)
-    return CheckReport(report.component, results)
+    return apply_expected_failures(report, declared)
 
 
 __all__ = [

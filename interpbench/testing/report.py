@@ -70,3 +70,17 @@ def run_checks(component: str, checks: Iterable[Check]) -> CheckReport:
         else:
             results.append(CheckResult(check.name, "passed", message or ""))
     return CheckReport(component, results)
+
+
+def apply_expected_failures(report: CheckReport, declared: dict[str, str]) -> CheckReport:
+    """``declared`` (check name -> reason) are expected failures: one that fails is reported not applicable with
+    its reason and the failure; one that passes is reported failed (a stale declaration must not hide)."""
+    results = []
+    for r in report.results:
+        if r.name in declared and r.status == "failed":
+            r = CheckResult(r.name, "not_applicable", f"expected failure ({declared[r.name]}): {r.message}", r.detail)
+        elif r.name in declared and r.status == "passed":
+            r = CheckResult(r.name, "failed", f"declared as an expected failure ({declared[r.name]}) but passed; "
+                            "remove the declaration")
+        results.append(r)
+    return CheckReport(report.component, results)
