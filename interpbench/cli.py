@@ -95,6 +95,7 @@ def _params(items: list[str] | None, flag: str) -> dict[str, dict[str, Any]]:
 
 
 def _merge(base: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per-component parameters: ``overrides`` (from the command line) over ``base`` (the experiment's)."""
     return {name: {**base.get(name, {}), **overrides.get(name, {})} for name in {**base, **overrides}}
 
 
@@ -149,9 +150,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     is_default = not any([args.methods, args.models, args.metrics, args.datasets, args.pairs])
     base = dict(DEFAULT_EXPERIMENT) if is_default else {"experiment": args.experiment or "custom",
                                                          "metrics": ["deletion", "insertion"], "metric_params": {}}
-    metric_params = {**base.get("metric_params", {})}
-    for name, params in _params(args.metric_param, "--metric-param").items():
-        metric_params[name] = {**metric_params.get(name, {}), **params}
+    metric_params = _merge(base.get("metric_params", {}), _params(args.metric_param, "--metric-param"))
     experiment = args.experiment or base["experiment"]
     parts = [dict(p) for p in base.get("parts", [])]
     if args.limit is not None:  # a smaller (or larger) default experiment: the same limit for every part
