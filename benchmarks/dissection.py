@@ -3,7 +3,8 @@
 On the same probe (held in memory, so data generation is not timed) and the same activations:
 
 - raw forward: the model over the probe images in batches (``no_grad``), the reference point (DESIGN.md section 6);
-- our tally: the exact thresholds (running top-k) and the tally (active unit masks, bincount) on the device;
+- our tally: the exact thresholds (running top-k) and the tally (the tiles of the masks that can exceed the
+  threshold, counted per label region; :func:`interpbench.ops.dissect.count_mask_pixels`) on the device;
 - numpy tally: the straightforward per-image, per-unit loop of NetDissect-Lite's ``tally_job``
   (:func:`interpbench.ops.dissect.tally_reference_numpy`), on the same activations and thresholds;
 - dissect(): the whole metric (labels, forward with hooks, thresholds, tally) on the in-memory probe.

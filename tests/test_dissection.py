@@ -23,6 +23,7 @@ from interpbench.ops.dissect import (
     bilinear_matrix,
     encode_concepts,
     active_unit_masks,
+    count_mask_pixels,
     tally_reference_numpy,
     threshold_from_top,
 )
@@ -214,6 +215,10 @@ def test_masks_decide_a_above_t_in_double_precision():
     for offset, expected in ((-1e-12, 1.0), (1e-12, 0.0), (0.0, 0.0)):  # strict: A_k > T_k
         ((_, _, _, _, masks),) = active_unit_masks(acts, torch.tensor([value + offset], dtype=torch.float64), (1, 4))
         assert masks[0].tolist() == [0.0, expected, 1.0, 1.0]
+        # the tally's own (tile) path decides the same way
+        labels = encode_concepts([{"color": torch.ones(1, 4, dtype=torch.long)}], ConceptSet.from_names({"color": ["-", "a"]}), (1, 4))
+        counts = count_mask_pixels(acts, torch.tensor([value + offset], dtype=torch.float64), labels)
+        assert counts.tolist() == [[2 + int(expected)]]
 
 
 def test_tally_matches_the_per_image_numpy_reference():
@@ -243,6 +248,30 @@ def test_tally_matches_the_per_image_numpy_reference():
     assert tally.unit_pixels.tolist() == ref["unit_pixels"].tolist()
     assert tally.ground_truth.tolist() == ref["ground_truth"].tolist()
     assert int(tally.unit_pixels.sum()) > 0 and int(tally.intersection.sum()) > 0
+
+
+@pytest.mark.parametrize("low, size", [((3, 4), (7, 9)), ((4, 4), (32, 32)), ((5, 3), (5, 3)), ((8, 6), (3, 4)),
+                                       ((2, 7), (13, 20))])
+def test_tile_counts_match_full_masks_for_every_resize(low, size):
+    # upsampling by integer and fractional factors, no resize, downsampling; negative activations and thresholds
+    # (the padding of short bands must not count); and tiny chunks, so that tiles span several chunks
+    gen = torch.Generator().manual_seed(sum(low) * 31 + sum(size))
+    n, units = 5, 6
+    acts = torch.randn(n, units, *low, generator=gen, dtype=torch.float64) - 1.0
+    concepts = ConceptSet.from_names({"color": ["-", "a", "b", "c"]})
+    labels = encode_concepts([{"color": torch.randint(0, 4, size, generator=gen)} for _ in range(n)], concepts, size)
+    thresholds = torch.quantile(acts.transpose(0, 1).reshape(units, -1), 0.7, dim=1)
+    assert bool((thresholds < 0).any())
+    up = torch.from_numpy(np.einsum("hy,nuyx,wx->nuhw", bilinear_matrix(low[0], size[0]), acts.numpy(),
+                                    bilinear_matrix(low[1], size[1])))
+    assert float((up - thresholds.view(1, -1, 1, 1)).abs().min()) > 1e-9  # no pixel within rounding of T
+    masks = (up > thresholds.view(1, -1, 1, 1)).transpose(0, 1).reshape(units * n, -1)  # row k * n + x
+    regions = labels.regions.long().repeat(units, 1)
+    expected = torch.stack([((regions == r) & masks).sum(1) for r in range(labels.region_sizes.shape[1])], 1)
+    for max_elements in (None, 1):
+        got = count_mask_pixels(acts, thresholds, labels, max_elements=max_elements)
+        assert got.tolist() == expected.tolist()
+    assert int(expected.sum()) > 0
 
 
 def test_bilinear_matrix_is_torch_bilinear():

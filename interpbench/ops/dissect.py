@@ -19,14 +19,16 @@ labels ``1..n`` (label 0, ``"-"``, is "no concept" and has no flat index). So "l
 is simply "lowest flat index".
 
 The tally is the product of the unit masks (units x pixels) and the one-hot labels (pixels x concepts), summed
-over images, evaluated in two smaller products. Pixels with the same labels form a few *regions* per image
-(:class:`ProbeLabels`); the masks times the one-hot regions count each mask's pixels per region, and those counts
-times the regions' concepts give the intersections. Only the non-empty masks are computed: an (image, unit) pair
-whose low-resolution peak does not exceed ``T_k`` has an empty mask (bilinear upsampling never exceeds the peak;
-the reference code skips those pairs the same way). Counts are exact (0/1 float32 products of fewer than 2**24
-terms, then float64, then int64) on the activations' device; nothing loops over images, units or pixels in
-Python. :func:`tally_reference_numpy` is the straightforward per-image loop of the reference code, kept as the
-oracle of the tests and the baseline of ``benchmarks/dissection.py``.
+over images, evaluated in two steps. Pixels with the same labels form a few *regions* per image
+(:class:`ProbeLabels`); each mask's pixels are counted per region (:func:`count_mask_pixels`), and those counts
+times the regions' one-hot concepts give the intersections. Only the pixels that can be in a mask are computed:
+bilinear upsampling makes every pixel a convex combination of (at most) four low-resolution values, the same four
+for a whole *tile* of pixels, so a tile whose four values do not exceed ``T_k`` (in particular every tile of an
+(image, unit) pair whose peak does not; the reference code skips those pairs the same way) has no pixel in the
+mask. At NetDissect's 0.005 quantile about one tile in ten is computed. Masks are decided in float64 and counts
+are exact integers, on the activations' device; nothing loops over images, units or pixels in Python.
+:func:`tally_reference_numpy` is the straightforward per-image loop of the reference code, kept as the oracle of
+the tests and the baseline of ``benchmarks/dissection.py``.
 """
 
 from __future__ import annotations
@@ -488,11 +490,6 @@ def exact_float(device: torch.device) -> torch.dtype:
     return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
-def _count_dtype(labels: ProbeLabels) -> torch.dtype:
-    """float32 when a mask's pixel count per region is exact in it (fewer than 2**24 pixels), else float64."""
-    return torch.float32 if labels.size[0] * labels.size[1] < 2**24 else torch.float64
-
-
 def ground_truth_counts(labels: ProbeLabels, num_concepts: int | None = None) -> torch.Tensor:
     """``|L_c|`` summed over the batch (int64 ``C``); an image-level label covers all ``H*W`` pixels."""
     wide = exact_float(labels.regions.device)
@@ -501,20 +498,30 @@ def ground_truth_counts(labels: ProbeLabels, num_concepts: int | None = None) ->
 
 
 def accumulate_tally(tally: Tally, activations: torch.Tensor, thresholds: torch.Tensor, labels: ProbeLabels,
-                     *, max_elements: int = 1 << 20, max_columns: int = 32) -> Tally:
+                     *, max_elements: int | None = None) -> Tally:
     """Add a batch (``B x U x h x w`` activations and their :class:`ProbeLabels`) to ``tally`` in place.
 
-    Two matrix products. The masks of the active (image, unit) pairs times the one-hot regions of their images
-    (``max_columns // R`` images at a time) count each mask's pixels per region (``Z``: units x images x regions);
-    ``Z`` times the regions' one-hot concepts gives the intersections (Bau et al. 2017, the numerator of the IoU).
-    The category-conditioned activations are the pixel counts times the images' category presence.
+    Each mask's pixels are counted per region of its image (``Z``: units x images x regions) from the tiles of
+    its upsampled map that can exceed ``T_k`` (:func:`count_mask_pixels`); ``Z`` times the regions' one-hot
+    concepts gives the intersections (Bau et al. 2017, the numerator of the IoU). The category-conditioned
+    activations are the pixel counts times the images' category presence. ``max_elements`` bounds the pixels
+    evaluated at once (default: by device, see :func:`count_mask_pixels`).
     """
     batch, units = activations.shape[:2]
     if len(labels) != batch:
         raise ComponentError(f"dissection: {batch} activation maps but labels for {len(labels)} images")
-    dtype = _count_dtype(labels)
+    counts = count_mask_pixels(activations, thresholds, labels, max_elements=max_elements)
+    wide = exact_float(activations.device)
+    n_regions = labels.region_sizes.shape[1]
+    counts = counts.view(units, batch, n_regions).to(wide)  # exact integers (float64)
+    pixels = counts.sum(dim=2)  # |M_k(x)|, units x images
     with full_precision_matmul():
-        _accumulate(tally, activations, thresholds, labels, dtype, max_elements, max_columns)
+        tally.unit_pixels += pixels.sum(dim=1).round().long()
+        tally.activation += (pixels @ labels.presence.to(wide)).round().long()
+        onehot = labels.region_onehot(wide).reshape(batch * n_regions, -1)
+        tally.intersection += (counts.reshape(units, batch * n_regions) @ onehot).round().long()
+    tally.ground_truth += ground_truth_counts(labels)
+    tally.images += batch
     return tally
 
 
@@ -530,34 +537,129 @@ def full_precision_matmul() -> Iterator[None]:
         torch.set_float32_matmul_precision(previous)
 
 
-def _accumulate(tally: Tally, activations: torch.Tensor, thresholds: torch.Tensor, labels: ProbeLabels,
-                dtype: torch.dtype, max_elements: int, max_columns: int) -> None:
-    batch, units = activations.shape[:2]
+@dataclasses.dataclass(frozen=True)
+class Bands:
+    """The output positions of a 1-d bilinear resize (``align_corners=False``) grouped by their two source
+    positions: band ``a`` holds the outputs ``index[a, :]`` (``valid`` marks the padding) and every one of them is
+    ``w0 * A[src0[a]] + w1 * A[src1[a]]`` with its own weights (the nonzeros of its row of
+    :func:`interpolation_matrix`). Bands are at most ``ceil(n_out / n_in)`` long."""
+
+    index: torch.Tensor  # bands x width, int64 (0 on padding)
+    valid: torch.Tensor  # bands x width, bool
+    src0: torch.Tensor  # bands, int64
+    src1: torch.Tensor  # bands, int64
+    w0: torch.Tensor  # bands x width (0 on padding)
+    w1: torch.Tensor  # bands x width (0 on padding)
+
+
+@functools.lru_cache(maxsize=32)
+def _bands(n_in: int, n_out: int, device: str, dtype: torch.dtype) -> Bands:
+    matrix = bilinear_matrix(n_in, n_out)
+    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+    first = np.minimum(np.floor(src).astype(int), n_in - 1)
+    cap = max(1, -(-n_out // n_in))
+    groups: list[list[int]] = []
+    for i in range(n_out):
+        if groups and first[groups[-1][0]] == first[i] and len(groups[-1]) < cap:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    width = max(len(g) for g in groups)
+    index = np.zeros((len(groups), width), np.int64)
+    valid = np.zeros((len(groups), width), bool)
+    w0 = np.zeros((len(groups), width))
+    w1 = np.zeros((len(groups), width))
+    src0 = np.array([first[g[0]] for g in groups], np.int64)
+    src1 = np.minimum(src0 + 1, n_in - 1)
+    for a, g in enumerate(groups):
+        index[a, : len(g)], valid[a, : len(g)] = g, True
+        w0[a, : len(g)] = matrix[g, src0[a]]
+        if src1[a] != src0[a]:
+            w1[a, : len(g)] = matrix[g, src1[a]]
+    as_tensor = lambda x, dt=None: torch.from_numpy(x).to(device, dt)  # noqa: E731
+    return Bands(as_tensor(index), as_tensor(valid), as_tensor(src0), as_tensor(src1), as_tensor(w0, dtype),
+                 as_tensor(w1, dtype))
+
+
+def bands(n_in: int, n_out: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64) -> Bands:
+    """The :class:`Bands` of a resize from ``n_in`` to ``n_out`` positions (cached; do not modify them)."""
+    device = str(torch.device(device) if device is not None else "cpu")
+    return _bands(int(n_in), int(n_out), device, dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _tile_pixels(h: int, height: int, w: int, width: int, device: str) -> torch.Tensor:
+    """Flat pixel indices (``y * width + x``) of every tile, row ``a * column bands + b`` for row band ``a`` and
+    column band ``b``; the padding of short bands points at ``height * width``. Cached; do not modify it."""
+    rows, cols = bands(h, height, device), bands(w, width, device)
+    pixel = rows.index[:, None, :, None] * width + cols.index[None, :, None, :]  # row bands x col bands x bh x bw
+    valid = rows.valid[:, None, :, None] & cols.valid[None, :, None, :]
+    pixel = torch.where(valid, pixel, torch.full_like(pixel, height * width))
+    return pixel.reshape(rows.index.shape[0] * cols.index.shape[0], -1)
+
+
+def count_mask_pixels(activations: torch.Tensor, thresholds: torch.Tensor, labels: ProbeLabels, *,
+                      max_elements: int | None = None) -> torch.Tensor:
+    """``|M_k(x) & region_r(x)|`` for every unit ``k``, image ``x`` and region ``r``: int64 ``(U*B) x R``, row
+    ``k * B + x``, where ``M_k(x) = upsample(A_k(x)) > T_k`` at the labels' resolution.
+
+    Exact and sparse. The upsampled map is cut into tiles, one per pair of row bands and column bands
+    (:class:`Bands`): every pixel of a tile is a convex combination of the same four low-resolution values, so a
+    tile whose four values do not exceed ``T_k`` has no pixel in the mask (the reference code skips whole maps by
+    the same argument). Only the other tiles are computed, in the masks' precision (float64; :func:`exact_float`),
+    with the weights of :func:`interpolation_matrix`, and their pixels above ``T_k`` are counted per region with
+    one ``bincount``. At the 0.005 quantile a few tiles of a map qualify, so this evaluates a small share of the
+    pixels that full-resolution masks would.
+    """
+    batch, units, h, w = activations.shape
+    device = activations.device
+    wide = exact_float(device)
+    height, width = labels.size
     n_regions = labels.region_sizes.shape[1]
-    pixels_per_image = labels.size[0] * labels.size[1]
-    counts = torch.zeros(units * batch, n_regions, dtype=dtype, device=activations.device)
-    regions = labels.regions.long()
-    group = max(1, min(batch, max_columns // n_regions))
-    first, onehot = -1, None
-    for start, stop, image, unit, masks in active_unit_masks(activations, thresholds, labels.size, group=group,
-                                                             max_elements=max_elements, dtype=dtype):
-        if start != first:  # pixels x (images of the group x regions), one-hot
-            first = start
-            columns = regions[start:stop].T + n_regions * torch.arange(stop - start, device=regions.device)
-            onehot = torch.zeros(pixels_per_image, (stop - start) * n_regions, dtype=dtype, device=regions.device)
-            onehot.scatter_(1, columns, 1.0)
-        wide = (masks @ onehot).view(len(image), stop - start, n_regions)  # each pair against its group's regions
-        per_region = wide.gather(1, (image - start).view(-1, 1, 1).expand(-1, 1, n_regions)).squeeze(1)
-        counts.index_copy_(0, unit * batch + image, per_region)
-    wide = exact_float(activations.device)
-    counts = counts.view(units, batch, n_regions).to(wide)  # exact integers from here on (float64)
-    pixels = counts.sum(dim=2)  # |M_k(x)|, units x images
-    tally.unit_pixels += pixels.sum(dim=1).round().long()
-    tally.activation += (pixels @ labels.presence.to(wide)).round().long()
-    onehot = labels.region_onehot(wide).reshape(batch * n_regions, -1)
-    tally.intersection += (counts.reshape(units, batch * n_regions) @ onehot).round().long()
-    tally.ground_truth += ground_truth_counts(labels)
-    tally.images += batch
+    counts = torch.zeros(units * batch, n_regions, dtype=torch.long, device=device)
+    rows, cols = bands(h, height, device, wide), bands(w, width, device, wide)
+    maps = activations.detach().reshape(batch * units, h, w)
+    t64 = thresholds.to(device, wide)
+    peaks = maps.amax(dim=(1, 2)).to(wide)
+    pair = torch.nonzero(peaks > t64.repeat(batch)).squeeze(1)  # pair = image * units + unit
+    if pair.numel() == 0:
+        return counts
+    live = maps.index_select(0, pair).to(wide)
+    t_pair = t64.index_select(0, pair % units)
+    row_max = torch.maximum(live.index_select(1, rows.src0), live.index_select(1, rows.src1))  # pairs x bands x w
+    block_max = torch.maximum(row_max.index_select(2, cols.src0), row_max.index_select(2, cols.src1))
+    tiles = torch.nonzero(block_max > t_pair.view(-1, 1, 1))  # (pair, row band, column band)
+    tile_pixels = _tile_pixels(h, height, w, width, str(device))  # tiles x pixels, padding -> H*W
+    n_tiles = tile_pixels.shape[0]
+    # int32 keys and counts when they fit (half the memory traffic of int64)
+    small = torch.int32 if units * batch * (n_regions + 1) < 2**31 else torch.long
+    # the region of every pixel of every tile of every image (padding: region R, a bin dropped at the end)
+    regions = torch.cat([labels.regions.to(small), torch.full((batch, 1), n_regions, dtype=small, device=device)], 1)
+    offsets = torch.arange(batch, device=device).unsqueeze(1) * regions.shape[1]
+    tile_regions = regions.view(-1).index_select(0, (offsets + tile_pixels.view(1, -1)).view(-1)).view(batch * n_tiles, -1)
+    row = ((pair % units * batch + pair // units) * (n_regions + 1)).to(small)  # the pair's first bin in ``out``
+    out = torch.zeros(units * batch * (n_regions + 1), dtype=small, device=device)
+    flat_maps = live.view(-1)
+    if max_elements is None:  # CPU: temporaries that stay in the cache; GPU: few large launches
+        max_elements = 1 << 16 if device.type == "cpu" else 1 << 24
+    step = max(1, max_elements // tile_pixels.shape[1])
+    for lo in range(0, tiles.shape[0], step):
+        p, a, b = tiles[lo:lo + step].unbind(1)
+        base = p * (h * w)
+        r0, r1, c0, c1 = rows.src0[a] * w, rows.src1[a] * w, cols.src0[b], cols.src1[b]
+        corner = lambda r, c: flat_maps.index_select(0, base + r + c).unsqueeze(1)  # noqa: E731
+        w0, w1 = rows.w0.index_select(0, a), rows.w1.index_select(0, a)
+        # along the rows first (the reference's rows @ feature @ cols.T), then along the columns
+        left = torch.addcmul(w0 * corner(r0, c0), w1, corner(r1, c0)).unsqueeze(2)  # tiles x band height x 1
+        right = torch.addcmul(w0 * corner(r0, c1), w1, corner(r1, c1)).unsqueeze(2)
+        values = torch.addcmul(left * cols.w0.index_select(0, b).unsqueeze(1), right,
+                               cols.w1.index_select(0, b).unsqueeze(1))
+        inside = values.view(len(p), -1) > t_pair.index_select(0, p).unsqueeze(1)
+        tile = pair.index_select(0, p) // units * n_tiles + a * cols.src0.numel() + b  # (image, tile)
+        key = tile_regions.index_select(0, tile) + row.index_select(0, p).unsqueeze(1)
+        out.index_add_(0, key.view(-1), inside.view(-1).to(small))
+    counts += out.view(units * batch, n_regions + 1)[:, :n_regions].long()
+    return counts
 
 
 # --------------------------------------------------------------------------------------------- scores
@@ -714,9 +816,12 @@ __all__ = [
     "UnitLabels",
     "accumulate_tally",
     "active_unit_masks",
+    "Bands",
+    "bands",
     "bilinear_matrix",
     "concat_labels",
     "count_detectors",
+    "count_mask_pixels",
     "encode_concepts",
     "exact_float",
     "ground_truth_counts",
