@@ -6,6 +6,12 @@ passes (same chunks, same precision, ``no_grad``) / time of the metric; 1.0 is t
     PYTHONPATH=. python benchmarks/deletion_insertion.py                     # 4 images, step 1792 (28 steps + 1)
     PYTHONPATH=. python benchmarks/deletion_insertion.py --step 224          # RISE's demo setting (224 steps + 1)
     PYTHONPATH=. python benchmarks/deletion_insertion.py --device cuda --images 32 --chunk 256
+    PYTHONPATH=. python benchmarks/deletion_insertion.py --device cuda --model timm:resnet50 --images 32 --chunk 256 \
+        --precision bf16 --channels-last                                  # issue 8's target: efficiency >= 0.9
+
+``--precision``, ``--channels-last`` and ``--compile`` apply to the raw passes and the metric alike, as
+``interpbench run`` applies them (autocast; the model's weights and the images in channels-last; the model's
+forward through ``torch.compile``).
 
 Random or pretrained weights do not change the speed: the model comes from ``interpbench.load_model`` when it
 can load without downloading anything, else from timm with random weights.
@@ -17,9 +23,12 @@ import argparse
 import statistics
 import time
 
+from contextlib import nullcontext
+
 import torch
 
 from interpbench.base import Batch, Model
+from interpbench.runner import PRECISIONS, compile_model
 from interpbench.metrics.causal import Deletion, Insertion, num_causal_steps
 
 
@@ -112,12 +121,24 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=1792, help="pixels per step (RISE: 1792 batched, 224 demo)")
     parser.add_argument("--chunk", type=int, default=Deletion.defaults["chunk"], help="images per forward pass")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", nargs="?", const="default", metavar="MODE", help="torch.compile the forward")
+    parser.add_argument("--compile-backend", default="inductor")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     model = load_model(args.model).to(device).eval()
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    autocast = (lambda: torch.autocast(device.type, dtype=PRECISIONS[args.precision])) if PRECISIONS[args.precision] \
+        else nullcontext
     torch.manual_seed(0)
-    images = torch.rand(args.images, 3, args.size, args.size, device=device)
+    images = torch.rand(args.images, 3, args.size, args.size, device=device).contiguous(memory_format=layout)
+    if args.compile:
+        record = compile_model(model, args.compile, args.compile_backend, warmup=images[: args.chunk])
+        print(f"compile: {record['status']} {record['error'] or ''}")
     maps = torch.rand(args.images, args.size, args.size, device=device)
     with torch.no_grad():
         targets = model(images).argmax(dim=1)
@@ -125,26 +146,32 @@ def main() -> None:
 
     forwards = args.images * (num_causal_steps(args.size * args.size, args.step) + 1)
     sizes = [min(args.chunk, forwards - lo) for lo in range(0, forwards, args.chunk)]
-    raw_input = torch.rand(min(args.chunk, forwards), 3, args.size, args.size, device=device)
+    raw_input = torch.rand(min(args.chunk, forwards), 3, args.size, args.size, device=device).contiguous(
+        memory_format=layout)
     metrics = {
         "deletion": Deletion(step=args.step, chunk=args.chunk),
         "insertion": Insertion(step=args.step, chunk=args.chunk),
     }
     print(
         f"{model.spec} on {device} ({torch.get_num_threads()} threads), {args.images} images of {args.size} px, "
-        f"step {args.step}: {forwards} forwards per metric in chunks {sorted(set(sizes), reverse=True)}"
+        f"step {args.step}: {forwards} forwards per metric in chunks {sorted(set(sizes), reverse=True)}; "
+        f"precision {args.precision}, {'channels-last' if args.channels_last else 'contiguous'}, "
+        f"compile {args.compile or 'off'}"
     )
 
     clock = ForwardClock(model)
-    time_raw(model, raw_input, sizes)  # warm-up
-    for metric in metrics.values():
-        time_metric(metric, model, batch, maps, clock)
+    with autocast():
+        time_raw(model, raw_input, sizes)  # warm-up
+        for metric in metrics.values():
+            time_metric(metric, model, batch, maps, clock)
     times: dict[str, list[float]] = {"raw": [], **{name: [] for name in metrics}}
     inside: dict[str, list[float]] = {name: [] for name in metrics}
     for _ in range(args.repeats):  # interleaved, so that noise from other processes hits all alike
-        times["raw"].append(time_raw(model, raw_input, sizes))
+        with autocast():
+            times["raw"].append(time_raw(model, raw_input, sizes))
         for name, metric in metrics.items():
-            total, forward = time_metric(metric, model, batch, maps, clock)
+            with autocast():
+                total, forward = time_metric(metric, model, batch, maps, clock)
             times[name].append(total)
             inside[name].append(forward)
 

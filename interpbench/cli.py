@@ -121,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                      help="autocast methods and metrics (probabilities of the causal metrics stay fp32)")
+    run.add_argument("--channels-last", action="store_true", help="model parameters and input batches in the "
+                     "channels-last memory format (pays for convolutional nets on tensor-core GPUs at bf16/fp16)")
+    run.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                     help="torch.compile the model's forward (MODE: default, reduce-overhead, max-autotune; passes "
+                     "with hooks on layers, e.g. Grad-CAM, run eager); a model that fails to compile runs eager")
+    run.add_argument("--compile-backend", default="inductor", help="torch.compile backend for --compile (default "
+                     "inductor; aot_eager and eager need no C++ compiler)")
     run.add_argument("--out", help="experiment directory (store + leaderboard); default runs/<experiment>")
     run.add_argument("--experiment", help="experiment name (default: 'default' without arguments, else 'custom')")
     run.add_argument("--method-param", action="append", metavar="METHOD.PARAM=VALUE")
@@ -171,6 +178,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         target=args.target,
         seed=args.seed,
         precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        compile_backend=args.compile_backend,
         method_params=_merge(base.get("method_params", {}), _params(args.method_param, "--method-param")),
         notes=list(base.get("notes", [])),
         metric_params=metric_params,

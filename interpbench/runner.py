@@ -17,6 +17,7 @@ import json
 import math
 import time
 import traceback
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Iterable
@@ -25,6 +26,7 @@ import pandas as pd
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
 
 from . import api, distributed, feeding
 from .base import Batch, ComponentError, Method, Metric, Model, NotApplicable, RunContext
@@ -34,6 +36,7 @@ from .store import Store
 
 TARGETS = ("predicted", "label")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile modes (--compile MODE)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -86,6 +89,9 @@ class RunConfig:
     metric_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     datasets_config: str | None = None
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast for methods and metrics; see PRECISIONS)
+    channels_last: bool = False  # model parameters and input batches in torch.channels_last memory format
+    compile: str | None = None  # None: eager; else a mode of COMPILE_MODES for torch.compile (see compile_model)
+    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager" / "eager": no C++ compiler needed)
     progress: bool = True
     experiment: str | None = None
     command: str | None = None
@@ -115,6 +121,9 @@ class RunConfig:
             raise ComponentError(f"--batch-size {self.batch_size}: must be a positive integer")
         if self.precision not in PRECISIONS:
             raise ComponentError(f"--precision {self.precision!r}: choose one of {list(PRECISIONS)}")
+        if not isinstance(self.channels_last, bool):
+            raise ComponentError(f"--channels-last {self.channels_last!r}: must be True or False")
+        check_compile_options(self.compile, self.compile_backend)
         if self.limit is not None and self.limit < 1:
             raise ComponentError(f"--limit {self.limit}: must be a positive integer")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
@@ -122,6 +131,27 @@ class RunConfig:
         for kind, names in (("methods", self.methods), ("models", self.models), ("metrics", self.metrics)):
             if not names:
                 raise ComponentError(f"no {kind} given; name at least one (see `interpbench list {kind}`)")
+
+
+def check_compile_options(mode: str | None, backend: str) -> None:
+    """ComponentError naming the option and the accepted values for a bad ``--compile`` / ``--compile-backend``."""
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ComponentError(f"--compile {mode!r}: choose one of {list(COMPILE_MODES)}, or leave --compile off to run "
+                             "eager")
+    if mode is None and backend != "inductor":
+        raise ComponentError(f"--compile-backend {backend!r} has no effect without --compile; add --compile (mode "
+                             "'default') or drop --compile-backend")
+    if mode is None:
+        return
+    from torch import _dynamo
+
+    backends = _dynamo.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise ComponentError(f"--compile-backend {backend!r}: choose one of {backends} (default 'inductor'; "
+                             "'aot_eager' and 'eager' need no C++ compiler)")
+    if mode != "default" and backend != "inductor":
+        raise ComponentError(f"--compile {mode!r} is a mode of the 'inductor' backend; use --compile default with "
+                             f"--compile-backend {backend!r}, or --compile-backend inductor")
 
 
 PART_KEYS = ("methods", "models", "metrics", "datasets", "limit", "method_limits", "target", "batch_size")
@@ -150,6 +180,70 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+COMPILE_SCOPE = ("the model's forward passes while no hook is registered on its modules; hooked passes (Grad-CAM "
+                 "family, guided backprop, dissection) and a pair's model A run eager")
+
+
+def _has_hooks(root: nn.Module) -> bool:
+    """Whether a forward / backward hook is registered on ``root`` or a submodule, or globally."""
+    from torch.nn.modules import module as nn_module
+
+    if (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks or nn_module._global_backward_hooks
+            or nn_module._global_backward_pre_hooks):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in root.modules())
+
+
+class CompiledForward:
+    """``Model.forward`` through ``torch.compile`` while no hook is registered on the model's network, eager
+    otherwise. With torch 2.14 a compiled module ignores forward hooks registered after its first call, and the
+    output a hook records inside a compiled graph has no gradient path to the logits, so Grad-CAM on a compiled
+    module is silently wrong; here every hooked pass runs the eager forward. A compile error at a later call (e.g.
+    the first backward) switches the model to eager for good (``record``: status "fallback" and the error)."""
+
+    def __init__(self, model: Model, compiled: Any, record: dict[str, Any]) -> None:
+        self.model, self.eager, self.compiled, self.record = model, model.forward, compiled, record
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None or _has_hooks(self.model.net):
+            self.record["eager_calls"] += 1
+            return self.eager(images)
+        try:
+            out = self.compiled(images)
+        except Exception as exc:  # noqa: BLE001
+            from torch._dynamo.exc import TorchDynamoException
+
+            if not isinstance(exc, TorchDynamoException):
+                raise
+            self.compiled = None
+            self.record.update(status="fallback", error=describe_error(exc))
+            warnings.warn(f"--compile: model {self.model.spec} falls back to eager: {self.record['error']}",
+                          RuntimeWarning, stacklevel=2)
+            return self(images)
+        self.record["compiled_calls"] += 1
+        return out
+
+
+def compile_model(model: Model, mode: str, backend: str, warmup: torch.Tensor | None = None) -> dict[str, Any]:
+    """Route ``model``'s forward through ``torch.compile(mode, backend)`` (:class:`CompiledForward`), compiling
+    once on ``warmup`` (no gradient). When compiling fails the model stays eager. Returns the manifest record:
+    status "compiled" or "fallback" with the error, and the counts of compiled and eager calls."""
+    record: dict[str, Any] = {"status": "compiled", "error": None, "compiled_calls": 0, "eager_calls": 0}
+    try:
+        compiled = torch.compile(model.forward, mode=mode, backend=backend)
+        if warmup is not None:
+            with torch.no_grad():
+                compiled(warmup)
+    except Exception as exc:  # noqa: BLE001 - an unsupported op, a missing compiler: this model runs eager
+        compiled = None
+        record.update(status="fallback", error=describe_error(exc))
+        warnings.warn(f"--compile: model {model.spec} falls back to eager: {record['error']}", RuntimeWarning,
+                      stacklevel=2)
+    model.forward = CompiledForward(model, compiled, record)  # an instance attribute: nn.Module calls it
+    return record
+
+
 def check_maps(maps: Any, images: torch.Tensor, method: str) -> torch.Tensor:
     """Maps must be a finite float tensor B x H x W at the input resolution."""
     b, _, h, w = images.shape
@@ -160,7 +254,7 @@ def check_maps(maps: Any, images: torch.Tensor, method: str) -> torch.Tensor:
             f"method {method!r} returned maps of shape {tuple(maps.shape)}, expected (B, H, W) = {(b, h, w)}: "
             "one map per image at the input resolution (upsample low-resolution maps bilinearly)"
         )
-    maps = maps.detach().float()
+    maps = maps.detach().float().contiguous()  # e.g. the maps of a channels-last batch: metrics may view() them
     bad = (~torch.isfinite(maps)).sum().item()
     if bad:
         raise ComponentError(f"method {method!r} returned {bad} non-finite values (NaN or inf) in its maps")
@@ -258,6 +352,10 @@ class Runner:
             "precision": {"requested": cfg.precision,
                           "autocast": "methods and metrics" if cfg.precision != "fp32" else "none",
                           "note": "softmax probabilities of the causal metrics are computed in fp32"},
+            "layout": {"memory_format": "channels_last" if cfg.channels_last else "contiguous",
+                       "applies_to": "model parameters and buffers, the runner's input batches"},
+            "compile": {"mode": cfg.compile, "backend": cfg.compile_backend if cfg.compile else None,
+                        "scope": COMPILE_SCOPE if cfg.compile else None, "models": {}},
             "models": {},
             "datasets": {},
             "methods": {},
@@ -321,6 +419,17 @@ class Runner:
             self._register_failed(store, run_id, spec, "-", error)
             return
         manifest["models"][spec] = distributed.same_on_every_rank(self.dist, f"model {spec!r}", model.describe())
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)  # 4-D parameters and buffers (a pair's model A too)
+        if cfg.compile is not None:
+            # Models run one after the other: the earlier ones' compiled graphs are done with, and every Model shares
+            # Model.forward's code, whose dynamo cache holds at most recompile_limit (8) graphs before running eager.
+            from torch import _dynamo
+
+            _dynamo.reset()
+            # the record (status, error, calls) is filled in as the run goes; a failed compile warns and runs eager
+            manifest["compile"]["models"][spec] = compile_model(model, cfg.compile, cfg.compile_backend,
+                                                                warmup=self._warmup_input(model))
         if not cfg.datasets and not model.default_dataset:
             error = (f"model {spec!r} (label space {model.label_space!r}) has no embedded default dataset; "
                      "name one with --dataset (see `interpbench list datasets`)")
@@ -495,6 +604,14 @@ class Runner:
                 if status == "failed":
                     self.ok = False
 
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.config.channels_last else torch.preserve_format
+
+    def _warmup_input(self, model: Model) -> torch.Tensor:
+        """A batch of zeros shaped like the runner's batches (the first compile happens here, not in a method)."""
+        return torch.zeros(self.config.batch_size, 3, *model.input_size, device=self.device).contiguous(
+            memory_format=torch.channels_last if self.config.channels_last else torch.contiguous_format)
+
     def _autocast(self):
         if self.autocast_dtype is None:
             return nullcontext()
@@ -510,7 +627,7 @@ class Runner:
 
     def _batch(self, model: Model, samples: list[dict]) -> Batch:
         data = feeding.collate(samples)  # reuses the images stacked (and pinned) by the feed
-        images = data["images"].to(self.device, non_blocking=True)
+        images = data["images"].to(self.device, non_blocking=True, memory_format=self._memory_format())
         labels = data.get("labels")
         if self.config.target == "label":
             targets = labels.to(self.device)

@@ -406,6 +406,11 @@ class ExplanationDrift(Metric):
     higher_is_better: ClassVar[bool] = True  # in the randomisation test, drift is what a model-dependent map shows
     defaults: ClassVar[dict[str, Any]] = {"top_fraction": 0.1, "reference_target": "predicted",
                                           "sanity_threshold": 0.5}
+    # Distributed runs: the per-image lists of tensors put end to end in rank order (the one-process order, which
+    # the bootstrap intervals depend on); the pair's description from any rank that saw a batch (all hold the same).
+    dist_state: ClassVar[dict[str, Any]] = {
+        "_rho": "cat", "_overlap": "cat", "_agree": "cat", "_tv": "cat",
+        "_pair": lambda metric, values: next((v for v in values if v), {})}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
