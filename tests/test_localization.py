@@ -337,6 +337,8 @@ def test_games_through_the_runner_on_the_shapes_world(tmp_path):
     assert grids >= 3 and value[("gradcam", "grid_pointing_game", "n")].mean == 4 * grids
     row = value[("center", "pointing_game", "pointing_game")]
     assert row.n == 40 and row.ci_low <= row.mean <= row.ci_high
+    # the world does not favour the centre (about half of the labelled objects cover it): Grad-CAM must locate them
+    assert value[("gradcam", "pointing_game", "pointing_game")].mean >= row.mean + 0.2
     # the centre point (32, 32) by hand on the same images and targets (the model's predictions)
     model = ib.load_model("shapes:cnn")
     ds = ib.load_dataset("shapes", size=(64, 64))

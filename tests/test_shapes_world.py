@@ -160,7 +160,7 @@ def test_source_defaults_identity_and_errors():
     test = source.load()
     assert len(test) == 512 and len(source.load(split="train")) == 4096
     assert test.identity() == {"loader": "shapes", "split": "test", "size": [64, 64], "n": 512, "seed": 0,
-                               "task": "shape", "generator": "shapes-world-1"}
+                               "task": "shape", "generator": "shapes-world-2"}
     assert test.provides >= {"label", "labels", "boxes", "masks", "concepts"}
     odd = source.load(size=(48, 80), n=3, task="texture", path="ignored")
     assert odd[2]["image"].shape == (3, 48, 80) and odd.classes == list(TEXTURES)

@@ -38,8 +38,8 @@ log = logging.getLogger(__name__)
 ARCH_VERSION = "shapes-cnn-1"
 INPUT_SIZE = (64, 64)
 # Per-channel mean / std of the shapes world (test split, 512 images), rounded.
-MEAN = (0.35, 0.58, 0.59)
-STD = (0.16, 0.15, 0.17)
+MEAN = (0.34, 0.59, 0.61)
+STD = (0.12, 0.12, 0.14)
 WIDTHS = (24, 32, 64, 128)
 TRAIN_DEFAULTS: dict[str, Any] = {
     "n_train": 4096,
