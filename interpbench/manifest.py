@@ -26,14 +26,21 @@ def config_key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def git_sha() -> str | None:
-    root = Path(__file__).resolve().parent.parent
+#: The paths whose changes make a checkout "dirty" for :func:`git_sha`: the code that computes the numbers, not the
+#: docs, the tests or the committed experiments (which a re-run of ``leaderboards/make.sh`` rewrites as it goes).
+CODE_PATHS = ("interpbench", "plugins", "pyproject.toml")
+
+
+def git_sha(root: str | Path | None = None) -> str | None:
+    """The commit of the checkout at ``root`` (default: interpbench's own), with ``-dirty`` when the code
+    (:data:`CODE_PATHS`) differs from it; None outside git."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         return None
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                *CODE_PATHS], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Regenerates the committed reference experiments of leaderboards/ (see leaderboards/README.md).
 # Run from anywhere; every experiment writes its store, tables, manifest, paper tables and HTML report.
+# Each folder is removed first: a run into an existing store adds a run beside the old one (resuming what it can),
+# and a reference experiment must hold its own run only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+rm -rf leaderboards/default leaderboards/lite0-embedded leaderboards/shortcut
 
 # 1. The embedded default experiment (`interpbench run` without arguments; its grids are listed in
 #    interpbench/cli.py DEFAULT_EXPERIMENT and recorded in the manifest).

@@ -214,3 +214,28 @@ def test_reproducing_into_the_experiment_itself_is_refused(committed):
     with pytest.raises(ib.ComponentError, match="the experiment being reproduced"):
         rp.reproduce(committed, out=committed)
     shutil.rmtree(committed / "artifacts", ignore_errors=True)
+
+
+def test_git_sha_is_dirty_for_code_changes_only(tmp_path):
+    import subprocess
+
+    from interpbench.manifest import git_sha
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    for path in ("interpbench/core.py", "leaderboards/default/methods.md", "docs/guide.md"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("v1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    sha = git_sha(tmp_path)
+    assert sha is not None and len(sha) == 40
+    # a re-generated experiment or an edited doc is not a change of the code that computes the numbers
+    (tmp_path / "leaderboards/default/methods.md").write_text("v2\n")
+    (tmp_path / "docs/guide.md").write_text("v2\n")
+    assert git_sha(tmp_path) == sha
+    (tmp_path / "interpbench/core.py").write_text("v2\n")
+    assert git_sha(tmp_path) == sha + "-dirty"
+    assert git_sha(tmp_path / "nowhere") is None
