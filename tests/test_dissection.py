@@ -22,7 +22,6 @@ from interpbench.ops.dissect import (
     accumulate_tally,
     bilinear_matrix,
     encode_concepts,
-    active_unit_masks,
     count_mask_pixels,
     tally_reference_numpy,
     threshold_from_top,
@@ -213,12 +212,12 @@ def test_masks_decide_a_above_t_in_double_precision():
     acts = torch.tensor([[[[0.1, 0.7]]]])
     value = float(bilinear_matrix(2, 4)[1] @ acts[0, 0, 0].double().numpy())
     for offset, expected in ((-1e-12, 1.0), (1e-12, 0.0), (0.0, 0.0)):  # strict: A_k > T_k
-        ((_, _, _, _, masks),) = active_unit_masks(acts, torch.tensor([value + offset], dtype=torch.float64), (1, 4))
-        assert masks[0].tolist() == [0.0, expected, 1.0, 1.0]
-        # the tally's own (tile) path decides the same way
-        labels = encode_concepts([{"color": torch.ones(1, 4, dtype=torch.long)}], ConceptSet.from_names({"color": ["-", "a"]}), (1, 4))
+        # one region per pixel: the count per region is the mask
+        labels = encode_concepts([{"color": torch.tensor([[1, 2, 3, 4]])}],
+                                 ConceptSet.from_names({"color": ["-", "a", "b", "c", "d"]}), (1, 4))
+        assert labels.regions.tolist() == [[0, 1, 2, 3]]
         counts = count_mask_pixels(acts, torch.tensor([value + offset], dtype=torch.float64), labels)
-        assert counts.tolist() == [[2 + int(expected)]]
+        assert counts.tolist() == [[0, int(expected), 1, 1]]
 
 
 def test_tally_matches_the_per_image_numpy_reference():

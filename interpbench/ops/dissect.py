@@ -456,34 +456,6 @@ def upsample_maps(maps: torch.Tensor, size: tuple[int, int], dtype: torch.dtype 
     return torch.matmul(rows, wide)
 
 
-def active_unit_masks(activations: torch.Tensor, thresholds: torch.Tensor, size: tuple[int, int], *,
-                      group: int = 1, max_elements: int = 1 << 20, dtype: torch.dtype = torch.float32,
-                      ) -> Iterator[tuple[int, int, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The non-empty unit masks of a batch, ``group`` images at a time.
-
-    ``activations``: ``B x U x h x w``; ``thresholds``: float64 ``U``. Yields ``(first, stop, image, unit, masks)``:
-    the active pairs of images ``first..stop-1`` (at most ``max_elements`` pixels per chunk) and their masks
-    ``A_k > T_k`` at ``size``, as 0/1 ``dtype`` rows of ``H*W``. A pair whose peak does not exceed ``T_k`` has an
-    empty mask (bilinear upsampling never exceeds the peak) and is skipped.
-    """
-    wide = exact_float(activations.device)
-    t64 = thresholds.to(activations.device, wide)
-    batch, units = activations.shape[:2]
-    maps = activations.reshape(batch * units, *activations.shape[2:])
-    peaks = maps.amax(dim=(1, 2)).to(wide)
-    pair = torch.nonzero(peaks > t64.repeat(batch)).squeeze(1)  # pair = image * units + unit, ascending
-    starts = list(range(0, batch, group)) + [batch]
-    bounds = torch.searchsorted(pair // units, torch.tensor(starts, device=pair.device)).tolist()
-    pixels = size[0] * size[1]
-    step = max(1, max_elements // pixels)
-    for g in range(len(starts) - 1):
-        for lo in range(bounds[g], bounds[g + 1], step):
-            chunk = pair[lo:min(lo + step, bounds[g + 1])]
-            unit = chunk % units
-            up = upsample_maps(maps.index_select(0, chunk), size, wide).reshape(chunk.numel(), pixels)
-            yield starts[g], starts[g + 1], chunk // units, unit, (up > t64.index_select(0, unit).unsqueeze(1)).to(dtype)
-
-
 def exact_float(device: torch.device) -> torch.dtype:
     """float64, the precision of the masks and the count products; float32 on Apple's MPS, which has no float64
     (counts below 2**24 stay exact; masks may then differ from the reference next to ``T_k``)."""
@@ -608,7 +580,7 @@ def count_mask_pixels(activations: torch.Tensor, thresholds: torch.Tensor, label
     tile whose four values do not exceed ``T_k`` has no pixel in the mask (the reference code skips whole maps by
     the same argument). Only the other tiles are computed, in the masks' precision (float64; :func:`exact_float`),
     with the weights of :func:`interpolation_matrix`, and their pixels above ``T_k`` are counted per region with
-    one ``bincount``. At the 0.005 quantile a few tiles of a map qualify, so this evaluates a small share of the
+    ``index_add_``. At the 0.005 quantile a few tiles of a map qualify, so this evaluates a small share of the
     pixels that full-resolution masks would.
     """
     batch, units, h, w = activations.shape
@@ -616,14 +588,13 @@ def count_mask_pixels(activations: torch.Tensor, thresholds: torch.Tensor, label
     wide = exact_float(device)
     height, width = labels.size
     n_regions = labels.region_sizes.shape[1]
-    counts = torch.zeros(units * batch, n_regions, dtype=torch.long, device=device)
     rows, cols = bands(h, height, device, wide), bands(w, width, device, wide)
     maps = activations.detach().reshape(batch * units, h, w)
     t64 = thresholds.to(device, wide)
     peaks = maps.amax(dim=(1, 2)).to(wide)
     pair = torch.nonzero(peaks > t64.repeat(batch)).squeeze(1)  # pair = image * units + unit
     if pair.numel() == 0:
-        return counts
+        return torch.zeros(units * batch, n_regions, dtype=torch.long, device=device)
     live = maps.index_select(0, pair).to(wide)
     t_pair = t64.index_select(0, pair % units)
     row_max = torch.maximum(live.index_select(1, rows.src0), live.index_select(1, rows.src1))  # pairs x bands x w
@@ -658,8 +629,7 @@ def count_mask_pixels(activations: torch.Tensor, thresholds: torch.Tensor, label
         tile = pair.index_select(0, p) // units * n_tiles + a * cols.src0.numel() + b  # (image, tile)
         key = tile_regions.index_select(0, tile) + row.index_select(0, p).unsqueeze(1)
         out.index_add_(0, key.view(-1), inside.view(-1).to(small))
-    counts += out.view(units * batch, n_regions + 1)[:, :n_regions].long()
-    return counts
+    return out.view(units * batch, n_regions + 1)[:, :n_regions].long()
 
 
 # --------------------------------------------------------------------------------------------- scores
@@ -809,14 +779,13 @@ def tally_reference_numpy(activations: np.ndarray, thresholds: np.ndarray, pixel
 
 
 __all__ = [
+    "Bands",
     "ConceptSet",
     "ProbeLabels",
     "StreamingTopK",
     "Tally",
     "UnitLabels",
     "accumulate_tally",
-    "active_unit_masks",
-    "Bands",
     "bands",
     "bilinear_matrix",
     "concat_labels",
