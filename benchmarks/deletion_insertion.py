@@ -29,7 +29,7 @@ import torch
 
 from interpbench.base import Batch, Model
 from interpbench.runner import PRECISIONS, compile_model
-from interpbench.metrics.causal import Deletion, Insertion, num_causal_steps
+from interpbench.metrics.causal import Deletion, Insertion, auto_chunk, num_causal_steps
 
 
 def load_model(spec: str) -> Model:
@@ -119,7 +119,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=4)
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--step", type=int, default=1792, help="pixels per step (RISE: 1792 batched, 224 demo)")
-    parser.add_argument("--chunk", type=int, default=Deletion.defaults["chunk"], help="images per forward pass")
+    parser.add_argument("--chunk", type=int, help="images per forward pass (default: the metrics' own choice for the "
+                        "device, interpbench.metrics.causal.auto_chunk)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
     parser.add_argument("--channels-last", action="store_true")
@@ -128,6 +129,8 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    if args.chunk is None:
+        args.chunk = auto_chunk(device, args.size, args.size)
     model = load_model(args.model).to(device).eval()
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     if args.channels_last:
