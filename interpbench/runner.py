@@ -217,12 +217,16 @@ class CompiledForward:
             if not isinstance(exc, TorchDynamoException):
                 raise
             self.compiled = None
-            self.record.update(status="fallback", error=describe_error(exc))
-            warnings.warn(f"--compile: model {self.model.spec} falls back to eager: {self.record['error']}",
-                          RuntimeWarning, stacklevel=2)
+            _fall_back(self.model, self.record, exc)
             return self(images)
         self.record["compiled_calls"] += 1
         return out
+
+
+def _fall_back(model: Model, record: dict[str, Any], exc: BaseException) -> None:
+    """Record a failed compile in the manifest record and warn: the model runs eager from here on."""
+    record.update(status="fallback", error=describe_error(exc))
+    warnings.warn(f"--compile: model {model.spec} falls back to eager: {record['error']}", RuntimeWarning, stacklevel=3)
 
 
 def compile_model(model: Model, mode: str, backend: str, warmup: torch.Tensor | None = None) -> dict[str, Any]:
@@ -237,9 +241,7 @@ def compile_model(model: Model, mode: str, backend: str, warmup: torch.Tensor | 
                 compiled(warmup)
     except Exception as exc:  # noqa: BLE001 - an unsupported op, a missing compiler: this model runs eager
         compiled = None
-        record.update(status="fallback", error=describe_error(exc))
-        warnings.warn(f"--compile: model {model.spec} falls back to eager: {record['error']}", RuntimeWarning,
-                      stacklevel=2)
+        _fall_back(model, record, exc)
     model.forward = CompiledForward(model, compiled, record)  # an instance attribute: nn.Module calls it
     return record
 
@@ -609,8 +611,8 @@ class Runner:
 
     def _warmup_input(self, model: Model) -> torch.Tensor:
         """A batch of zeros shaped like the runner's batches (the first compile happens here, not in a method)."""
-        return torch.zeros(self.config.batch_size, 3, *model.input_size, device=self.device).contiguous(
-            memory_format=torch.channels_last if self.config.channels_last else torch.contiguous_format)
+        return torch.zeros(self.config.batch_size, 3, *model.input_size, device=self.device).to(
+            memory_format=self._memory_format())
 
     def _autocast(self):
         if self.autocast_dtype is None:
