@@ -472,7 +472,7 @@ class Runner:
                 continue
             manifest["metrics"][metric_name] = metric.describe()
             identity = {"model": model.describe(), "dataset": dataset.identity(), "metric": metric.describe(),
-                        "limit": cfg.limit, "seed": cfg.seed}
+                        "limit": cfg.limit, "seed": cfg.seed, **self._numerics_identity()}
             key = config_key(identity)
             self._add_cell(store, run_id, key, spec, ds_name, "-", metric_name, "model", metric.higher_is_better, identity)
             if store.cell(key)["status"] == "done":
@@ -497,6 +497,14 @@ class Runner:
 
     # ------------------------------------------------------------------ explanation-scope metrics
 
+    def _numerics_identity(self) -> dict[str, str]:
+        """What of the arithmetic goes into a cell's identity: the precision, when it is not fp32 (so fp32 cells keep
+        their keys). A bf16 or fp16 number is another number, and a run at one precision must not resume, or mix into
+        its tables, the cells of a run at another. The device, ``--channels-last``, ``--compile`` and the batch size
+        of a deterministic method change only the float rounding and stay out, so a run with them resumes a plain
+        run's cells."""
+        return {} if self.config.precision == "fp32" else {"precision": self.config.precision}
+
     def _plans(self, model: Model, spec: str, ds_name: str, dataset, store: Store, run_id: int, manifest) -> list[MethodPlan]:
         cfg = self.config
         plans = []
@@ -505,7 +513,7 @@ class Runner:
             manifest["methods"][method_name] = {**method.describe(), "requires_grad": method.requires_grad,
                                                 "deterministic": method.deterministic}
             maps_identity = {"model": model.describe(), "dataset": dataset.identity(), "method": method.describe(),
-                             "target": cfg.target, "seed": cfg.seed}
+                             "target": cfg.target, "seed": cfg.seed, **self._numerics_identity()}
             if not method.deterministic:
                 maps_identity["batch_size"] = cfg.batch_size  # the batch seeds depend on its composition
             limit = cfg.method_limits.get(method_name)

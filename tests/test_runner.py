@@ -189,6 +189,23 @@ def test_bf16_precision_is_recorded_and_close_to_fp32(toy, tmp_path):
         ib.run(out=tmp_path / "x", precision="fp8", **kwargs)
 
 
+def test_a_run_at_another_precision_never_resumes_or_mixes_in_fp32_cells(toy, tmp_path):
+    out = tmp_path / "exp"
+    kwargs = dict(methods=["toy_brightest"], models=["toy:net"], metrics=["deletion", "dissection"], out=out,
+                  progress=False)
+    fp32 = ib.run(**kwargs)
+    bf16 = ib.run(precision="bf16", **kwargs)  # same folder: its cells are new, computed in bf16
+    deletion = lambda table: table[table.metric == "deletion"].iloc[0]["mean"]  # noqa: E731
+    assert deletion(bf16) != deletion(fp32)
+    assert deletion(bf16) == deletion(ib.run(precision="bf16", **{**kwargs, "out": tmp_path / "fresh"}))
+    db = sqlite3.connect(str(out / "store.sqlite"))
+    configs = [json.loads(c) for (c,) in db.execute("SELECT config FROM cells")]
+    db.close()
+    assert len(configs) == 4  # two metrics (explanation and model scope) x two precisions
+    assert sorted(c.get("precision", "fp32") for c in configs) == ["bf16", "bf16", "fp32", "fp32"]
+    assert deletion(ib.run(**kwargs)) == deletion(fp32)  # fp32 again resumes its own cells
+
+
 def test_a_loader_name_works_as_a_dataset_without_an_entry(toy, tmp_path):
     table = ib.run(methods=["toy_brightest"], models=["toy:net"], metrics=["toy_brightness"], datasets=["toy"],
                    out=tmp_path / "d", progress=False)
