@@ -249,6 +249,20 @@ def test_causal_curves_chunks_forward_passes(conv_model):
     assert calls == [4, 4, 2]  # 2 images x (4 steps + start) = 10 forwards, 4 at a time
 
 
+def test_causal_curves_feed_channels_last_images_to_the_model_channels_last(conv_model):
+    layouts = []
+    conv_model.net.register_forward_hook(
+        lambda m, i, o: layouts.append(i[0].is_contiguous(memory_format=torch.channels_last) and not i[0].is_contiguous()))
+    images, maps = torch.rand(2, 3, 8, 8), torch.rand(2, 8, 8)
+    plain = causal_curves(conv_model, torch.tensor([0, 1]), maps, images, conv_model.mean, 16, chunk=4)
+    assert layouts == [False] * 3
+    layouts.clear()
+    last = causal_curves(conv_model, torch.tensor([0, 1]), maps, images.contiguous(memory_format=torch.channels_last),
+                         conv_model.mean, 16, chunk=4)
+    assert layouts == [True] * 3  # no copy into the contiguous layout before a channels-last model's first conv
+    assert torch.allclose(last, plain, rtol=0, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------- errors
 
 

@@ -134,7 +134,9 @@ def causal_curves(
     # buffers reused by every chunk: one pass over the pixels per perturbed image, no gathers, no allocations
     size = min(chunk, total)
     dtype = torch.promote_types(start.dtype, finish.dtype)
-    inputs = torch.empty((size, shape[1], height, width), dtype=dtype, device=device)
+    # in the images' memory format: a channels-last model (--channels-last) then takes the buffer without a copy
+    layout = torch.channels_last if any(_is_channels_last(t) for t in (start, finish)) else torch.contiguous_format
+    inputs = torch.empty((size, shape[1], height, width), dtype=dtype, device=device, memory_format=layout)
     changed = torch.empty((size, 1, height, width), dtype=torch.bool, device=device)
     with torch.no_grad():
         for lo in range(0, total, chunk):
@@ -149,6 +151,12 @@ def causal_curves(
                 _check_targets(targets, logits.shape[1])
             curves[lo:hi] = logits.softmax(dim=1).gather(1, pair_targets[lo:hi]).squeeze(1)
     return curves.view(batch, n_points)
+
+
+def _is_channels_last(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds images (more than one pixel and channel) laid out channels-last."""
+    return (t.dim() == 4 and t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1 and not t.is_contiguous()
+            and t.is_contiguous(memory_format=torch.channels_last))
 
 
 def _row(t: torch.Tensor, image: int) -> torch.Tensor:
