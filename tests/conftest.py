@@ -9,8 +9,32 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 PLUGINS = Path(__file__).parent / "plugins"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="the device of the tests that take the `device` fixture (tests/test_device.py): cpu "
+                          "(default, what CI runs) or cuda[:N] on a GPU machine")
+
+
+def pytest_configure(config):
+    name = config.getoption("--device", "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise pytest.UsageError(f"--device {name!r}: {exc}; use cpu or cuda[:N]") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {name!r}: torch {torch.__version__} sees no CUDA device here; run the "
+                                "device tests on a GPU machine (benchmarks/gpu_session.sh) or leave --device at cpu")
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig) -> torch.device:
+    """The device named by ``pytest --device`` (default cpu)."""
+    return torch.device(pytestconfig.getoption("--device"))
 
 
 def make_distribution(site: Path, dist: str, version: str, modules: list[str], entry_points: dict[str, str]) -> Path:
