@@ -16,6 +16,7 @@ forward + backward pass of the same images (``B`` for ``mask``, ``B x areas`` fo
     PYTHONPATH=. python benchmarks/methods.py                               # all methods, both models, CPU
     PYTHONPATH=. python benchmarks/methods.py --methods mask,extremal --models shapes:cnn
     PYTHONPATH=. python benchmarks/methods.py --device cuda                 # published iteration counts
+    PYTHONPATH=. python benchmarks/methods.py --device cuda --precision bf16 --channels-last   # a fast GPU run
     PYTHONPATH=. python benchmarks/methods.py --quick                       # 1 repeat, batch 32 capped harder
 
 Random or pretrained weights do not change the speed: a model that cannot load offline falls back to ``@random``.
@@ -24,6 +25,8 @@ Random or pretrained weights do not change the speed: a model that cannot load o
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import math
 import time
 from typing import Any
@@ -32,6 +35,7 @@ import torch
 
 import interpbench as ib
 from interpbench.base import NotApplicable
+from interpbench.runner import PRECISIONS
 
 DEFAULT_MODELS = ("timm:tf_efficientnet_lite0", "shapes:cnn")
 # method -> the parameter its cost is proportional to (the default value is read from the method's class)
@@ -62,17 +66,20 @@ def sync(device: torch.device) -> None:
 
 
 CLOCK = time.perf_counter  # --clock process: time.process_time (CPU seconds of this process, all threads)
+AUTOCAST = contextlib.nullcontext  # --precision bf16|fp16: torch.autocast around every timed call, raw or method
 
 
 def timed(fn, device: torch.device, repeats: int, min_total: float = 0.5, max_calls: int = 50) -> float:
     """Fastest of at least ``repeats`` calls (after one warm-up call), repeating short calls until ``min_total``
     seconds have passed: the minimum is the least disturbed by other processes on a shared machine."""
-    fn()
+    with AUTOCAST():
+        fn()
     times: list[float] = []
     while len(times) < repeats or (sum(times) < min_total and len(times) < max_calls):
         sync(device)
         t0 = CLOCK()
-        fn()
+        with AUTOCAST():
+            fn()
         sync(device)
         times.append(CLOCK() - t0)
     return min(times)
@@ -148,16 +155,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 repeat and a tighter --max-seconds")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's); 1 gives stable figures on a shared machine")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                        help="autocast dtype for the raw passes and the methods alike (the runner's --precision)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="model and inputs in the channels-last memory format (the runner's --channels-last)")
     parser.add_argument("--clock", choices=("wall", "process"), default="wall",
                         help="wall time, or this process's CPU time (with --threads 1: the compute time of one "
                              "core, unaffected by other processes on a shared machine; CPU only)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    global CLOCK
+    global CLOCK, AUTOCAST
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
-
     device = torch.device(args.device)
+    if PRECISIONS[args.precision] is not None:
+        AUTOCAST = functools.partial(torch.autocast, device_type=device.type, dtype=PRECISIONS[args.precision])
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
     reduced = args.work == "reduced" or (args.work == "auto" and device.type != "cuda")
     repeats = args.repeats or (1 if args.quick else 3)
     max_seconds = args.max_seconds
@@ -167,18 +180,21 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     work = "reduced+extrapolated" if reduced else "published"
     print(f"device {device} ({torch.get_num_threads()} threads), work {work}, {repeats} repeat(s), "
-          f"{args.clock} clock, torch {torch.__version__}")
+          f"{args.clock} clock, precision {args.precision}, {'channels-last' if args.channels_last else 'contiguous'}, "
+          f"torch {torch.__version__}")
 
     for spec in args.models.split(","):
         model, loaded = load_model(spec, device)
+        model.to(memory_format=layout)
         h, w = model.input_size
         print(f"\n## {loaded} at {h}x{w} px")
         generator = torch.Generator().manual_seed(0)
-        inputs = torch.rand(max(batches), 3, h, w, generator=generator).to(device)
+        inputs = torch.rand(max(batches), 3, h, w, generator=generator).to(device).contiguous(memory_format=layout)
         with torch.no_grad():
             all_targets = model(inputs).argmax(dim=1)
         raw = {b: b / timed(raw_forward(model, inputs[:b]), device, repeats) for b in batches}
-        chunk = inputs.repeat(math.ceil(REFERENCE_BATCH / len(inputs)), 1, 1, 1)[:REFERENCE_BATCH]
+        chunk = inputs.repeat(math.ceil(REFERENCE_BATCH / len(inputs)), 1, 1, 1)[:REFERENCE_BATCH].contiguous(
+            memory_format=layout)
         best = max(REFERENCE_BATCH / timed(raw_forward(model, chunk), device, repeats), *raw.values())
         del chunk
         print("raw forward images/s: " + ", ".join(f"batch {b}: {v:.1f}" for b, v in raw.items())

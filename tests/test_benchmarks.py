@@ -54,6 +54,28 @@ def test_data_feeding_benchmark_compares_the_worker_counts():
 
 
 def test_methods_benchmark_lists_each_method():
-    out = bench("methods.py", "--quick", "--methods", "gradient,center", "--models", "shapes:cnn", "--batches", "1,4")
+    out = bench("methods.py", "--quick", "--methods", "gradient,center", "--models", "shapes:cnn", "--batches", "1,4",
+                "--precision", "bf16", "--channels-last")
+    assert "precision bf16, channels-last" in out, out
     for name in ("gradient", "center"):
         assert re.search(rf"^{name}\s+[\d.e+]+\s+[\d.e+]+\s+[\d.]+\s+[\d.]+", out, re.M), (name, out)
+
+
+def test_gpu_session_script_runs_every_step_in_its_smoke_mode(tmp_path):
+    # benchmarks/gpu_session.sh is what a lent GPU machine runs, once, under a tight time budget: its smoke mode
+    # runs the same steps, with the same flags, at tiny sizes on the CPU
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), "--smoke"], capture_output=True,
+                          text=True, env=env, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = (tmp_path / "summary.txt").read_text()
+    steps = re.findall(r"^(\w+)\s+rc (\d+)\s", summary, re.M)
+    assert [s for s, _ in steps] == ["tests", "deletion", "deletion", "deletion", "dissection", "attacks", "deletion",
+                                     "feeding", "methods"], summary
+    assert all(rc == "0" for _, rc in steps), summary
+    assert "6 passed" in (tmp_path / "tests.log").read_text()
+    assert "--compile" in (tmp_path / "deletion.log").read_text()
+    # at most 8 files: what the device tool brings back from $OUT
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["setup.log", "summary.txt", "tests.log", "deletion.log", "dissection.log", "attacks.log", "feeding.log",
+         "methods.log"])

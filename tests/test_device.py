@@ -4,7 +4,8 @@ On a GPU machine: ``pytest tests/test_device.py --device cuda`` (``benchmarks/gp
 test computes its reference independently of the device path under test: on the CPU, one image and one step at a
 time, or in float64 at full resolution. On the CPU the comparisons are exact or at float32 rounding; on a GPU the
 tolerances allow for TF32 convolutions (PyTorch's default for cuDNN), which round the logits to about 1e-3, and
-for the near-ties in the maps that such rounding can reorder.
+for the near-ties in the maps that such rounding can reorder (bf16, 8x coarser, moves the curves of `shapes:cnn`
+by at most 0.005 on the CPU).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def test_causal_curves_on_the_device_equal_rise_one_step_at_a_time_on_the_cpu(de
     assert got.device.type == device.type
     expected = torch.tensor([rise_loop(shapes_cpu, shapes_images[i], int(targets[i]), maps[i], start[i:i + 1],
                                        finish[i:i + 1], 256) for i in range(4)])
-    assert torch.allclose(got.cpu(), expected, rtol=0, atol=2e-3 if on_gpu(device) else 1e-5)
+    assert torch.allclose(got.cpu(), expected, rtol=0, atol=5e-3 if on_gpu(device) else 1e-5)
     assert int((expected[:, 0] - expected[:, -1]).abs().gt(0.5).sum()) >= 2  # the curves do move
 
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16):  # --precision bf16
