@@ -20,6 +20,7 @@ import torch
 import interpbench as ib
 from interpbench.metrics.causal import causal_curves, causal_substrate
 from interpbench.ops.dissect import ConceptSet, bilinear_matrix, count_mask_pixels, encode_concepts
+from test_causal_metrics import reference_curve  # RISE's single_run: one image, one forward pass per step
 
 MEMORY_HUNGRY = '''
 import os
@@ -66,22 +67,6 @@ def shapes_images():
     return torch.stack([dataset[i]["image"] for i in range(4)])
 
 
-def rise_loop(model, image, target, saliency, start, finish, step) -> list[float]:
-    """RISE's ``single_run`` on the CPU: one image, one forward pass per step, pixels changed in saliency order."""
-    hw = saliency.numel()
-    values = saliency.flatten().tolist()
-    order = sorted(range(hw), key=lambda p: (-values[p], p))
-    current = start.clone().reshape(3, hw)
-    finish = finish.expand(1, 3, *image.shape[-2:]).reshape(3, hw)
-    scores = []
-    for i in range((hw + step - 1) // step + 1):
-        with torch.no_grad():
-            scores.append(float(model(current.reshape(1, 3, *image.shape[-2:])).softmax(dim=1)[0, target]))
-        coords = order[step * i : step * (i + 1)]
-        current[:, coords] = finish[:, coords]
-    return scores
-
-
 @pytest.mark.parametrize("game", ["deletion", "insertion"])
 def test_causal_curves_on_the_device_equal_rise_one_step_at_a_time_on_the_cpu(device, shapes_cpu, shapes_images,
                                                                               game):
@@ -94,7 +79,7 @@ def test_causal_curves_on_the_device_equal_rise_one_step_at_a_time_on_the_cpu(de
     model = ib.load_model("shapes:cnn", device=str(device))
     got = causal_curves(model, targets.to(device), maps.to(device), start.to(device), finish.to(device), 256, chunk=16)
     assert got.device.type == device.type
-    expected = torch.tensor([rise_loop(shapes_cpu, shapes_images[i], int(targets[i]), maps[i], start[i:i + 1],
+    expected = torch.tensor([reference_curve(shapes_cpu, shapes_images[i], int(targets[i]), maps[i], start[i:i + 1],
                                        finish[i:i + 1], 256) for i in range(4)])
     assert torch.allclose(got.cpu(), expected, rtol=0, atol=5e-3 if on_gpu(device) else 1e-5)
     assert int((expected[:, 0] - expected[:, -1]).abs().gt(0.5).sum()) >= 2  # the curves do move
