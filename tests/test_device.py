@@ -134,7 +134,10 @@ def test_a_run_on_the_device_gives_the_numbers_of_the_cpu(device, cpu_run, tmp_p
     table = ib.run(out=tmp_path, device=str(device), **RUN)
     assert table.attrs["ok"] and set(table["status"]) == {"done"}
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert torch.device(manifest["environment"]["device"]["device"]).type == device.type
+    recorded = manifest["environment"]["device"]
+    assert torch.device(recorded["device"]).type == device.type
+    if on_gpu(device):  # what the tolerances below allow for
+        assert recorded["cudnn_tf32"] == torch.backends.cudnn.allow_tf32 and "gpu" in recorded
     got = stored(tmp_path)
     assert got["scores"].keys() == cpu_run["scores"].keys() and len(got["scores"]) == 2 * 32  # deletion, per sample
     assert got["results"].keys() == cpu_run["results"].keys()

@@ -206,6 +206,17 @@ def test_a_run_at_another_precision_never_resumes_or_mixes_in_fp32_cells(toy, tm
     assert deletion(ib.run(**kwargs)) == deletion(fp32)  # fp32 again resumes its own cells
 
 
+def test_the_manifest_records_the_settings_that_change_float_rounding(toy, tmp_path):
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # TF32 / bf16 passes allowed in float32 matrix products
+    try:
+        ib.run(methods=["toy_brightest"], models=["toy:net"], metrics=["deletion"], out=tmp_path, progress=False)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    device = json.loads((tmp_path / "manifest.json").read_text())["environment"]["device"]
+    assert device["float32_matmul_precision"] == "high" and device["deterministic_algorithms"] is False
+
+
 def test_a_loader_name_works_as_a_dataset_without_an_entry(toy, tmp_path):
     table = ib.run(methods=["toy_brightest"], models=["toy:net"], metrics=["toy_brightness"], datasets=["toy"],
                    out=tmp_path / "d", progress=False)
