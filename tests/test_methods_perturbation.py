@@ -529,7 +529,7 @@ def test_extremal_leaves_the_model_alone():
 def test_published_defaults():
     assert MeaningfulPerturbation.defaults == {
         "iterations": 300, "lr": 0.1, "l1_coeff": 1e-4, "tv_coeff": 1e-2, "tv_beta": 3.0, "mask_scale": 8,
-        "blur_radius": 10.0, "mask_blur_radius": 5.0, "jitter": 4, "init": "circle", "chunk": 256,
+        "blur_radius": 10.0, "mask_blur_radius": 5.0, "jitter": 4, "init": "circle", "chunk": None,
     }
     assert ExtremalPerturbation.defaults == {
         "areas": [0.025, 0.05, 0.1, 0.2], "iterations": 800, "lr": 0.01, "momentum": 0.9, "step": 7,

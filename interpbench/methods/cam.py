@@ -22,6 +22,7 @@ from interpbench.methods.gradients import (
     positive_int,
     target_logits,
 )
+from interpbench.ops import batching
 from interpbench.ops.hooks import OutputCapture, capture_outputs, named_module
 
 
@@ -206,18 +207,19 @@ class ScoreCAM(Method):
     ``"mean"``, the model's mean colour, i.e. the normalised image times the mask as in the reference code;
     ``"black"``, ``"white"`` or a grey level); the weights are the softmax over channels of the target logit's
     increase over the baseline image. Costs one forward pass per (image, non-constant channel): ``chunk`` masked
-    images per pass (no effect on the maps).
+    images per pass (None: 256 on a GPU, by image size on a CPU, :func:`interpbench.ops.batching.auto_chunk`; no
+    effect on the maps).
     """
 
     name = "scorecam"
     version = "1"
     requires_grad = False
     deterministic = True
-    defaults = {"layer": None, "baseline": "mean", "chunk": 256}
+    defaults = {"layer": None, "baseline": "mean", "chunk": None}
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
-        positive_int(self.name, "chunk", self.params["chunk"])
+        batching.check_chunk(self.name, self.params["chunk"])
         check_baseline(self.name, self.params["baseline"])
 
     def explain(self, model, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -225,6 +227,7 @@ class ScoreCAM(Method):
         layer = self.params["layer"] or model.cam_layer
         act = layer_activations(self.name, model, layer, images)
         baselines = baseline_images(self.name, model, images, self.params["baseline"])
-        weights = score_cam_weights(model, images, targets, act, baselines, int(self.params["chunk"]))
+        chunk = batching.resolve_chunk(self.params["chunk"], images, gpu=256)
+        weights = score_cam_weights(model, images, targets, act, baselines, chunk)
         cam = score_cam(act.float(), weights)
         return finite_maps(self.name, model, upsample_maps(cam, tuple(images.shape[-2:])))

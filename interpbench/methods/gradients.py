@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from interpbench.base import ComponentError, Method, NotApplicable
+from interpbench.ops import batching
 from interpbench.ops.hooks import guided_relu_backward, record_nonlinearities
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -378,19 +379,19 @@ class IntegratedGradients(Method):
     image in normalised space that many captum users pass), 50 steps of captum's default Gauss-Legendre rule
     (``rule="riemann_right"`` is the paper's sum). The per-channel attributions are summed (signed), so a map sums
     to about F(x) - F(x') (completeness); ``reduction="abs_sum"`` sums magnitudes. ``chunk`` (model inputs
-    per forward/backward pass) trades memory for speed and does not change the maps.
+    per forward/backward pass; None: by device and image size, :func:`interpbench.ops.batching.auto_chunk`, 64 on a GPU) trades memory for speed and does not change the maps.
     """
 
     name = "integrated_gradients"
     version = "1"
     requires_grad = True
     deterministic = True
-    defaults = {"baseline": "black", "steps": 50, "rule": "gausslegendre", "reduction": "sum", "chunk": 64}
+    defaults = {"baseline": "black", "steps": 50, "rule": "gausslegendre", "reduction": "sum", "chunk": None}
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
         positive_int(self.name, "steps", self.params["steps"])
-        positive_int(self.name, "chunk", self.params["chunk"])
+        batching.check_chunk(self.name, self.params["chunk"])
         one_of(self.name, "rule", self.params["rule"], INTEGRATION_RULES)
         one_of(self.name, "reduction", self.params["reduction"], ("sum", "abs_sum"))
         if self.params["rule"] == "riemann_trapezoid" and self.params["steps"] < 2:
@@ -401,7 +402,8 @@ class IntegratedGradients(Method):
         targets = check_batch(self.name, model, images, targets)
         p = self.params
         baselines = baseline_images(self.name, model, images, p["baseline"])
-        attributions = integrated_gradients(model, images, targets, baselines, p["steps"], p["rule"], p["chunk"])
+        chunk = batching.resolve_chunk(p["chunk"], images, gpu=64)
+        attributions = integrated_gradients(model, images, targets, baselines, p["steps"], p["rule"], chunk)
         return finite_maps(self.name, model, reduce_channels(self.name, attributions, p["reduction"]))
 
 
@@ -413,19 +415,19 @@ class SmoothGrad(Method):
     in ``gradient``. ``magnitude="square"`` averages squared gradients (the authors' "magnitude" option),
     ``"raw"`` the signed gradients (the paper's eq. 2), of which the map takes the absolute value. Stochastic:
     one seed is drawn from torch's global RNG (seeded by the runner) and sample k's noise comes from seed + k, so
-    the maps do not depend on ``chunk`` (model inputs per pass).
+    the maps do not depend on ``chunk`` (model inputs per pass; None: by device and image size, :func:`interpbench.ops.batching.auto_chunk`, 64 on a GPU).
     """
 
     name = "smoothgrad"
     version = "1"
     requires_grad = True
     deterministic = False
-    defaults = {"samples": 50, "noise_level": 0.15, "magnitude": "abs", "chunk": 64}
+    defaults = {"samples": 50, "noise_level": 0.15, "magnitude": "abs", "chunk": None}
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
         positive_int(self.name, "samples", self.params["samples"])
-        positive_int(self.name, "chunk", self.params["chunk"])
+        batching.check_chunk(self.name, self.params["chunk"])
         one_of(self.name, "magnitude", self.params["magnitude"], SMOOTHGRAD_MAGNITUDES)
         level = self.params["noise_level"]
         if isinstance(level, bool) or not isinstance(level, (int, float)) or not math.isfinite(level) or level < 0:
@@ -440,7 +442,7 @@ class SmoothGrad(Method):
         seed = int(torch.randint(0, 2**62, (1,)))
         noise = seeded_normal_noise(seed, tuple(images.shape), images.device)
         mean_grad = smoothgrad_gradients(model, images, targets, noise, p["samples"], float(p["noise_level"]),
-                                         p["magnitude"], p["chunk"])
+                                         p["magnitude"], batching.resolve_chunk(p["chunk"], images, gpu=64))
         return finite_maps(self.name, model, smoothgrad_saliency(mean_grad))
 
 

@@ -19,6 +19,7 @@ from interpbench.base import ComponentError, Method
 from interpbench.methods.gradients import check_batch, finite_maps, target_logits
 from interpbench.methods.perturbation import _positive, target_probabilities
 from interpbench.methods.rise import baseline_colour, check_baseline
+from interpbench.ops import batching
 from interpbench.ops.masks import full_precision, occlusion_windows
 
 SCORES = ("probability", "logit")
@@ -60,14 +61,15 @@ class Occlusion(Method):
     at 224 px, 8 px at 64 px), ``stride`` (default ``None``: half the window, rounded down, at least 1),
     ``baseline`` ``"mean"`` (the model's mean colour, i.e. zero in normalised space, the deletion metric's
     substrate) or a grey level in ``[0, 1]``, ``score`` ``"probability"`` (softmax of the target, default) or
-    ``"logit"``, ``chunk`` (images per forward pass; no effect on the result).
+    ``"logit"``, ``chunk`` (images per forward pass; None: by device and image size, :func:`interpbench.ops.batching.auto_chunk`, 256 on a GPU;
+    no effect on the result).
     """
 
     name = "occlusion"
     version = "1"
     requires_grad = False
     deterministic = True
-    defaults = {"window": None, "stride": None, "baseline": "mean", "score": "probability", "chunk": 256}
+    defaults = {"window": None, "stride": None, "baseline": "mean", "score": "probability", "chunk": None}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -75,7 +77,7 @@ class Occlusion(Method):
         for key in ("window", "stride"):
             if p[key] is not None:
                 _positive(self.name, key, p[key], integer=True)
-        _positive(self.name, "chunk", p["chunk"], integer=True)
+        batching.check_chunk(self.name, p["chunk"])
         check_baseline(self.name, p["baseline"])
         if p["score"] not in SCORES:
             raise ComponentError(f"occlusion: parameter score must be one of {list(SCORES)}, got {p['score']!r}")
@@ -101,5 +103,6 @@ class Occlusion(Method):
         windows = occlusion_windows(size, (window, window), (stride, stride), device=images.device)
         maps = occlusion_saliency(model, images.float(), targets, windows,
                                   baseline=baseline_colour(model, images.float(), self.params["baseline"]),
-                                  score=self.params["score"], chunk=int(self.params["chunk"]))
+                                  score=self.params["score"],
+                                  chunk=batching.resolve_chunk(self.params["chunk"], images, gpu=256))
         return finite_maps(self.name, model, maps)

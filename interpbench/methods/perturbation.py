@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from interpbench.base import ComponentError, Method
 from interpbench.methods.gradients import check_batch, finite_maps, target_logits
+from interpbench.ops import batching
 from interpbench.ops.masks import (
     area_loss,
     area_reference,
@@ -194,7 +195,7 @@ class MeaningfulPerturbation(Method):
     Gaussian blur of that standard deviation), ``mask_blur_radius`` 5 (blur of the upsampled mask), ``jitter`` 4
     (random crop offsets in ``[0, jitter)``; rounded up when scaled), ``init`` ``"circle"`` (the official
     initialisation, see :func:`circle_init`) or ``"random"`` (uniform), ``chunk`` (images per forward pass of
-    the initialisation search; no effect on the result).
+    the initialisation search; None: by device and image size, :func:`interpbench.ops.batching.auto_chunk`, 256 on a GPU; no effect on the result).
     """
 
     name = "mask"
@@ -212,14 +213,15 @@ class MeaningfulPerturbation(Method):
         "mask_blur_radius": 5.0,
         "jitter": 4,
         "init": "circle",
-        "chunk": 256,
+        "chunk": None,
     }
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         p = self.params
-        for key in ("iterations", "mask_scale", "chunk"):
+        for key in ("iterations", "mask_scale"):
             _positive(self.name, key, p[key], integer=True)
+        batching.check_chunk(self.name, p["chunk"])
         _positive(self.name, "jitter", p["jitter"], integer=True, allow_zero=True)
         for key in ("lr", "tv_beta"):
             _positive(self.name, key, p[key])
@@ -238,7 +240,7 @@ class MeaningfulPerturbation(Method):
             l1_coeff=float(p["l1_coeff"]), tv_coeff=float(p["tv_coeff"]), tv_beta=float(p["tv_beta"]),
             mask_scale=int(p["mask_scale"]), blur_radius=float(p["blur_radius"]),
             mask_blur_radius=float(p["mask_blur_radius"]), jitter=int(p["jitter"]), init=p["init"],
-            chunk=int(p["chunk"]),
+            chunk=batching.resolve_chunk(p["chunk"], images, gpu=256),
         )
         return finite_maps(self.name, model, 1 - m)
 

@@ -21,6 +21,7 @@ import torch
 from interpbench.base import ComponentError, Method
 from interpbench.methods.gradients import check_batch, finite_maps
 from interpbench.methods.perturbation import _model_mean, _positive, target_probabilities
+from interpbench.ops import batching
 from interpbench.ops.masks import full_precision, rise_masks
 
 
@@ -60,20 +61,21 @@ def rise_saliency(
 class RISE(Method):
     """RISE with ``num_masks`` masks (default 8,000, TorchRay's), ``grid_size`` 7, ``p`` 0.5 (the probability that
     a cell is kept), ``baseline`` ``"mean"`` (the model's mean colour) or a grey level in ``[0, 1]``, and ``chunk``
-    (images per forward pass; no effect on the result). Masks are drawn from torch's global RNG (seeded by the
+    (images per forward pass; None: by device and image size, :func:`interpbench.ops.batching.auto_chunk`, 256 on a GPU; no effect on the result). Masks are drawn from torch's global RNG (seeded by the
     runner), one set per call shared by the images of the batch."""
 
     name = "rise"
     version = "1"
     requires_grad = False
     deterministic = False
-    defaults = {"num_masks": 8000, "grid_size": 7, "p": 0.5, "baseline": "mean", "chunk": 256}
+    defaults = {"num_masks": 8000, "grid_size": 7, "p": 0.5, "baseline": "mean", "chunk": None}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         p = self.params
-        for key in ("num_masks", "grid_size", "chunk"):
+        for key in ("num_masks", "grid_size"):
             _positive(self.name, key, p[key], integer=True)
+        batching.check_chunk(self.name, p["chunk"])
         if not (isinstance(p["p"], (int, float)) and not isinstance(p["p"], bool) and 0 < p["p"] <= 1):
             raise ComponentError(
                 f"rise: parameter p (probability that a cell is kept) must be in (0, 1], got {p['p']!r}"
@@ -86,7 +88,8 @@ class RISE(Method):
         h, w = images.shape[-2:]
         grids, shifts = draw_rise_grids(int(p["num_masks"]), int(p["grid_size"]), float(p["p"]), (h, w))
         maps = rise_saliency(model, images.float(), targets, grids, shifts, p=float(p["p"]),
-                             baseline=baseline_colour(model, images.float(), p["baseline"]), chunk=int(p["chunk"]))
+                             baseline=baseline_colour(model, images.float(), p["baseline"]),
+                             chunk=batching.resolve_chunk(p["chunk"], images, gpu=256))
         return finite_maps(self.name, model, maps)
 
 

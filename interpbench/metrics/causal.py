@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from interpbench.base import Batch, ComponentError, Metric, Model
+from interpbench.ops import batching
 from interpbench.ops.blur import gaussian_blur
 
 SUBSTRATES = ("mean", "zero", "blur")
@@ -203,17 +204,14 @@ def resolve_step(step: int | None, height: int, width: int, steps: int | None = 
 # --------------------------------------------------------------------------------------------- metrics
 
 
-CPU_CHUNK_PIXELS = 4 * 224 * 224  # a CPU's caches favour small forward passes (lite0: 50 img/s at 4, 13 at 128)
 GPU_CHUNK = 128
 
 
 def auto_chunk(device: torch.device, height: int, width: int) -> int:
     """Images per forward pass when ``chunk`` is None: 128 on a GPU; on a CPU, about four 224 px images' pixels
-    (measured on 2 cores: EfficientNet-Lite0 at 224 px runs 3.7x faster in passes of 4 images than of 128; a
-    64 px model gets 49 images per pass). The chunk changes the speed, not the curve (up to float rounding)."""
-    if torch.device(device).type == "cuda":
-        return GPU_CHUNK
-    return max(1, CPU_CHUNK_PIXELS // max(1, height * width))
+    (:func:`interpbench.ops.batching.auto_chunk`). The chunk changes the speed, not the curve (up to float
+    rounding)."""
+    return batching.auto_chunk(device, height, width, gpu=GPU_CHUNK)
 
 
 class _CausalMetric(Metric):
@@ -235,9 +233,7 @@ class _CausalMetric(Metric):
             raise ComponentError(f"{self.name}: steps must be a positive int (number of steps) or None, got {steps!r}")
         if steps is not None and step is not None:
             raise ComponentError(f"{self.name}: give step (pixels per step) or steps (number of steps), not both")
-        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
-            raise ComponentError(f"{self.name}: chunk must be a positive int (images per forward pass) or None "
-                                 f"(auto), got {chunk!r}")
+        batching.check_chunk(self.name, chunk)
         if p["substrate"] not in SUBSTRATES:
             raise ComponentError(f"{self.name}: unknown substrate {p['substrate']!r}; choose one of {list(SUBSTRATES)}")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % 2 == 0:
