@@ -47,9 +47,20 @@ run_step() {  # run_step NAME LIMIT_SECONDS COMMAND...: output to $OUT/NAME.log 
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   fi
   if ! "$PYTHON" -c "import importlib.metadata as m; m.distribution('interpbench')" 2>/dev/null; then
-    # interpbench's entry points (its built-ins register like plugins): an install without dependencies
+    # interpbench's entry points (its built-ins register like plugins): an install without dependencies, or,
+    # where that cannot build, its metadata alone (the code is imported from this checkout)
     "$PYTHON" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target /tmp/site-ib . \
-      && export PYTHONPATH=/tmp/site-ib${PYTHONPATH:+:$PYTHONPATH}
+      || "$PYTHON" - <<'EOF'
+import pathlib, tomllib
+project = tomllib.loads(pathlib.Path("pyproject.toml").read_text())["project"]
+info = pathlib.Path("/tmp/site-ib") / f"interpbench-{project['version']}.dist-info"
+info.mkdir(parents=True, exist_ok=True)
+(info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: interpbench\nVersion: {project['version']}\n")
+points = project["entry-points"]["interpbench"]
+(info / "entry_points.txt").write_text("[interpbench]\n" + "".join(f"{k} = {v}\n" for k, v in points.items()))
+print("interpbench: metadata only, in", info)
+EOF
+    export PYTHONPATH=/tmp/site-ib${PYTHONPATH:+:$PYTHONPATH}
   fi
   "$PYTHON" - <<'EOF'
 import torch, timm, interpbench as ib
