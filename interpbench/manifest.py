@@ -62,7 +62,8 @@ def device_info(device: torch.device) -> dict[str, Any]:
     """The device and the global settings that change its float rounding: the float32 matrix-product precision
     (``"high"`` allows TF32 or bf16 passes), and on a GPU cuDNN's TF32 convolutions (PyTorch's default: on),
     its benchmark mode (the kernel chosen per shape) and deterministic algorithms."""
-    info: dict[str, Any] = {"device": str(device), "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+    info: dict[str, Any] = {"device": str(device), "platform": platform.platform(),
+                            "cpu_threads": torch.get_num_threads(),
                             "float32_matmul_precision": torch.get_float32_matmul_precision(),
                             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
     if device.type == "cuda":

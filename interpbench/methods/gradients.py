@@ -379,7 +379,8 @@ class IntegratedGradients(Method):
     image in normalised space that many captum users pass), 50 steps of captum's default Gauss-Legendre rule
     (``rule="riemann_right"`` is the paper's sum). The per-channel attributions are summed (signed), so a map sums
     to about F(x) - F(x') (completeness); ``reduction="abs_sum"`` sums magnitudes. ``chunk`` (model inputs
-    per forward/backward pass; None: by device and image size, :func:`interpbench.ops.batching.auto_chunk`, 64 on a GPU) trades memory for speed and does not change the maps.
+    per forward/backward pass; None: 64 on a GPU, by image size on a CPU, :func:`interpbench.ops.batching.auto_chunk`)
+    trades memory for speed and does not change the maps.
     """
 
     name = "integrated_gradients"
@@ -415,7 +416,8 @@ class SmoothGrad(Method):
     in ``gradient``. ``magnitude="square"`` averages squared gradients (the authors' "magnitude" option),
     ``"raw"`` the signed gradients (the paper's eq. 2), of which the map takes the absolute value. Stochastic:
     one seed is drawn from torch's global RNG (seeded by the runner) and sample k's noise comes from seed + k, so
-    the maps do not depend on ``chunk`` (model inputs per pass; None: by device and image size, :func:`interpbench.ops.batching.auto_chunk`, 64 on a GPU).
+    the maps do not depend on ``chunk`` (model inputs per pass; None: 64 on a GPU, by image size on a CPU,
+    :func:`interpbench.ops.batching.auto_chunk`).
     """
 
     name = "smoothgrad"

@@ -61,8 +61,8 @@ class Occlusion(Method):
     at 224 px, 8 px at 64 px), ``stride`` (default ``None``: half the window, rounded down, at least 1),
     ``baseline`` ``"mean"`` (the model's mean colour, i.e. zero in normalised space, the deletion metric's
     substrate) or a grey level in ``[0, 1]``, ``score`` ``"probability"`` (softmax of the target, default) or
-    ``"logit"``, ``chunk`` (images per forward pass; None: by device and image size, :func:`interpbench.ops.batching.auto_chunk`, 256 on a GPU;
-    no effect on the result).
+    ``"logit"``, ``chunk`` (images per forward pass; None: 256 on a GPU, by image size on a CPU,
+    :func:`interpbench.ops.batching.auto_chunk`; no effect on the result).
     """
 
     name = "occlusion"

@@ -195,7 +195,8 @@ class MeaningfulPerturbation(Method):
     Gaussian blur of that standard deviation), ``mask_blur_radius`` 5 (blur of the upsampled mask), ``jitter`` 4
     (random crop offsets in ``[0, jitter)``; rounded up when scaled), ``init`` ``"circle"`` (the official
     initialisation, see :func:`circle_init`) or ``"random"`` (uniform), ``chunk`` (images per forward pass of
-    the initialisation search; None: by device and image size, :func:`interpbench.ops.batching.auto_chunk`, 256 on a GPU; no effect on the result).
+    the initialisation search; None: 256 on a GPU, by image size on a CPU,
+    :func:`interpbench.ops.batching.auto_chunk`; no effect on the result).
     """
 
     name = "mask"

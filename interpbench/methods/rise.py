@@ -61,8 +61,9 @@ def rise_saliency(
 class RISE(Method):
     """RISE with ``num_masks`` masks (default 8,000, TorchRay's), ``grid_size`` 7, ``p`` 0.5 (the probability that
     a cell is kept), ``baseline`` ``"mean"`` (the model's mean colour) or a grey level in ``[0, 1]``, and ``chunk``
-    (images per forward pass; None: by device and image size, :func:`interpbench.ops.batching.auto_chunk`, 256 on a GPU; no effect on the result). Masks are drawn from torch's global RNG (seeded by the
-    runner), one set per call shared by the images of the batch."""
+    (images per forward pass; None: 256 on a GPU, by image size on a CPU, :func:`interpbench.ops.batching.auto_chunk`;
+    no effect on the result). Masks are drawn from torch's global RNG (seeded by the runner), one set per call
+    shared by the images of the batch."""
 
     name = "rise"
     version = "1"
