@@ -22,6 +22,21 @@ def stable_hash(obj: Any, bits: int = 63) -> int:
     return int.from_bytes(digest[:8], "big") & ((1 << bits) - 1)
 
 
+#: Fields that say where a file lies on this machine, or which plugin found it, not what it holds (the sha256 beside
+#: them does): left out of cell identities, so that keys and the seeds drawn from them do not depend on where
+#: interpbench is installed or its cache lies, and out of ``interpbench reproduce``'s comparisons.
+LOCAL_FIELDS = ("path", "resolved_by")
+
+
+def portable(obj: Any) -> Any:
+    """``obj`` (JSON-like) without the :data:`LOCAL_FIELDS` keys of its dicts, at any depth."""
+    if isinstance(obj, dict):
+        return {k: portable(v) for k, v in obj.items() if k not in LOCAL_FIELDS}
+    if isinstance(obj, (list, tuple)):
+        return [portable(v) for v in obj]
+    return obj
+
+
 def config_key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

@@ -37,6 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .base import ComponentError
+from .manifest import LOCAL_FIELDS
 from .tables import load_experiment
 
 HELP = "re-run an experiment directory's recorded configuration and compare every number with the committed one"
@@ -196,9 +197,6 @@ def compare_samples(comparisons: list[Comparison], committed: Any, reproduced: A
 # --------------------------------------------------------------------------------------------- identities
 
 
-IGNORED_FIELDS = ("path", "resolved_by")  # where a file lies on a machine, not what it holds
-
-
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}, "c": [1, 2]}`` -> ``{"a.b": 1, "c": [1, 2]}`` (lists are leaves)."""
     if isinstance(obj, dict):
@@ -213,7 +211,7 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def dict_differences(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = IGNORED_FIELDS
+def dict_differences(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = LOCAL_FIELDS
                      ) -> list[tuple[str, Any, Any]]:
     """``(field, old, new)`` for every flattened field that differs, skipping fields whose last part is in
     ``ignore``; a field present on one side only shows ``<absent>`` on the other."""

@@ -30,7 +30,7 @@ from torch import nn
 
 from . import api, distributed, feeding
 from .base import Batch, ComponentError, Method, Metric, Model, NotApplicable, RunContext
-from .manifest import config_key, environment, stable_hash
+from .manifest import config_key, environment, portable, stable_hash
 from .registry import get_registry
 from .store import Store
 
@@ -471,8 +471,8 @@ class Runner:
             if metric.scope != "model":
                 continue
             manifest["metrics"][metric_name] = metric.describe()
-            identity = {"model": model.describe(), "dataset": dataset.identity(), "metric": metric.describe(),
-                        "limit": cfg.limit, "seed": cfg.seed, **self._numerics_identity()}
+            identity = {"model": portable(model.describe()), "dataset": dataset.identity(),
+                        "metric": metric.describe(), "limit": cfg.limit, "seed": cfg.seed, **self._numerics_identity()}
             key = config_key(identity)
             self._add_cell(store, run_id, key, spec, ds_name, "-", metric_name, "model", metric.higher_is_better, identity)
             if store.cell(key)["status"] == "done":
@@ -512,8 +512,9 @@ class Runner:
             method = self._method(method_name)
             manifest["methods"][method_name] = {**method.describe(), "requires_grad": method.requires_grad,
                                                 "deterministic": method.deterministic}
-            maps_identity = {"model": model.describe(), "dataset": dataset.identity(), "method": method.describe(),
-                             "target": cfg.target, "seed": cfg.seed, **self._numerics_identity()}
+            maps_identity = {"model": portable(model.describe()), "dataset": dataset.identity(),
+                             "method": method.describe(), "target": cfg.target, "seed": cfg.seed,
+                             **self._numerics_identity()}
             if not method.deterministic:
                 maps_identity["batch_size"] = cfg.batch_size  # the batch seeds depend on its composition
             limit = cfg.method_limits.get(method_name)

@@ -217,6 +217,21 @@ def test_the_manifest_records_the_settings_that_change_float_rounding(toy, tmp_p
     assert device["float32_matmul_precision"] == "high" and device["deterministic_algorithms"] is False
 
 
+def test_keys_and_seeds_do_not_depend_on_where_the_weights_lie(toy, tmp_path, monkeypatch):
+    # the same weights found at another path (another install, another cache): the same cells, seeds and numbers
+    kwargs = dict(methods=["toy_noise"], models=["toy:net"], metrics=["deletion"], batch_size=8, progress=False)
+    monkeypatch.setenv("INTERPBENCH_TOY_WEIGHTS_PATH", "/home/a/.cache/interpbench/weights/net.pt")
+    ib.run(out=tmp_path / "a", **kwargs)
+    monkeypatch.setenv("INTERPBENCH_TOY_WEIGHTS_PATH", "/scratch/b/cache/weights/net.pt")
+    ib.run(out=tmp_path / "b", **kwargs)
+    keys = [sorted(k for (k,) in sqlite3.connect(str(tmp_path / d / "store.sqlite")).execute("SELECT key FROM cells"))
+            for d in ("a", "b")]
+    assert keys[0] == keys[1]
+    assert scores_by_cell(tmp_path / "a") == scores_by_cell(tmp_path / "b")  # toy_noise draws from the cell's seed
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["models"]["toy:net"]["weights"]["path"] == "/scratch/b/cache/weights/net.pt"  # still on record
+
+
 def test_a_loader_name_works_as_a_dataset_without_an_entry(toy, tmp_path):
     table = ib.run(methods=["toy_brightest"], models=["toy:net"], metrics=["toy_brightness"], datasets=["toy"],
                    out=tmp_path / "d", progress=False)

@@ -36,7 +36,8 @@ class ToySource(ib.ModelSource):
             raise ib.ComponentError(f"toy source has no model {name!r}; try 'toy:net'")
         return ib.Model(ToyNet(), spec=f"toy:{name}", mean=(0.5,) * 3, std=(0.25,) * 3, input_size=(SIZE, SIZE),
                         class_names=CLASSES, cam_layer="features", label_space="toy", default_dataset="toy",
-                        weights={"source": "toy", "tag": "seed0", "sha256": None}, layers=["features"])
+                        weights={"source": "toy", "tag": "seed0", "sha256": None,
+                                 "path": os.environ.get("INTERPBENCH_TOY_WEIGHTS_PATH")}, layers=["features"])
 
     def available(self):
         return ["net"]
