@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .base import ComponentError
+from .manifest import portable
 
 REDUCTIONS = ("cat", "sum", "max", "min", "first")
 DEFAULT_TIMEOUT_S = 12 * 3600
@@ -621,10 +622,11 @@ def same_on_every_rank(dist: Dist, what: str, identity: Any) -> Any:
     ranks that loaded different weights or data would compute different cells."""
     if dist.world == 1:
         return identity
-    for rank, other in enumerate(dist.all_gather_objects(identity)):
-        if other != identity:
+    mine = portable(identity)  # what was loaded, not where it lies: nodes may hold copies at other paths
+    for rank, other in enumerate(dist.all_gather_objects(mine)):
+        if other != mine:
             raise ComponentError(
-                f"distributed run: {what} differs between rank {dist.rank} and rank {rank} ({identity!r} vs "
+                f"distributed run: {what} differs between rank {dist.rank} and rank {rank} ({mine!r} vs "
                 f"{other!r}); every rank must load the same weights and data: share the cache "
                 "($INTERPBENCH_CACHE) and the dataset files between the nodes, or copy them")
     return identity

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata as md
 import json
+import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -35,6 +36,24 @@ def portable(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [portable(v) for v in obj]
     return obj
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (hex): the identity of weights and of dataset index files."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def lines_sha256(lines: Iterable[str]) -> str:
+    """sha256 (hex) of ``lines`` joined by newlines: the identity of a dataset's list of files or image ids."""
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def config_key(obj: Any) -> str:

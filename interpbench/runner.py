@@ -471,7 +471,7 @@ class Runner:
             if metric.scope != "model":
                 continue
             manifest["metrics"][metric_name] = metric.describe()
-            identity = {"model": portable(model.describe()), "dataset": dataset.identity(),
+            identity = {"model": portable(model.describe()), "dataset": portable(dataset.identity()),
                         "metric": metric.describe(), "limit": cfg.limit, "seed": cfg.seed, **self._numerics_identity()}
             key = config_key(identity)
             self._add_cell(store, run_id, key, spec, ds_name, "-", metric_name, "model", metric.higher_is_better, identity)
@@ -512,7 +512,7 @@ class Runner:
             method = self._method(method_name)
             manifest["methods"][method_name] = {**method.describe(), "requires_grad": method.requires_grad,
                                                 "deterministic": method.deterministic}
-            maps_identity = {"model": portable(model.describe()), "dataset": dataset.identity(),
+            maps_identity = {"model": portable(model.describe()), "dataset": portable(dataset.identity()),
                              "method": method.describe(), "target": cfg.target, "seed": cfg.seed,
                              **self._numerics_identity()}
             if not method.deterministic:

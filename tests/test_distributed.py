@@ -225,6 +225,26 @@ def test_single_process_collectives_are_local():
         SINGLE.agree(lambda: 1 / 0)
 
 
+def test_ranks_compare_what_they_loaded_not_where_it_lies():
+    from interpbench.distributed import same_on_every_rank
+    from interpbench.manifest import portable
+
+    class TwoRanks(Dist):  # rank 0 of 2, the other rank's identity given
+        def __init__(self, other):
+            super().__init__(rank=0, world=2)
+            self.other = other
+
+        def all_gather_objects(self, obj):
+            return [obj, self.other]
+
+    mine = {"source": "timm", "path": "/node0/cache/w.pth", "sha256": "ab", "resolved_by": "resolve_weights hook"}
+    # a node-local copy of the same file at another path: the same weights
+    other = {"source": "timm", "path": "/node1/scratch/w.pth", "sha256": "ab"}
+    assert same_on_every_rank(TwoRanks(portable(other)), "model 'm'", mine) == mine  # rank 0's, path and all
+    with pytest.raises(ib.ComponentError, match=r"model 'm' differs between rank 0 and rank 1 .*'sha256': 'cd'"):
+        same_on_every_rank(TwoRanks(portable({**other, "sha256": "cd"})), "model 'm'", mine)
+
+
 class _Trials:
     def __init__(self, images, values):
         self.images, self.values = images, values

@@ -365,6 +365,38 @@ def test_imagenet_loc_csv_layout(tmp_path, known_fields):
         ImageNetLocSource().load(path=tmp_path)
 
 
+def write_imagenet_loc(root: Path) -> Path:
+    _, index = imagenet_classes()
+    wnids = sorted(index, key=index.get)
+    write_jpeg(root / "ILSVRC" / "Data" / "CLS-LOC" / "val" / "ILSVRC2012_val_00000001.JPEG", 50, 40)
+    (root / "LOC_val_solution.csv").write_text(f"ImageId,PredictionString\nILSVRC2012_val_00000001,{wnids[3]} 5 6 7 8 \n")
+    return root
+
+
+@pytest.mark.parametrize("source, write", [(VOCSource, write_voc), (CocoSource, write_coco),
+                                           (ImageNetLocSource, write_imagenet_loc)])
+def test_a_copy_at_another_path_has_the_same_portable_identity(tmp_path, source, write):
+    # cell keys and seeds come from portable(identity): what the files hold, not where they lie
+    import shutil
+
+    from interpbench.manifest import portable
+
+    first = write(tmp_path / "a")
+    shutil.copytree(first, tmp_path / "b")
+    a, b = source().load(path=first, size=32), source().load(path=tmp_path / "b", size=32)
+    assert a.identity() != b.identity() and portable(a.identity()) == portable(b.identity())
+    digests = {k: v for k, v in portable(a.identity()).items() if k.endswith("_sha256")}
+    assert digests and "path" in a.identity() and "path" not in portable(a.identity())
+    # the same layout with other contents (one image fewer, another box) has another identity
+    edited = write(tmp_path / "c")
+    if source is VOCSource:
+        (edited / "VOCdevkit" / "VOC2007" / "ImageSets" / "Main" / "test.txt").write_text("000001\n000002\n000003\n")
+    else:
+        index = edited / ("annotations/instances_val2014.json" if source is CocoSource else "LOC_val_solution.csv")
+        index.write_text(index.read_text().replace("[10, 10, 20, 10]", "[10, 10, 20, 11]").replace(" 5 6 7 8", " 5 6 9 9"))
+    assert portable(source().load(path=edited, size=32).identity()) != portable(a.identity())
+
+
 # --------------------------------------------------------------------------------------------- shortcut world
 
 

@@ -76,6 +76,20 @@ def test_imagefolder_reads_the_imagenet_val_layout(val_tree):
     assert ds.identity()["path"] == str(val_tree)
 
 
+def test_imagefolder_identity_is_its_file_list_not_its_path(val_tree, tmp_path):
+    import shutil
+
+    from interpbench.manifest import portable
+
+    copy = shutil.copytree(val_tree, tmp_path / "elsewhere" / "val")
+    a, b = ImageFolderSource().load(path=str(val_tree), size=32), ImageFolderSource().load(path=str(copy), size=32)
+    assert a.identity()["path"] != b.identity()["path"] and portable(a.identity()) == portable(b.identity())
+    sorted(copy.rglob("*.JPEG"))[0].unlink()  # the first image gone: the first 3 are other images
+    c = ImageFolderSource().load(path=str(copy), size=32, n=3)
+    d = ImageFolderSource().load(path=str(val_tree), size=32, n=3)
+    assert len(c) == len(d) == 3 and portable(c.identity()) != portable(d.identity())
+
+
 def test_imagefolder_split_subfolder_and_folder_classes(val_tree):
     ds = ImageFolderSource().load(path=str(val_tree.parent), split="val", size=(16, 24), label_space=None, n=3)
     assert ds.classes == ["n01440764", "n01443537"] and ds.label_space == "imagefolder:val"

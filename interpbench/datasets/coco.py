@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from interpbench.base import ComponentError, DatasetSource
+from interpbench.manifest import file_sha256
 from interpbench.datasets.voc import AnnotatedImages, read_difficult_file
 
 COCO_LAYOUT = "<path>/annotations/instances_<set>.json and <path>/<set>/*.jpg"
@@ -156,6 +157,7 @@ class CocoInstances(AnnotatedImages):
         super().__init__(size, difficult_flags, "coco")
         self.images_dir, self.annotations_file, self.image_set = images_dir, annotations_file, image_set
         self.images, self.anns = images, anns
+        self._annotations_sha256: str | None = None  # computed once, by identity()
         self.classes = [c["name"] for c in categories]
         self._index = {int(c["id"]): i for i, c in enumerate(categories)}
         self.name = self._prefix = f"coco-{image_set}"  # ids keep the prefix if the name is reassigned
@@ -164,9 +166,11 @@ class CocoInstances(AnnotatedImages):
         return len(self.images)
 
     def identity(self) -> dict[str, Any]:
-        return {"loader": "coco", "annotations": str(self.annotations_file), "images": str(self.images_dir),
-                "set": self.image_set, "size": list(self.size), "n": len(self.images),
-                "difficult_file": self.difficult_flags is not None}
+        if self._annotations_sha256 is None:
+            self._annotations_sha256 = file_sha256(self.annotations_file)
+        return {"loader": "coco", "path": {"annotations": str(self.annotations_file), "images": str(self.images_dir)},
+                "annotations_sha256": self._annotations_sha256, "set": self.image_set, "size": list(self.size),
+                "n": len(self.images), **self._difficult_identity()}
 
     def _record(self, index: int):
         info = self.images[index]

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from interpbench.base import ComponentError, DatasetSource
+from interpbench.manifest import lines_sha256
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 LAYOUT = "<path>/<class folder, e.g. an ImageNet synset id like n01440764>/<image>.JPEG"
@@ -104,8 +105,11 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def identity(self) -> dict[str, Any]:
+        # "path" says where the files lie (left out of cell identities); the file list says which images they are
+        files = lines_sha256(f"{path.relative_to(self.root).as_posix()}\t{label}" for path, label in self.files)
         return {"loader": "imagefolder", "path": str(self.root), "split": self.split, "size": list(self.size),
-                "crop_pct": self.crop_pct, "label_space": self.label_space, "n": len(self.files)}
+                "crop_pct": self.crop_pct, "label_space": self.label_space, "n": len(self.files),
+                "files_sha256": files}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, label = self.files[index]

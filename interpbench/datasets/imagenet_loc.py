@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from interpbench.base import ComponentError, DatasetSource
+from interpbench.manifest import file_sha256
 from interpbench.datasets.imagefolder import imagenet_classes
 from interpbench.datasets.voc import AnnotatedImages, image_size
 
@@ -71,8 +72,8 @@ class ImageNetLocalization(AnnotatedImages):
         return len(self.rows)
 
     def identity(self) -> dict[str, Any]:
-        return {"loader": "imagenet_loc", "solution": str(self.solution), "images": str(self.images_dir),
-                "size": list(self.size), "n": len(self.rows)}
+        return {"loader": "imagenet_loc", "path": {"solution": str(self.solution), "images": str(self.images_dir)},
+                "solution_sha256": file_sha256(self.solution), "size": list(self.size), "n": len(self.rows)}
 
     def _path(self, image_id: str, synset: str) -> Path:
         flat = self.images_dir / f"{image_id}{self.extension}"

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from interpbench.base import ComponentError, DatasetSource
+from interpbench.manifest import lines_sha256
 from interpbench.datasets.imagefolder import size_hw, to_tensor
 from interpbench.metrics.localization import difficult_pairs
 
@@ -120,6 +121,14 @@ class AnnotatedImages(torch.utils.data.Dataset):
 
     def _record(self, index: int) -> tuple[str, str, Path, tuple[int, int] | None, dict[str, Any]]:
         raise NotImplementedError
+
+    def _difficult_identity(self) -> dict[str, Any]:
+        """Whether a difficult file was given, and the sha256 of its flags (what it says, not where it lies)."""
+        if self.difficult_flags is None:
+            return {"difficult_file": False}
+        flags = (f"{name} {''.join('1' if f else '0' for f in self.difficult_flags[name])}"
+                 for name in sorted(self.difficult_flags))
+        return {"difficult_file": True, "difficult_sha256": lines_sha256(flags)}
 
     def _check(self, index: int) -> int:
         if not 0 <= index < len(self):
@@ -226,8 +235,10 @@ class VOCDetection(AnnotatedImages):
         return len(self.names)
 
     def identity(self) -> dict[str, Any]:
+        # "path" says where the files lie (left out of cell identities); the image ids say which images they are
         return {"loader": "voc", "path": str(self.root), "year": self.year, "split": self.split,
-                "size": list(self.size), "n": len(self.names), "difficult_file": self.difficult_flags is not None}
+                "size": list(self.size), "n": len(self.names), "ids_sha256": lines_sha256(self.names),
+                **self._difficult_identity()}
 
     def _record(self, index: int):
         if index in self._cache:

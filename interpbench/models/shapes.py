@@ -31,6 +31,7 @@ from torch import nn
 
 from interpbench.base import ComponentError, Model, ModelSource
 from interpbench.datasets.shapes import GENERATOR_VERSION, TASKS, ShapesWorld
+from interpbench.manifest import file_sha256
 from interpbench.models.weights import state_dict_sha256
 
 log = logging.getLogger(__name__)
@@ -219,14 +220,6 @@ def train_shapes_cnn(task: str = "shape", seed: int = 0, *, show_progress: bool 
     acc = accuracy(net, test_images, test_labels)
     log.info("shapes:cnn.%s: test accuracy %.4f on %d images", task, acc, len(test_images))
     return net.eval(), acc
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -23,6 +23,7 @@ from torch import nn
 
 from interpbench.base import ComponentError
 from interpbench.hookspecs import hookimpl
+from interpbench.manifest import file_sha256  # noqa: F401 - part of this module's API (weights identity)
 
 RANDOM_INIT_SEED = 0
 _CHECKPOINT_WRAPPER_KEYS = ("state_dict", "model")
@@ -48,15 +49,6 @@ def offline() -> bool:
 
 
 # --------------------------------------------------------------------------------------------- fingerprints
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
