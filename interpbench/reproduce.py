@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .base import ComponentError
-from .manifest import LOCAL_FIELDS
+from .manifest import portable
 from .tables import load_experiment
 
 HELP = "re-run an experiment directory's recorded configuration and compare every number with the committed one"
@@ -211,15 +211,13 @@ def _same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def dict_differences(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = LOCAL_FIELDS
-                     ) -> list[tuple[str, Any, Any]]:
-    """``(field, old, new)`` for every flattened field that differs, skipping fields whose last part is in
-    ``ignore``; a field present on one side only shows ``<absent>`` on the other."""
-    a, b = flatten(old), flatten(new)
+def dict_differences(old: dict[str, Any], new: dict[str, Any], local: bool = True) -> list[tuple[str, Any, Any]]:
+    """``(field, old, new)`` for every flattened field that differs, skipping (``local``) where files lie on a
+    machine (:func:`~interpbench.manifest.portable`); a field present on one side only shows ``<absent>`` on the
+    other."""
+    a, b = (flatten(portable(old)), flatten(portable(new))) if local else (flatten(old), flatten(new))
     out = []
     for field in sorted(set(a) | set(b)):
-        if field.rsplit(".", 1)[-1] in ignore:
-            continue
         x, y = a.get(field, "<absent>"), b.get(field, "<absent>")
         if not _same(x, y):
             out.append((field, x, y))
@@ -292,7 +290,7 @@ def identity_differences(old: dict[str, Any], new: dict[str, Any], *, allow_diff
             if str(desc.get("version")) != str(other.get("version")):
                 warnings.append(f"{kind[:-1]} {name!r}: version {desc.get('version')} committed, "
                                 f"{other.get('version')} here (its implementation changed)")
-            for field, x, y in dict_differences(desc.get("params") or {}, other.get("params") or {}, ignore=()):
+            for field, x, y in dict_differences(desc.get("params") or {}, other.get("params") or {}, local=False):
                 failures.append(f"{kind[:-1]} {name!r}: parameter {field} {_short(x)} -> {_short(y)}")
     return failures, warnings
 

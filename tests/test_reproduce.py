@@ -210,6 +210,15 @@ def test_cell_configuration_differences_are_classified():
     assert warnings == ["method.version: 1 -> 2"]
 
 
+def test_where_files_lie_is_never_a_difference_at_any_depth():
+    old = {"loader": "coco", "path": {"annotations": "/a/instances.json", "images": "/a/val2014"},
+           "annotations_sha256": "x", "n": 5}
+    moved = {**old, "path": {"annotations": "/b/instances.json", "images": "/b/val2014"}}
+    assert rp.dict_differences(old, moved) == []
+    assert rp.dict_differences(old, {**moved, "annotations_sha256": "y"}) == [("annotations_sha256", "x", "y")]
+    assert rp.dict_differences({"path": 1}, {"path": 2}, local=False) == [("path", 1, 2)]  # method parameters
+
+
 def test_reproducing_into_the_experiment_itself_is_refused(committed):
     with pytest.raises(ib.ComponentError, match="the experiment being reproduced"):
         rp.reproduce(committed, out=committed)
