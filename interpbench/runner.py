@@ -39,6 +39,16 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile modes (--compile MODE)
 
 
+def warn_if_identified_by_path_alone(name: str, identity: dict[str, Any]) -> None:
+    """Warn when a dataset's identity has a ``path`` but no digest (``*sha256``) of what lies there: cell keys leave
+    the path out (:func:`~interpbench.manifest.portable`), so another folder with the same description would share
+    this one's cells."""
+    if "path" in identity and not any(str(k).endswith("sha256") for k in identity):
+        warnings.warn(f"dataset {name!r}: its identity() names a path but no digest of its files, and cell keys leave "
+                      "the path out; add one (interpbench.manifest.lines_sha256 of the file list, or file_sha256 of "
+                      "an index file) so that another folder is another dataset", RuntimeWarning, stacklevel=2)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
@@ -459,6 +469,7 @@ class Runner:
                 continue
             manifest["datasets"].setdefault(ds_name, {})[spec] = distributed.same_on_every_rank(
                 self.dist, f"dataset {ds_name!r}", {**dataset.identity(), "n": len(dataset)})
+            warn_if_identified_by_path_alone(ds_name, dataset.identity())
             self._run_model_scope(model, spec, ds_name, dataset, store, run_id, manifest)
             self._run_explanations(model, spec, ds_name, dataset, store, run_id, manifest, progress)
 

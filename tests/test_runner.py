@@ -232,6 +232,19 @@ def test_keys_and_seeds_do_not_depend_on_where_the_weights_lie(toy, tmp_path, mo
     assert manifest["models"]["toy:net"]["weights"]["path"] == "/scratch/b/cache/weights/net.pt"  # still on record
 
 
+def test_a_dataset_identified_by_its_path_alone_is_warned_about():
+    import warnings
+
+    from interpbench.runner import warn_if_identified_by_path_alone
+
+    with pytest.warns(RuntimeWarning, match=r"dataset 'mine': its identity\(\) names a path but no digest"):
+        warn_if_identified_by_path_alone("mine", {"loader": "mine", "path": "/data/mine", "n": 10})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_identified_by_path_alone("mine", {"loader": "mine", "path": "/data/mine", "files_sha256": "ab"})
+        warn_if_identified_by_path_alone("shapes", {"loader": "shapes", "n": 10, "seed": 0})
+
+
 def test_a_loader_name_works_as_a_dataset_without_an_entry(toy, tmp_path):
     table = ib.run(methods=["toy_brightest"], models=["toy:net"], metrics=["toy_brightness"], datasets=["toy"],
                    out=tmp_path / "d", progress=False)
