@@ -30,7 +30,7 @@ import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 from rich.console import Console

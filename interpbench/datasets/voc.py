@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from interpbench.base import ComponentError, DatasetSource
-from interpbench.manifest import lines_sha256
 from interpbench.datasets.imagefolder import size_hw, to_tensor
+from interpbench.manifest import lines_sha256
 from interpbench.metrics.localization import difficult_pairs
 
 VOC_CLASSES = (

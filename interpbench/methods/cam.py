@@ -19,7 +19,6 @@ from interpbench.methods.gradients import (
     check_baseline,
     check_batch,
     finite_maps,
-    positive_int,
     target_logits,
 )
 from interpbench.ops import batching
