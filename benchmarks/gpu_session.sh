@@ -7,9 +7,9 @@
 #
 # Steps: setup, tests (tests/test_device.py --device cuda), deletion (issue 8's bf16 target on ResNet-50 with its
 # fp32 and compiled neighbours), dissection (ResNet-18 layer4), attacks, lite0 (deletion on EfficientNet-Lite0),
-# feeding, methods. Each step has a time limit
-# and writes one log under $OUT (default ./gpu-session); a step that fails or runs out of time leaves its log and the
-# next one runs. The limits of "tests deletion dissection" add up to 9 minutes and those of "attacks lite0 feeding
+# feeding, methods. Each step has a time limit and writes one log under $OUT (default ./gpu-session); a step that
+# fails or runs out of time leaves its log and the next one runs. The end of the output repeats the summary and the
+# last lines of each log (the device tool returns the output's tail and at most 8 files). The limits of "tests deletion dissection" add up to 9 minutes and those of "attacks lite0 feeding
 # methods" to 7, so that each half fits one 10-minute call of a lent machine (setup takes seconds).
 #
 # A GPU machine without network needs what its image lacks as wheels in .whl/ (carried along): this script installs
@@ -114,4 +114,5 @@ for step in "${STEPS[@]}"; do
     *) echo "unknown step '$step': choose from tests deletion dissection attacks lite0 feeding methods" | tee -a "$OUT/summary.txt" ;;
   esac
 done
-echo "logs: $OUT"
+for log in "$OUT"/*.log; do echo; echo "=== $(basename "$log")"; tail -n 12 "$log"; done
+echo; echo "=== summary ($OUT)"; cat "$OUT/summary.txt"
