@@ -100,16 +100,19 @@ class ImageFolder(torch.utils.data.Dataset):
         self.root, self.files, self.classes, self.label_space = root, files, classes, label_space
         self.size, self.crop_pct, self.name, self.split = size_hw(size, "imagefolder"), crop_pct, name, split
         self._id_prefix = name  # fixed at load time, so ids stay stable if ``name`` is reassigned
+        self._files_sha256: str | None = None
 
     def __len__(self) -> int:
         return len(self.files)
 
     def identity(self) -> dict[str, Any]:
         # "path" says where the files lie (left out of cell identities); the file list says which images they are
-        files = lines_sha256(f"{path.relative_to(self.root).as_posix()}\t{label}" for path, label in self.files)
+        if self._files_sha256 is None:  # computed once: the runner asks for the identity of every cell
+            self._files_sha256 = lines_sha256(f"{path.relative_to(self.root).as_posix()}\t{label}"
+                                              for path, label in self.files)
         return {"loader": "imagefolder", "path": str(self.root), "split": self.split, "size": list(self.size),
                 "crop_pct": self.crop_pct, "label_space": self.label_space, "n": len(self.files),
-                "files_sha256": files}
+                "files_sha256": self._files_sha256}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         path, label = self.files[index]

@@ -67,13 +67,14 @@ class ImageNetLocalization(AnnotatedImages):
         self.classes, self._index = imagenet_classes()
         self.name = self._prefix = "imagenet-val-loc"  # ids keep the prefix if the name is reassigned
         self._sizes: dict[int, tuple[int, int]] = {}
+        self._solution_sha256 = file_sha256(solution)  # the identity of the boxes (read once, with them)
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def identity(self) -> dict[str, Any]:
         return {"loader": "imagenet_loc", "path": {"solution": str(self.solution), "images": str(self.images_dir)},
-                "solution_sha256": file_sha256(self.solution), "size": list(self.size), "n": len(self.rows)}
+                "solution_sha256": self._solution_sha256, "size": list(self.size), "n": len(self.rows)}
 
     def _path(self, image_id: str, synset: str) -> Path:
         flat = self.images_dir / f"{image_id}{self.extension}"
