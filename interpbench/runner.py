@@ -467,9 +467,10 @@ class Runner:
                 manifest["failures"].append({"model": spec, "dataset": ds_name, "error": error})
                 self._register_failed(store, run_id, spec, ds_name, error)
                 continue
+            identity = dataset.identity()
             manifest["datasets"].setdefault(ds_name, {})[spec] = distributed.same_on_every_rank(
-                self.dist, f"dataset {ds_name!r}", {**dataset.identity(), "n": len(dataset)})
-            warn_if_identified_by_path_alone(ds_name, dataset.identity())
+                self.dist, f"dataset {ds_name!r}", {**identity, "n": len(dataset)})
+            warn_if_identified_by_path_alone(ds_name, identity)
             self._run_model_scope(model, spec, ds_name, dataset, store, run_id, manifest)
             self._run_explanations(model, spec, ds_name, dataset, store, run_id, manifest, progress)
 
