@@ -558,6 +558,12 @@ class Runner:
                     store.set_status(key, "skipped", f"dataset {ds_name!r} lacks {sorted(missing)} needed by {metric_name!r}")
                 if not metric.per_sample:
                     metric.reset()
+                    # the run context, as model-scope metrics get it: one artefact folder per (model, dataset,
+                    # metric), shared by the methods (a metric names its files after Batch.method)
+                    metric.run_context = RunContext(
+                        device=self.device, batch_size=cfg.batch_size, seed=stable_hash([cfg.seed, key]),
+                        out_dir=self.out / "artifacts" / f"{slug(spec)}__{ds_name}__{metric_name}"
+                        if self.dist.is_main else None, limit=cfg.limit, workers=cfg.workers)
                 plan.cells.append(cell)
             plans.append(plan)
         return plans

@@ -470,6 +470,22 @@ def test_detection_through_the_runner_on_the_shapes_world(shapes_model, tmp_path
     assert list(summary.columns[3:]) == ["fgsm8", "pgd4"] and summary["fgsm8"][0].startswith("0.500 [")
     manifest = (tmp_path / "manifest.json").read_text()
     assert '"pgd_step_ratio": 0.25' in manifest  # the attack parameters are recorded
+    # the run hands the dataset-level metric its artefact folder: cross-attack table and ROC points per method
+    import pandas as pd
+
+    folder = tmp_path / "artifacts" / "shapes_cnn__shapes__adversarial_detection"
+    cross = pd.read_csv(folder / "gradient-cross.csv", index_col=0)
+    assert cross.loc["fgsm8", "pgd4"] == pytest.approx(values[("gradient", "cross.fgsm8.pgd4.auroc")][0], abs=1e-4)
+    assert cross.loc["pgd4", "pgd4"] == pytest.approx(values[("gradient", "pgd4.auroc")][0], abs=1e-4)
+    for stem, prefix in (("gradient-roc", ""), ("center-roc", ""), ("baseline-roc", "baseline."),
+                         ("gradient-baseline-roc", "baseline.")):
+        roc = pd.read_csv(folder / f"{stem}.csv")
+        assert list(roc.columns) == ["attack", "fpr", "tpr"] and set(roc["attack"]) == {"fgsm8", "pgd4"}
+        for attack, points in roc.groupby("attack"):
+            # the trapezoidal area under the written points is the reported AUROC
+            area = float(np.trapezoid(points["tpr"], points["fpr"]))
+            assert area == pytest.approx(values[("gradient" if "gradient" in stem else "center",
+                                                 f"{prefix}{attack}.auroc")][0], abs=1e-12)
 
 
 def test_detection_results_do_not_depend_on_the_cache_or_the_batching(shapes_model, shapes_images):

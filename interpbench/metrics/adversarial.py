@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from interpbench.base import Batch, ComponentError, Metric, Model, RunContext
 from interpbench.manifest import stable_hash
 from interpbench.ops.attacks import Adversarial, carlini_wagner_l2, fgsm, pgd_linf
+from interpbench.ops.stats import roc_curve
 
 # --------------------------------------------------------------------------------------------- attacks
 
@@ -677,8 +678,12 @@ class AdversarialDetection(Metric):
     ``adaptive_attacks`` (0: none of the attacks knows the detector). Attacks with fewer than ``2 * folds``
     successful pairs report only ``A.n`` and ``A.success``.
 
-    If ``out_dir`` is set on the instance (an attribute, not a parameter) ``compute()`` also writes the
-    cross-attack table there as CSV and Markdown.
+    Artefacts: in a run (the runner hands a dataset-level metric its ``run_context``, whose ``out_dir`` is
+    ``<out>/artifacts/<model>__<dataset>__adversarial_detection``), or where ``out_dir`` is set on the instance
+    (an attribute, not a parameter), ``compute()`` writes ``METHOD-cross.csv`` / ``.md`` (the cross-attack table),
+    ``METHOD-roc.csv`` (columns ``attack,fpr,tpr``: the ROC points of each attack's detector, from the pooled
+    out-of-fold scores), ``METHOD-baseline-roc.csv`` (the same for the method-free features on the method's
+    pairs) and ``baseline-roc.csv`` (the baseline of the cell with the most pairs).
     """
 
     name: ClassVar[str] = "adversarial_detection"
@@ -748,6 +753,7 @@ class AdversarialDetection(Metric):
         if isinstance(p["fpr"], bool) or not isinstance(p["fpr"], (int, float)) or not 0 < p["fpr"] < 1:
             raise ComponentError(f"{self.name}: fpr must lie strictly between 0 and 1 (default 0.05), got {p['fpr']!r}")
         self.out_dir: Path | None = None
+        self.run_context: RunContext | None = None  # set by the runner (its out_dir receives the artefacts)
         self.reset()
 
     # distributed runs: the ranks' images (distinct ids) in rank order, counts summed
@@ -758,6 +764,7 @@ class AdversarialDetection(Metric):
         self._clean: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # id -> (map features, logit features)
         self._adv: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {s.name: {} for s in self.specs}
         self._attempted = {s.name: 0 for s in self.specs}
+        self._method_name: str | None = None  # the method whose maps are scored (Batch.method), for file names
 
     # ------------------------------------------------------------------ update
 
@@ -767,6 +774,7 @@ class AdversarialDetection(Metric):
             raise ComponentError(f"{self.name}: batch.method is None; this metric re-runs the method on the "
                                  "adversarial images, so the runner (or caller) must set Batch.method to the method "
                                  "that made the maps")
+        self._method_name = getattr(method, "name", None) or type(method).__name__
         images = batch.images
         b, _, h, w = images.shape
         if batch.labels is not None:
@@ -838,6 +846,7 @@ class AdversarialDetection(Metric):
             out["accuracy"] = n_clean / self._seen
         fold_of = image_folds(list(self._clean), n_folds)
         fitted: dict[str, tuple[list, list[str]]] = {}
+        roc: dict[str, tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]] = {}
         for spec in self.specs:
             pairs = sorted(self._adv[spec.name], key=lambda s: (fold_of[s], s))
             attempted = self._attempted[spec.name]
@@ -857,6 +866,7 @@ class AdversarialDetection(Metric):
             weights = torch.from_numpy(bootstrap_weights(len(pairs), p["bootstrap"], seed))
             boot_auc, boot_tpr = bootstrap_detection(clean_m, adv_m, folds, n_folds, C, weights, fpr)
             base_auc, base_tpr = cached_bootstrap_detection(clean_b, adv_b, folds, n_folds, C, weights, fpr)
+            roc[spec.name] = (roc_curve(sc, sa), roc_curve(bc, ba))
             for prefix, (c_scores, a_scores), (b_auc, b_tpr) in (
                     (spec.name, (sc, sa), (boot_auc, boot_tpr)),
                     (f"baseline.{spec.name}", (bc, ba), (base_auc, base_tpr))):
@@ -880,9 +890,43 @@ class AdversarialDetection(Metric):
                     ok = np.isfinite(scores[: len(pairs)]) & np.isfinite(scores[len(pairs):])
                     if ok.sum() >= 2:
                         out[f"cross.{train}.{test}.auroc"] = auroc(scores[: len(pairs)][ok], scores[len(pairs):][ok])
-        if self.out_dir is not None and p["cross_attack"]:
-            write_cross_attack_table(out, self.out_dir)
+        out_dir = self.out_dir
+        if out_dir is None and getattr(self, "run_context", None) is not None:
+            out_dir = self.run_context.out_dir
+        if out_dir is not None:
+            self._write_artifacts(Path(out_dir), out, roc)
         return out
+
+    def _write_artifacts(self, out_dir: Path, values: Mapping[str, float], roc: Mapping[str, Any]) -> None:
+        """``METHOD-cross.csv`` / ``.md`` (the cross-attack table), ``METHOD-roc.csv`` and
+        ``METHOD-baseline-roc.csv`` (columns ``attack,fpr,tpr``: the ROC points of each attack's detector on the
+        method's maps and on the method-free features, the same pairs), and ``baseline-roc.csv``: the baseline of
+        the method's cell with the most pairs (methods run on fewer images under a per-method limit have their own
+        baseline, and ``baseline-roc.pairs.json`` records which count the shared file holds)."""
+        import csv
+        import json
+
+        method = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (self._method_name or "detector"))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if self.params["cross_attack"]:
+            write_cross_attack_table(values, out_dir, stem=f"{method}-cross")
+
+        def write(path: Path, which: int) -> None:
+            with open(path, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["attack", "fpr", "tpr"])
+                for attack, curves in roc.items():
+                    fpr, tpr = curves[which]
+                    writer.writerows((attack, repr(float(a)), repr(float(b))) for a, b in zip(fpr, tpr))
+
+        write(out_dir / f"{method}-roc.csv", 0)
+        write(out_dir / f"{method}-baseline-roc.csv", 1)
+        pairs = {attack: int(values[f"{attack}.n"]) for attack in roc}
+        record = out_dir / "baseline-roc.pairs.json"
+        held = json.loads(record.read_text()) if record.is_file() else {}
+        if sum(pairs.values()) > sum(held.get("pairs", {}).values()) or not (out_dir / "baseline-roc.csv").is_file():
+            write(out_dir / "baseline-roc.csv", 1)
+            record.write_text(json.dumps({"method": self._method_name, "pairs": pairs}, indent=1) + "\n")
 
 
 # --------------------------------------------------------------------------------------------- metric: consistency

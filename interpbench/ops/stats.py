@@ -1,0 +1,87 @@
+"""Statistics of detectors: the ROC curve, and sums and linear solves whose rounding does not depend on the machine.
+
+``fixed_sum`` adds along a dimension in one fixed pairwise (tree) order made of elementwise additions, each a
+correctly rounded IEEE-754 operation; torch's reductions and BLAS products instead pick their order from the
+vector width of the CPU, its blocking and the number of threads, so their last bits move between machines.
+``fixed_solve`` is a Cholesky factorisation written with the same elementwise operations. Together they make a
+Newton fit of a logistic regression give the same bits on any CPU with any number of threads, given the same
+inputs (the transcendental functions, exp and log1p, are torch's, accurate to an ulp).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def roc_curve(negatives: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Points ``(fpr, tpr)`` of the empirical ROC curve (Fawcett, Pattern Recognit. Lett. 2006, algorithm 1).
+
+    A sample is flagged when its score is at least the threshold; the thresholds run down through the distinct
+    scores, so the curve starts at ``(0, 0)``, ends at ``(1, 1)`` and moves diagonally across tied scores. The
+    trapezoidal area under these points is the Mann-Whitney AUROC with ties counted one half.
+    """
+    neg = np.asarray(negatives, np.float64).ravel()
+    pos = np.asarray(positives, np.float64).ravel()
+    if neg.size == 0 or pos.size == 0:
+        raise ValueError(f"roc_curve needs negatives and positives, got {neg.size} and {pos.size} scores")
+    thresholds = np.unique(np.concatenate([neg, pos]))[::-1]
+    neg_sorted, pos_sorted = np.sort(neg), np.sort(pos)
+    fp = neg.size - np.searchsorted(neg_sorted, thresholds, side="left")
+    tp = pos.size - np.searchsorted(pos_sorted, thresholds, side="left")
+    fpr = np.concatenate([[0.0], fp / neg.size])
+    tpr = np.concatenate([[0.0], tp / pos.size])
+    return fpr, tpr
+
+
+def fixed_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum along ``dim`` in a fixed pairwise order (elementwise adds of halves, padded with zeros to a power of
+    two): the same bits whatever the CPU, its vector width or the thread count, and an error that grows with
+    ``log2 n`` rather than ``n``."""
+    x = x.movedim(dim, 0)
+    n = x.shape[0]
+    if n == 0:
+        return torch.zeros(x.shape[1:], dtype=x.dtype, device=x.device)
+    size = 1 << (n - 1).bit_length()
+    if size != n:
+        x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
+    while x.shape[0] > 1:
+        half = x.shape[0] // 2
+        x = x[:half] + x[half:]
+    return x[0]
+
+
+def fixed_matvec(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``a @ v`` for ``... x m x k`` and ``... x k``, summed with :func:`fixed_sum`."""
+    return fixed_sum(a * v.unsqueeze(-2), -1)
+
+
+def fixed_solve(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve ``matrix @ x = rhs`` for symmetric positive definite ``... x d x d`` matrices and ``... x d``
+    right-hand sides by a Cholesky factorisation (Golub & Van Loan, algorithm 4.2.1) written with elementwise
+    operations and :func:`fixed_sum`, so that the result does not depend on the machine's LAPACK."""
+    a = matrix.double()
+    d = a.shape[-1]
+    low = torch.zeros_like(a)
+    for j in range(d):
+        head = low[..., j, :j]
+        diag = a[..., j, j] - (fixed_sum(head * head, -1) if j else 0.0)
+        root = diag.clamp_min(torch.finfo(a.dtype).tiny).sqrt()
+        low[..., j, j] = root
+        if j + 1 < d:
+            below = low[..., j + 1:, :j]
+            inner = fixed_sum(below * head.unsqueeze(-2), -1) if j else 0.0
+            low[..., j + 1:, j] = (a[..., j + 1:, j] - inner) / root.unsqueeze(-1)
+    y = torch.zeros_like(rhs, dtype=a.dtype)
+    b = rhs.double()
+    for i in range(d):  # forward substitution, L y = b
+        inner = fixed_sum(low[..., i, :i] * y[..., :i], -1) if i else 0.0
+        y[..., i] = (b[..., i] - inner) / low[..., i, i]
+    x = torch.zeros_like(y)
+    for i in reversed(range(d)):  # back substitution, L^T x = y
+        inner = fixed_sum(low[..., i + 1:, i] * x[..., i + 1:], -1) if i + 1 < d else 0.0
+        x[..., i] = (y[..., i] - inner) / low[..., i, i]
+    return x
+
+
+__all__ = ["fixed_matvec", "fixed_solve", "fixed_sum", "roc_curve"]
