@@ -32,8 +32,6 @@ DEFAULT_EXPERIMENT: dict[str, Any] = {
         # RISE's batched evaluation granularity (28 steps: 1,792 px per step at 224 px) for every model; the
         # metrics' own default is one image row per step.
         "deletion": {"steps": 28}, "insertion": {"steps": 28},
-        # TorchRay's 15 px at VOC's ~500 px is 2 px at the shapes world's 64 px
-        "pointing_game": {"tolerance": 2},
         # the attacks of the detection table: one-step and iterative, at 8/255
         "adversarial_detection": {"attacks": ["fgsm8", "pgd8"]},
         # grids shrunk to the model's 64 px input (cells of 32 px), the cost of one map per trial
@@ -59,6 +57,15 @@ DEFAULT_EXPERIMENT: dict[str, Any] = {
          "metrics": ["explanation_drift"], "limit": 16, "method_limits": {"integrated_gradients": 8, "smoothgrad": 8}},
     ],
 }
+
+
+# A half-given `run` takes what it leaves out from here: without --models (and --pairs) the models the default
+# experiment explains, each on its embedded dataset; without --methods the baselines; without --metrics the causal
+# metrics.
+DEFAULT_MODELS = list(dict.fromkeys(m for p in DEFAULT_EXPERIMENT["parts"] if p.get("methods")
+                                    for m in p["models"] if "=>" not in m))
+DEFAULT_METHODS = BASELINES
+DEFAULT_METRICS = ["deletion", "insertion"]
 
 
 # Subcommands that live in their own modules: each has HELP, configure(parser) and main(args, console) -> int.
@@ -140,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list installed components and the plugins they come from")
     lst.add_argument("kind", nargs="?", default="all",
                      choices=["all", "methods", "models", "metrics", "datasets", "loaders", "plugins"])
+    lst.add_argument("--format", default="auto", choices=["auto", "table", "plain", "json"],
+                     help="auto (default): a table on a terminal, plain columns with full names in a pipe; json: "
+                     "one object per entry")
 
     lb = sub.add_parser("leaderboard", help="regenerate the tables of an experiment directory from its store")
     lb.add_argument("directory")
@@ -156,7 +166,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     is_default = not any([args.methods, args.models, args.metrics, args.datasets, args.pairs])
     base = dict(DEFAULT_EXPERIMENT) if is_default else {"experiment": args.experiment or "custom",
-                                                         "metrics": ["deletion", "insertion"], "metric_params": {}}
+                                                         "metrics": DEFAULT_METRICS, "metric_params": {}}
+    if not is_default and not args.models and not args.pairs:
+        if args.datasets:
+            raise ComponentError(f"--dataset {args.datasets}: name the models to run on it with --models (e.g. "
+                                 "--models timm:resnet50); without --dataset the default models run on their own data")
+        base["models"] = DEFAULT_MODELS
+        console.print(f"no --models given: the default models, each on its embedded dataset: {', '.join(DEFAULT_MODELS)}")
     metric_params = _merge(base.get("metric_params", {}), _params(args.metric_param, "--metric-param"))
     experiment = args.experiment or base["experiment"]
     parts = [dict(p) for p in base.get("parts", [])]
@@ -165,7 +181,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             part["limit"] = args.limit
             part["method_limits"] = {k: min(v, args.limit) for k, v in part.get("method_limits", {}).items()}
     config = RunConfig(
-        methods=_csv(args.methods) or base.get("methods") or ([] if parts else BASELINES),
+        methods=_csv(args.methods) or base.get("methods") or ([] if parts else DEFAULT_METHODS),
         models=(_csv(args.models) or base.get("models") or []) + expand_specs(_csv(args.pairs) or []),
         metrics=_csv(args.metrics) or (["unit_drift", "explanation_drift"] if args.pairs and not args.models else
                                        base.get("metrics") or []),
@@ -207,36 +223,71 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0 if runner.ok else 1
 
 
-def cmd_list(args: argparse.Namespace, console: Console) -> int:
+LIST_COLUMNS = {
+    "plugins": ("plugin", "distribution", "version", "module"),
+    "datasets": ("dataset", "loader", "path", "description", "defined in"),
+    "components": ("name", "version", "plugin", "distribution", "description"),
+}
+
+
+def list_rows(kind: str) -> list[dict[str, str]]:
+    """What ``interpbench list KIND`` shows: one dict per entry, with the columns of :data:`LIST_COLUMNS`."""
     from .config import read_datasets
     from .registry import get_registry
 
     reg = get_registry()
+    if kind == "plugins":
+        rows = [dict(zip(LIST_COLUMNS["plugins"], (p.name, p.dist, p.version, p.module))) for p in reg.plugins.values()]
+        return rows + [dict(zip(LIST_COLUMNS["plugins"], (f.plugin, f.dist, "", f"failed: {f.error}")))
+                       for f in reg.failures]
+    if kind == "datasets":
+        return [dict(zip(LIST_COLUMNS["datasets"], (name, e.loader, e.path or "(embedded)", e.description or "",
+                                                    e.source_file)))
+                for name, e in read_datasets().items()]
+    rows = []
+    for name, entry in reg.entries("datasets" if kind == "loaders" else kind).items():
+        doc = (entry.cls.__doc__ or "").strip().split("\n\n")[0]
+        rows.append(dict(zip(LIST_COLUMNS["components"], (
+            name, str(getattr(entry.cls, "version", "")), entry.plugin.name,
+            f"{entry.plugin.dist} {entry.plugin.version}", " ".join(doc.split())))))  # the first paragraph, one line
+    return rows
+
+
+def plain_columns(rows: list[dict[str, str]], columns: tuple[str, ...]) -> str:
+    """Rows as left-aligned columns separated by two spaces, nothing cut (for pipes, grep and cut)."""
+    cells = [[str(c) for c in columns]] + [[str(r.get(c, "")).replace("\n", " ") for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in cells)
+
+
+def cmd_list(args: argparse.Namespace, console: Console) -> int:
+    import json
+
     kinds = ["methods", "metrics", "models", "datasets", "plugins"] if args.kind == "all" else [args.kind]
-    for kind in kinds:
+    listing = {kind: list_rows(kind) for kind in kinds}
+    fmt = args.format
+    if fmt == "auto":  # the rich table for a person at a terminal, full names for a pipe or a file
+        fmt = "table" if sys.stdout.isatty() else "plain"
+    if fmt == "json":
+        print(json.dumps(listing if args.kind == "all" else listing[args.kind], indent=1))
+        return 0
+    for i, (kind, rows) in enumerate(listing.items()):
+        columns = LIST_COLUMNS.get(kind, LIST_COLUMNS["components"])
+        if fmt == "plain":
+            if len(listing) > 1:
+                print(("\n" if i else "") + f"# {kind}")
+            print(plain_columns(rows, columns))
+            continue
         table = Table(title=kind)
-        if kind == "plugins":
-            for col in ("plugin", "distribution", "version", "module"):
-                table.add_column(col)
-            for p in reg.plugins.values():
-                table.add_row(p.name, p.dist, p.version, p.module)
-            for f in reg.failures:
-                table.add_row(f"[red]{f.plugin}[/red]", f.dist, "", f"[red]failed: {f.error}[/red]")
-        elif kind == "datasets":
-            for col in ("dataset", "loader", "path", "description", "defined in"):
-                table.add_column(col)
-            for name, e in read_datasets().items():
-                table.add_row(name, e.loader, e.path or "(embedded)", e.description, e.source_file)
-        else:
-            registry_kind = "datasets" if kind == "loaders" else kind
-            for col in ("name", "version", "plugin", "distribution"):
-                table.add_column(col, no_wrap=True)
-            table.add_column("description", no_wrap=True, overflow="ellipsis", max_width=60)
-            for name, entry in reg.entries(registry_kind).items():
-                doc = (entry.cls.__doc__ or "").strip().split("\n\n")[0]
-                first = " ".join(doc.split())  # the first paragraph, on one line (cut to the column)
-                table.add_row(name, str(getattr(entry.cls, "version", "")), entry.plugin.name,
-                              f"{entry.plugin.dist} {entry.plugin.version}", first)
+        for col in columns:
+            if col == "description":
+                table.add_column(col, no_wrap=True, overflow="ellipsis", max_width=60)
+            else:
+                table.add_column(col, no_wrap=kind not in ("plugins", "datasets"))
+        for row in rows:
+            failed = kind == "plugins" and row["module"].startswith("failed: ")
+            table.add_row(*[f"[red]{row[c]}[/red]" if failed and c in ("plugin", "module") else row[c]
+                            for c in columns])
         Console().print(table)
     return 0
 
@@ -264,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ComponentError, FileNotFoundError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
+    except BrokenPipeError:  # `interpbench list | head`: the reader left; no traceback at exit
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

@@ -381,12 +381,13 @@ def test_metrics_pass_the_conformance_checks(monkeypatch):
     from interpbench.testing import check_metric
     from interpbench.testing import components as conformance
 
-    for name in ("pointing_game", "energy_pointing_game", "grid_pointing_game"):
+    for name in ("pointing_game", "energy_pointing_game", "energy_pointing_game_masks", "grid_pointing_game"):
         report = check_metric(name)
         assert report.ok, report
-    # at a tolerance that fits the kit's 32 x 32 image the pointing game prefers the oracle map
-    report = check_metric("pointing_game", params={"tolerance": 4}, expected_failures={})
-    assert [r.status for r in report.results if r.name == "prefers_oracle_map"] == ["failed"]  # declared, yet passed
+    # the default tolerance follows the image (0.96 px on the kit's 32 x 32 image) and prefers the oracle map; a
+    # tolerance of VOC's 15 px on a 32 px image accepts the inverted map's arg-max (0, 0), 8.9 px from the region
+    report = check_metric("pointing_game", params={"tolerance": 15})
+    assert [r.status for r in report.results if r.name == "prefers_oracle_map"] == ["failed"]
     monkeypatch.setattr(conformance, "KNOWN_FIELDS",
                         conformance.KNOWN_FIELDS | {"patch_mask", "patch_label", "clean_image"})
     report = check_metric("shortcut_localization")

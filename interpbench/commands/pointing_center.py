@@ -22,7 +22,8 @@ PUBLISHED = {"voc07-test": (69.6, 42.4), "coco14-val": (27.8, 19.5)}  # TorchRay
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="a datasets.yaml name, e.g. voc07-test or coco14-val")
     parser.add_argument("--limit", type=int, help="the first N images only (default: all)")
-    parser.add_argument("--tolerance", type=float, default=15, help="hit distance in original pixels (default 15)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="hit distance in original pixels (default: the dataset's, 15 on VOC and COCO)")
     parser.add_argument("--datasets-config", help="a datasets.yaml overriding the packaged and ./datasets.yaml entries")
 
 
@@ -34,12 +35,13 @@ def main(args: argparse.Namespace, console: Console) -> int:
         if args.limit is not None and args.limit < 1:
             raise ComponentError(f"--limit {args.limit}: must be a positive integer")
         dataset = api.load_dataset(args.dataset, split="test", config=args.datasets_config)
-        result = centre_baseline(dataset, tolerance=args.tolerance, limit=args.limit)
+        result = centre_baseline(dataset, tolerance="auto" if args.tolerance is None else args.tolerance,
+                                 limit=args.limit)
     except ComponentError as exc:
         console.print(f"[red]pointing-center: {exc}[/red]")
         return 2
     pct = {k.replace("pointing_game", "all"): 100 * v for k, v in result.items()
-           if not k.startswith(("n", "no_", "skipped"))}
+           if not k.startswith(("n", "no_", "skipped", "tolerance", "smooth", "torchray"))}
     for key in ("difficult", "difficult_ci_low", "difficult_ci_high"):  # absent when no pair is difficult
         pct.setdefault(key, float("nan"))
     console.print(f"center baseline on {args.dataset}: all {pct['all']:.1f}% [{pct['all_ci_low']:.1f}, "

@@ -303,6 +303,8 @@ class ShapesWorld(torch.utils.data.Dataset):
         self.multilabel = bool(multilabel)
         self.classes = list(TASKS[task])
         self.label_space = f"shapes:{task}"
+        # the pointing game's tolerance: TorchRay's 15 px at VOC's ~500 px, scaled to this size, whole pixels (2 at 64)
+        self.pointing_tolerance = float(max(1, round(15 * max(self.height, self.width) / 500)))
 
     def __len__(self) -> int:
         return self.n
@@ -367,6 +369,7 @@ class ShapesWorld(torch.utils.data.Dataset):
             "masks": {c: torch.from_numpy(m) for c, m in sorted(masks.items())},
             "objects": out_objects,
             "concepts": {c: torch.from_numpy(m) for c, m in maps.items()},
+            "pointing_tolerance": self.pointing_tolerance,
         }
 
     def __repr__(self) -> str:

@@ -9,8 +9,12 @@ def register_metrics():
     from .causal import Deletion, Insertion
     from .dissection import Dissection
     from .drift import ExplanationDrift, UnitDrift
-    from .localization import EnergyPointingGame, GridPointingGame, PointingGame, ShortcutLocalization
+    from .localization import (EnergyPointingGame, EnergyPointingGameMasks, GridPointingGame, PointingGame,
+                               ShortcutLocalization)
     from .net2vec import Net2Vec
+    from .road import RoadLeRF, RoadMoRF
 
-    return [Deletion, Insertion, Dissection, Net2Vec, PointingGame, EnergyPointingGame, GridPointingGame,
-            ShortcutLocalization, AdversarialDetection, AdversarialConsistency, UnitDrift, ExplanationDrift]
+    return [Deletion, Insertion, Dissection, Net2Vec, PointingGame, EnergyPointingGame, EnergyPointingGameMasks,
+            GridPointingGame,
+            ShortcutLocalization, AdversarialDetection, AdversarialConsistency, UnitDrift, ExplanationDrift,
+            RoadMoRF, RoadLeRF]

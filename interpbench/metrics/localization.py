@@ -3,12 +3,18 @@
 - ``pointing_game``: Zhang et al., "Top-down neural attention by excitation backprop", ECCV 2016 / IJCV 2018, with
   the benchmark conventions of TorchRay (``torchray/benchmark/pointing_game.py`` and
   ``examples/attribution_benchmark.py``). One trial per (image, class present); the map is resized bilinearly
-  (``align_corners=False``) to the original image size; its arg-max (the first maximum in row-major order) is the
-  point; a trial is a hit when some ground-truth pixel ``(u, v)`` has ``(u - x)^2 + (v - y)^2 < tolerance^2``
-  (15 px). Accuracy is ``hits / (hits + misses)`` per class, then the mean over classes. "all" and "difficult"
-  subsets; VOC pairs whose boxes are all marked ``difficult`` are skipped (in both subsets, as TorchRay does).
-- ``energy_pointing_game``: Wang et al., "Score-CAM", CVPR-W 2020: the share of the map's positive mass inside
-  the class's region (same trials, resizing and subsets as the pointing game).
+  (``align_corners=False``) to the original image size; for gradient-like maps under TorchRay's protocol it is then
+  smoothed (Gaussian, sigma = 0.02 x the longer side, replicate padding: ``torchray/attribution/common.py``
+  ``saliency(smooth=0.02)``); its arg-max (the first maximum in row-major order) is the point; a trial is a hit
+  when some ground-truth pixel ``(u, v)`` has ``(u - x)^2 + (v - y)^2 < tolerance^2``. The tolerance follows the
+  dataset: the one it declares (``pointing_tolerance``: TorchRay's 15 px on VOC / COCO / ImageNet, 2 px on the
+  64 px shapes world), else 15 px scaled by the original image's longer side over 500 px (VOC's). Accuracy is
+  ``hits / (hits + misses)`` per class, then the mean over classes. "all" and "difficult" subsets; VOC pairs whose
+  boxes are all marked ``difficult`` are skipped (in both subsets, as TorchRay does).
+- ``energy_pointing_game``: Wang et al., "Score-CAM", CVPR-W 2020, as their ``energyPointGame.py`` computes it: the
+  share of the map's energy (the map summed as it is) inside the class's bounding boxes, on trials whose boxes
+  cover less than half of the image. ``energy_pointing_game_masks``: the same share of the map's *positive* mass
+  inside the segmentation masks where a sample has them (boxes elsewhere), on every trial.
 - ``grid_pointing_game``: Böhle, Fritz, Schiele, CVPR 2021 (CoDA-Nets) and Rao, Böhle, Schiele, "Towards better
   understanding attribution methods", CVPR 2022 (GridPG; reference code sukrutrao/Attribution-Evaluation): 2 x 2
   grids of images of four different classes that the model classifies correctly with confidence >= 0.99; each
@@ -17,6 +23,9 @@
   (Fong & Vedaldi, ICCV 2017): on shapes-world images whose corner patch has the colour of another class than the
   object (``interpbench.datasets.shortcut``), where the map's positive mass and its arg-max fall (patch or
   object), with the model's accuracy with and without the patch.
+
+Every score is invariant to a positive rescaling of the maps (a method's maps are defined up to a positive
+scale): guards are exact for all-zero maps or relative to the map's own mass, never absolute thresholds.
 
 Ground truth read from samples (the loaders in ``interpbench.datasets`` define these fields):
 
@@ -30,6 +39,9 @@ Ground truth read from samples (the loaders in ``interpbench.datasets`` define t
   (image, class) pair belongs to the "difficult" subset; when absent it is computed from the boxes with the
   published definition (:func:`difficult_pair`).
 - ``labels``: the classes present (the distractors of the difficult definition).
+- ``pointing_tolerance`` (pixels of the original image) and ``pointing_protocol`` (``"torchray"``: the VOC / COCO
+  loaders' published-protocol mode, images resized to a shorter side of 224 keeping the aspect ratio): what the
+  dataset declares for the pointing game.
 
 Trials whose explained class has no region in the image (``--target predicted`` when the model predicts a class
 that is not there, e.g. on the shapes world) have no ground truth: they are left out and counted in
@@ -54,8 +66,16 @@ from interpbench.base import Batch, ComponentError, Metric, Model, NotApplicable
 from interpbench.distributed import merge_values
 
 TORCHRAY_TOLERANCE = 15  # pixels of the original image (TorchRay PointingGame default)
+TOLERANCE_REFERENCE_SIDE = 500  # TorchRay's 15 px are pixels of VOC images, whose longer side is ~500 px
+TORCHRAY_SMOOTH = 0.02  # attribution_benchmark.py: smooth=0.02 x the longer side for gradient-like saliency
+TORCHRAY_SMOOTHED = ("gradient", "guided_backprop", "deconvnet")  # the methods attribution_benchmark.py smooths
 DIFFICULT_AREA = 0.25  # Zhang et al. 2016: the class's boxes cover less than 1/4 of the image
-GRID_EPS = 1e-7  # Rao et al. 2022 get_localization_score_single: score 0 when the positive mass is <= 1e-7
+ENERGY_MAX_BOX_AREA = 0.5  # Wang et al. 2020: only boxes covering less than half of the image
+# Rao et al. 2022 get_localization_score_single score 0 when the positive mass is <= 1e-7 (absolute, for maps of
+# a fixed scale); here the positive mass is compared with the map's absolute mass, so that a rescaled map scores
+# the same: a share is 0 when the positive mass is <= GRID_EPS x the absolute mass (round-off level in float32),
+# in particular for an all-zero map
+GRID_EPS = 1e-7
 
 
 # --------------------------------------------------------------------------------------------- maths
@@ -122,12 +142,58 @@ def region_distance(points: torch.Tensor, regions: torch.Tensor) -> torch.Tensor
 
 
 def positive_share(maps: torch.Tensor, regions: torch.Tensor, eps: float = GRID_EPS) -> torch.Tensor:
-    """Share of each map's positive mass inside its region: ``sum(relu(m) * r) / sum(relu(m))``, 0 if the mass <= eps."""
+    """Share of each map's positive mass inside its region: ``sum(relu(m) * r) / sum(relu(m))``.
+
+    0 when the positive mass is at most ``eps`` times the map's absolute mass ``sum(|m|)`` (an all-zero map, or
+    positive values at round-off level): a relative guard, so that ``c * m`` scores as ``m`` for every ``c > 0``
+    (Rao et al. 2022's GridPG score uses an absolute 1e-7). Computed in float64.
+    """
     # Wang et al. 2020 (Score-CAM), energy-based pointing game; Rao et al. 2022, GridPG localisation score
-    positive = maps.float().clamp(min=0).flatten(1)
+    flat = maps.detach().double().flatten(1)
+    positive = flat.clamp(min=0)
     inside = (positive * regions.flatten(1).to(positive.dtype)).sum(dim=1)
     total = positive.sum(dim=1)
-    return torch.where(total > eps, inside / total.clamp(min=torch.finfo(positive.dtype).tiny), torch.zeros_like(total))
+    keep = total > eps * flat.abs().sum(dim=1)
+    return torch.where(keep, inside / torch.where(keep, total, torch.ones_like(total)), torch.zeros_like(total)).float()
+
+
+def energy_share(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Share of each map's energy inside its region, the map summed as it is: ``sum(m * r) / sum(m)``.
+
+    Wang et al. 2020 (Score-CAM), ``energyPointGame.py``: ``energy_bbox / energy_whole`` with the saliency map
+    as given (non-negative for Score-CAM). On a signed map the raw sums can cancel, and the share may leave
+    [0, 1]; an all-zero total (an all-zero map) gives 0 instead of the reference's NaN. Invariant to ``c * m``,
+    ``c > 0``. Computed in float64.
+    """
+    flat = maps.detach().double().flatten(1)
+    inside = (flat * regions.flatten(1).to(flat.dtype)).sum(dim=1)
+    total = flat.sum(dim=1)
+    nonzero = total != 0
+    return torch.where(nonzero, inside / torch.where(nonzero, total, torch.ones_like(total)),
+                       torch.zeros_like(total)).float()
+
+
+def dataset_tolerance(size: tuple[int, int], declared: float | None = None) -> float:
+    """The pointing game's tolerance in pixels of an image of ``size`` (H, W): the dataset's ``declared`` one, else
+    TorchRay's 15 px scaled by the longer side over VOC's ~500 px (15 px at 500 px, 1.92 px at 64 px)."""
+    if declared is not None:
+        return float(declared)
+    return TORCHRAY_TOLERANCE * max(int(size[0]), int(size[1])) / TOLERANCE_REFERENCE_SIDE
+
+
+def smooth_maps(maps: torch.Tensor, fraction: float) -> torch.Tensor:
+    """``B x H x W`` maps blurred with a Gaussian of sigma ``fraction x max(H, W)``, replicate padding.
+
+    TorchRay ``saliency(..., smooth=fraction)`` (``torchray/attribution/common.py``): after resizing to the image
+    size, ``imsmooth(saliency, sigma=smooth * max(saliency.shape[2:]), padding_mode='replicate')``, a separable
+    kernel over ``|i| <= ceil(4 sigma)`` summing to 1.
+    """
+    from interpbench.ops.masks import gaussian_smooth
+
+    if fraction <= 0:
+        return maps
+    sigma = float(fraction) * max(int(maps.shape[-2]), int(maps.shape[-1]))
+    return gaussian_smooth(maps[:, None].float(), sigma, padding="replicate")[:, 0]
 
 
 def region_fraction(region: torch.Tensor) -> float:
@@ -365,7 +431,8 @@ class _LocalisationGame(Metric):
     needs: ClassVar[frozenset[str]] = frozenset({"boxes"})
     per_class: ClassVar[bool] = True
     # distributed runs: the ranks' trials put end to end in rank order are the one-process trials
-    dist_state: ClassVar[dict[str, Any]] = {"trials": "cat", "no_region": "sum", "skipped_difficult": "sum"}
+    dist_state: ClassVar[dict[str, Any]] = {"trials": "cat", "no_region": "sum", "skipped_difficult": "sum",
+                                            "skipped_large": "sum", "settings": "cat"}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -381,9 +448,19 @@ class _LocalisationGame(Metric):
         self.trials = _Trials()
         self.no_region = 0
         self.skipped_difficult = 0
+        self.skipped_large = 0
+        self.settings: list[tuple[float, ...]] = []  # per trial, what _trial_settings returned (for the summary)
+
+    def _trial_settings(self, sample: dict, batch: Batch, size: tuple[int, int]) -> tuple[float, ...]:
+        """Per-trial settings (hashable) that trials scored together must share, e.g. a tolerance."""
+        return ()
+
+    def _keep(self, sample: dict, target: int, region: torch.Tensor, size: tuple[int, int]) -> bool:
+        """Whether a trial with a region is scored (False: counted in ``skipped_large``)."""
+        return True
 
     def _trial_values(self, maps: torch.Tensor, regions: torch.Tensor, size: tuple[int, int],
-                      points: torch.Tensor | None) -> torch.Tensor:
+                      points: torch.Tensor | None, settings: tuple[float, ...]) -> torch.Tensor:
         raise NotImplementedError
 
     def _centre_points(self, batch: Batch) -> bool:
@@ -393,7 +470,7 @@ class _LocalisationGame(Metric):
         _check_maps(self.name, maps, batch)
         map_size = (int(maps.shape[-2]), int(maps.shape[-1]))
         targets = _targets_list(batch)
-        groups: dict[tuple[int, int], list[tuple[int, torch.Tensor, bool]]] = defaultdict(list)
+        groups: dict[tuple, list[tuple[int, torch.Tensor, bool]]] = defaultdict(list)
         for i, (sample, target) in enumerate(zip(batch.samples, targets)):
             if _all_boxes_difficult(sample, target):
                 self.skipped_difficult += 1
@@ -402,86 +479,199 @@ class _LocalisationGame(Metric):
             if region is None:
                 self.no_region += 1
                 continue
-            groups[size].append((i, region, _pair_difficult(sample, target, size)))
+            if not self._keep(sample, target, region, size):
+                self.skipped_large += 1
+                continue
+            settings = self._trial_settings(sample, batch, size)
+            groups[(size, settings)].append((i, region, _pair_difficult(sample, target, size)))
         centre = self._centre_points(batch)
-        for size, trials in groups.items():
+        for (size, settings), trials in groups.items():
             index = torch.tensor([i for i, _, _ in trials], device=maps.device)
             regions = torch.stack([r for _, r, _ in trials]).to(maps.device)
             points = None
             if centre:  # TorchRay attribution_benchmark.py, method "center": point = (W / 2, H / 2)
                 points = torch.tensor([[size[1] / 2, size[0] / 2]], device=maps.device).expand(len(trials), 2)
-            values = self._trial_values(maps.index_select(0, index), regions, size, points).detach().cpu().tolist()
+            values = self._trial_values(maps.index_select(0, index), regions, size, points,
+                                        settings).detach().cpu().tolist()
             for (i, _, difficult), value in zip(trials, values):
                 self.trials.add(_image_id(batch.samples[i]), targets[i], float(value), difficult)
+                self.settings.append(settings)
+
+    def _settings_summary(self) -> dict[str, float]:
+        return {}
 
     def compute(self) -> dict[str, float]:
         if not len(self.trials):
             raise ComponentError(
                 f"{self.name}: no trial had a ground-truth region ({self.no_region} trials whose class is not in the "
-                f"image, {self.skipped_difficult} skipped as all-difficult); with --target predicted the model's "
-                "classes must be those of the dataset's boxes; use --target label on a multi-label dataset")
+                f"image, {self.skipped_difficult} skipped as all-difficult, {self.skipped_large} skipped for boxes "
+                "covering too much of the image); with --target predicted the model's classes must be those of the "
+                "dataset's boxes; use --target label on a multi-label dataset")
         out = self.trials.summary(self.name, self.per_class, self.params["n_boot"], self.params["seed"])
         out["no_region"] = float(self.no_region)
         out["skipped_difficult"] = float(self.skipped_difficult)
+        out.update(self._settings_summary())
         return out
+
+
+def _auto_or_number(name: str, key: str, value: Any, allow_zero: bool = False) -> None:
+    if value != "auto":
+        _positive_number(name, key, value, allow_zero=allow_zero)
 
 
 class PointingGame(_LocalisationGame):
     """Pointing game (Zhang et al. 2016; TorchRay conventions): class-mean hit rate, "all" and "difficult" subsets.
 
-    Parameters: ``tolerance`` (15 px of the original image: TorchRay), ``region`` (``"auto"``: masks where the sample
-    has them (COCO, shapes), else boxes (VOC, ImageNet)), ``centre_point`` (True: the ``center`` baseline is scored
-    with TorchRay's centre point (W/2, H/2) instead of its map's arg-max, so that its numbers are the published
-    ones by construction; its map's arg-max lies within a pixel of it), ``n_boot`` / ``seed`` (the CI).
+    Parameters:
+
+    - ``tolerance``: ``"auto"`` (default) follows the dataset: the tolerance it declares in its samples
+      (``pointing_tolerance``: TorchRay's 15 px on VOC, COCO and ImageNet; 2 px on the 64 px shapes world), else
+      15 px scaled by the original image's longer side over VOC's ~500 px; or a number of pixels of the original
+      image for every trial.
+    - ``smooth``: Gaussian smoothing of the resized map before the arg-max, sigma = ``smooth`` x its longer side,
+      for the methods in ``smooth_methods`` only. ``"auto"`` (default): TorchRay's 0.02 on samples of a dataset in
+      TorchRay's protocol (``pointing_protocol: torchray``, the default of ``voc07-test`` and ``coco14-val``),
+      none elsewhere; a number applies it on every dataset (0: never).
+    - ``smooth_methods``: the methods whose maps are smoothed (TorchRay's benchmark: gradient, guided backprop,
+      deconvnet; ``batch.method.name``).
+    - ``region`` (``"auto"``: masks where the sample has them (COCO, shapes), else boxes (VOC, ImageNet)),
+      ``centre_point`` (True: the ``center`` baseline is scored with TorchRay's centre point (W/2, H/2) instead of
+      its map's arg-max, so that its numbers are the published ones by construction; its map's arg-max lies within
+      a pixel of it), ``n_boot`` / ``seed`` (the CI).
 
     Result: ``pointing_game`` (all trials) and ``difficult`` (the difficult subset; absent when no pair is), the
     class-mean accuracy in [0, 1], each with ``_ci_low`` / ``_ci_high``; ``n`` (trials), ``n_difficult``,
     ``no_region`` (trials whose class is not in the image: left out), ``skipped_difficult`` (VOC pairs whose boxes
-    are all difficult: left out).
+    are all difficult: left out); what ran: ``tolerance`` (mean over trials, pixels of the original image),
+    ``smooth`` (mean sigma fraction over trials, 0 when no map was smoothed), ``torchray_protocol`` (share of
+    trials from a dataset in TorchRay's protocol).
 
-    The shapes world is generated at the model's 64 px, where 15 px is a quarter of the image: pass a tolerance
-    in proportion (``tolerance=2`` is 15 px at VOC's ~500 px), or every map hits. Even then the centre baseline is
-    strong there: the labelled object is large (radius 22-30% of the side) and lies wholly inside the image, so it
-    covers the image centre in most images (as in VOC, centre 69.6%, only more so); use the grid game to compare
-    methods without that bias.
+    On the shapes world (64 px, tolerance 2 px) the centre baseline is still fairly strong: the labelled object is
+    large (radius 16-24% of the side) and covers the image centre in about half of the images (VOC 2007: centre
+    69.6%); use the grid game to compare methods without that bias.
     """
 
     name: ClassVar[str] = "pointing_game"
     # the inverted map's arg-max, (0, 0), lies 8.9 px from the kit's region on its 32 x 32 image: a hit at 15 px
-    expected_failures: ClassVar[dict[str, str]] = {
-        "prefers_oracle_map": "on the kit's 32 x 32 reference image the inverted map's point lies within the published "
-                              "15 px of the region too (at tolerance 4 the oracle map wins)"}
-    defaults: ClassVar[dict[str, Any]] = {"tolerance": TORCHRAY_TOLERANCE, "region": "auto", "centre_point": True,
-                                          "n_boot": 2000, "seed": 0}
+    defaults: ClassVar[dict[str, Any]] = {"tolerance": "auto", "smooth": "auto",
+                                          "smooth_methods": list(TORCHRAY_SMOOTHED), "region": "auto",
+                                          "centre_point": True, "n_boot": 2000, "seed": 0}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        _positive_number(self.name, "tolerance", self.params["tolerance"])
+        _auto_or_number(self.name, "tolerance", self.params["tolerance"])
+        _auto_or_number(self.name, "smooth", self.params["smooth"], allow_zero=True)
+        methods = self.params["smooth_methods"]
+        if isinstance(methods, str) or not isinstance(methods, (list, tuple)) or not all(
+                isinstance(m, str) for m in methods):
+            raise ComponentError(f"{self.name}: smooth_methods must be a list of method names, e.g. "
+                                 f"{list(TORCHRAY_SMOOTHED)}, got {methods!r}")
+        self.params["smooth_methods"] = list(methods)
 
     def _centre_points(self, batch: Batch) -> bool:
         from interpbench.methods.baselines import CenterMap
 
         return bool(self.params["centre_point"]) and isinstance(batch.method, CenterMap)
 
-    def _trial_values(self, maps, regions, size, points):
+    def _trial_settings(self, sample, batch, size):
+        p = self.params
+        torchray = sample.get("pointing_protocol") == "torchray"
+        tolerance = p["tolerance"] if p["tolerance"] != "auto" else dataset_tolerance(
+            size, sample.get("pointing_tolerance"))
+        smooth = 0.0
+        if getattr(batch.method, "name", None) in p["smooth_methods"]:
+            smooth = (TORCHRAY_SMOOTH if torchray else 0.0) if p["smooth"] == "auto" else float(p["smooth"])
+        return (float(tolerance), smooth, float(torchray))
+
+    def _trial_values(self, maps, regions, size, points, settings):
+        tolerance, smooth, _ = settings
         if points is None:
-            points = argmax_points(resize_maps(maps, size))
-        return pointing_hits(points, regions, self.params["tolerance"]).float()
+            points = argmax_points(smooth_maps(resize_maps(maps, size), smooth))
+        return pointing_hits(points, regions, tolerance).float()
+
+    def _settings_summary(self):
+        values = np.asarray(self.settings, dtype=np.float64).reshape(-1, 3)
+        return dict(zip(("tolerance", "smooth", "torchray_protocol"), values.mean(axis=0).tolist()))
 
 
 class EnergyPointingGame(_LocalisationGame):
-    """Energy-based pointing game (Wang et al., Score-CAM, CVPR-W 2020): share of positive map mass in the region.
+    """Energy-based pointing game (Wang et al., Score-CAM, CVPR-W 2020), as their ``energyPointGame.py`` scores it.
 
-    Same trials, regions, resizing, skips and subsets as ``pointing_game``; the result is the mean over trials
-    (``energy_pointing_game`` for all trials, ``difficult``, with bootstrap CIs over images), not a class mean.
+    Per trial, the share of the map's energy inside the class's bounding boxes, ``sum(m * box) / sum(m)``
+    (:func:`energy_share`), with the map as the method returns it (``map="raw"``): Score-CAM's maps are
+    non-negative, and so is the share; a signed map (gradients, integrated gradients) is summed as it is too, so
+    that negative evidence inside the boxes lowers the share, and its share can leave [0, 1] when the sums cancel
+    (``signed`` counts those trials). ``map="positive"`` scores the positive part instead (:func:`positive_share`).
+    Only trials whose boxes (their union) cover less than ``max_box_area`` (0.5) of the image are scored, as in
+    the paper (``skipped_large`` counts the others; ``None``: every trial). The reference scores one box per image;
+    the union of the class's boxes is the region here. Its mask ``empty[x1:x2, y1:y2]`` indexes rows by x (the
+    transposed box on its square maps); rows are y here, as its later forks correct.
+
+    Same trials, resizing (to the original image), skips and subsets as ``pointing_game``; the result is the mean
+    over trials (``energy_pointing_game`` for all trials, ``difficult``, with bootstrap CIs over images), not a
+    class mean; ``skipped_large``; ``signed`` (trials whose map has negative values); ``region_masks`` (1 when
+    the region was segmentation masks: the ``energy_pointing_game_masks`` variant).
     """
 
     name: ClassVar[str] = "energy_pointing_game"
     per_class: ClassVar[bool] = False
-    defaults: ClassVar[dict[str, Any]] = {"region": "auto", "n_boot": 2000, "seed": 0}
+    defaults: ClassVar[dict[str, Any]] = {"region": "boxes", "map": "raw", "max_box_area": ENERGY_MAX_BOX_AREA,
+                                          "n_boot": 2000, "seed": 0}
 
-    def _trial_values(self, maps, regions, size, points):
-        return positive_share(resize_maps(maps, size), regions)
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self.params["map"] not in ("raw", "positive"):
+            raise ComponentError(f"{self.name}: map must be 'raw' (the map summed as it is: Score-CAM's reference) or "
+                                 f"'positive' (its positive part), got {self.params['map']!r}")
+        area = self.params["max_box_area"]
+        if area is not None:
+            _positive_number(self.name, "max_box_area", area)
+            if area > 1:
+                raise ComponentError(f"{self.name}: max_box_area is a share of the image in (0, 1] (0.5: Wang et al.) "
+                                     f"or None (every trial), got {area!r}")
+
+    def reset(self) -> None:
+        super().reset()
+        self.signed = 0
+
+    dist_state: ClassVar[dict[str, Any]] = {**_LocalisationGame.dist_state, "signed": "sum"}
+
+    def _keep(self, sample, target, region, size):
+        area = self.params["max_box_area"]
+        if area is None:
+            return True
+        boxes = (sample.get("orig_boxes") if "orig_size" in sample else sample.get("boxes")) or {}
+        covered = region if target not in boxes else boxes_to_mask(boxes[target], size)
+        return region_fraction(covered) < area
+
+    def _trial_settings(self, sample, batch, size):
+        return ()
+
+    def _trial_values(self, maps, regions, size, points, settings):
+        maps = resize_maps(maps, size)
+        if self.params["map"] == "positive":
+            return positive_share(maps, regions)
+        self.signed += int((maps.flatten(1).min(dim=1).values < 0).sum())
+        return energy_share(maps, regions)
+
+    def _settings_summary(self):
+        return {"skipped_large": float(self.skipped_large), "signed": float(self.signed),
+                "region_masks": float(self.params["region"] != "boxes")}
+
+
+class EnergyPointingGameMasks(EnergyPointingGame):
+    """The energy pointing game on segmentation masks: the share of the map's positive mass inside the class's
+    masks where a sample has them (COCO, shapes), its boxes elsewhere (VOC, ImageNet), on every trial.
+
+    A variant of ``energy_pointing_game`` (Wang et al. 2020 score bounding boxes and the raw map, on boxes covering
+    less than half of the image): masks are the tighter region, and the positive part keeps the share in [0, 1]
+    for signed maps. Parameters and result as ``energy_pointing_game``, with defaults ``region="auto"``,
+    ``map="positive"``, ``max_box_area=None``.
+    """
+
+    name: ClassVar[str] = "energy_pointing_game_masks"
+    defaults: ClassVar[dict[str, Any]] = {"region": "auto", "map": "positive", "max_box_area": None,
+                                          "n_boot": 2000, "seed": 0}
 
 
 class GridPointingGame(Metric):
@@ -503,6 +693,7 @@ class GridPointingGame(Metric):
     """
 
     name: ClassVar[str] = "grid_pointing_game"
+    headline_values: ClassVar[tuple[str, ...]] = ("grid_pointing_game",)
     version: ClassVar[str] = "1"
     _reason = "the conformance kit's reference world has 3 classes; a 2 x 2 grid needs 4 (NotApplicable, by design)"
     expected_failures: ClassVar[dict[str, str]] = dict.fromkeys(
@@ -654,6 +845,7 @@ class ShortcutLocalization(Metric):
     """
 
     name: ClassVar[str] = "shortcut_localization"
+    headline_values: ClassVar[tuple[str, ...]] = ("patch_hit", "object_hit")
     version: ClassVar[str] = "1"
     higher_is_better: ClassVar[bool] = True
     needs: ClassVar[frozenset[str]] = frozenset({"patch_mask", "patch_label", "clean_image", "masks"})
@@ -718,12 +910,13 @@ class ShortcutLocalization(Metric):
 # --------------------------------------------------------------------------------------------- the centre check
 
 
-def centre_baseline(dataset: Any, tolerance: float = TORCHRAY_TOLERANCE, limit: int | None = None,
+def centre_baseline(dataset: Any, tolerance: float | str = "auto", limit: int | None = None,
                     batch_size: int = 64) -> dict[str, float]:
     """The pointing game of the ``center`` baseline on a dataset's annotations alone (no image is decoded).
 
     Runs :class:`PointingGame` exactly as the runner would with ``--methods center --target label``: one trial per
-    (image, class present), TorchRay's centre point. On VOC 2007 test and COCO 2014 val this gives TorchRay's
+    (image, class present), TorchRay's centre point, the dataset's tolerance (``"auto"``: 15 px on VOC and COCO) or
+    ``tolerance`` pixels. On VOC 2007 test and COCO 2014 val this gives TorchRay's
     published centre numbers (``docs/pointing.csv``: VOC07 69.6 / 42.4, COCO14 27.8 / 19.5 %, all / difficult)
     by construction. The dataset must offer ``annotation(index)`` (the loaders in ``interpbench.datasets``).
     """
