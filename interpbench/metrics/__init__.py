@@ -13,7 +13,6 @@ def register_metrics():
                                ShortcutLocalization)
     from .net2vec import Net2Vec
     from .road import RoadLeRF, RoadMoRF
-    from .road import RoadLeRF, RoadMoRF
 
     return [Deletion, Insertion, Dissection, Net2Vec, PointingGame, EnergyPointingGame, EnergyPointingGameMasks,
             GridPointingGame,
