@@ -51,6 +51,17 @@ COLORS: dict[str, tuple[float, float, float]] = {
     "yellow": (0.98, 0.90, 0.12),
 }
 COLOR_NAMES = tuple(COLORS)
+# Geometric attributes of the drawn shapes, for the similarity of the shape classes (Jaccard overlap): e.g. triangle
+# and diamond 3/4, circle and ring 1/2, square and cross 1/2, circle and square 1/7.
+SHAPE_ATTRIBUTES: dict[str, set[str]] = {
+    "circle": {"curved_edges", "convex", "round"},
+    "square": {"straight_edges", "convex", "right_angles", "four_corners", "fourfold_symmetry"},
+    "triangle": {"straight_edges", "convex", "pointed_tips"},
+    "diamond": {"straight_edges", "convex", "four_corners", "pointed_tips"},
+    "star": {"straight_edges", "concave", "pointed_tips"},
+    "cross": {"straight_edges", "concave", "right_angles", "fourfold_symmetry"},
+    "ring": {"curved_edges", "round", "hole"},
+}
 TEXTURES = ("solid", "stripes", "dots", "checker", "brick", "grass", "gravel")
 TASKS = {"shape": SHAPES, "color": COLOR_NAMES, "texture": TEXTURES}
 BACKGROUND = (0.32, 0.62, 0.64)  # teal: not one of the 11 colour names
@@ -319,6 +330,17 @@ class ShapesWorld(torch.utils.data.Dataset):
     @staticmethod
     def concept_names() -> dict[str, list[str]]:
         return concept_names()
+
+    def class_similarity(self) -> torch.Tensor:
+        """``C x C`` similarity of the task's classes (Dong et al.'s ``A``, :mod:`interpbench.ops.consistency`):
+        for the shape task, the Jaccard overlap of the shapes' geometric attributes (:data:`SHAPE_ATTRIBUTES`);
+        the colour and texture tasks have no attribute table, so their classes are only similar to themselves (the
+        identity)."""
+        from interpbench.ops.consistency import jaccard_similarity
+
+        if self.task == "shape":
+            return jaccard_similarity([SHAPE_ATTRIBUTES[name] for name in SHAPES])
+        return torch.eye(len(self.classes), dtype=torch.float64)
 
     def sample_id(self, index: int) -> str:
         prefix = "shapes" if self.seed == 0 else f"shapes/seed{self.seed}"

@@ -5,7 +5,7 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_metrics():
-    from .adversarial import AdversarialConsistency, AdversarialDetection
+    from .adversarial import AdversarialClassConsistency, AdversarialConsistency, AdversarialDetection
     from .causal import Deletion, Insertion
     from .dissection import Dissection
     from .drift import ExplanationDrift, UnitDrift
@@ -16,5 +16,6 @@ def register_metrics():
 
     return [Deletion, Insertion, Dissection, Net2Vec, PointingGame, EnergyPointingGame, EnergyPointingGameMasks,
             GridPointingGame,
-            ShortcutLocalization, AdversarialDetection, AdversarialConsistency, UnitDrift, ExplanationDrift,
+            ShortcutLocalization, AdversarialDetection, AdversarialConsistency, AdversarialClassConsistency, UnitDrift,
+            ExplanationDrift,
             RoadMoRF, RoadLeRF]

@@ -1183,7 +1183,221 @@ class AdversarialConsistency(Metric):
             writer.writerows(rows)
 
 
+# --------------------------------------------------------------------------------------------- metric: Dong et al.
+
+
+def class_similarity_matrix(dataset: Any, choice: Any, classes: int, who: str) -> tuple[torch.Tensor, str]:
+    """The class similarity ``A`` and where it came from: ``"dataset"`` (the dataset's ``class_similarity()``; the
+    identity when it has none), ``"identity"``, a path to a ``.npy`` / ``.pt`` / ``.csv`` file, or a nested list."""
+    from interpbench.ops.consistency import check_similarity
+
+    if isinstance(choice, str) and choice == "dataset":
+        hook = getattr(dataset, "class_similarity", None)
+        if callable(hook):
+            return check_similarity(hook(), classes, who), "dataset"
+        return torch.eye(classes, dtype=torch.float64), "identity (the dataset has no class_similarity())"
+    if isinstance(choice, str) and choice == "identity":
+        return torch.eye(classes, dtype=torch.float64), "identity"
+    if isinstance(choice, (str, Path)):
+        path = Path(choice)
+        if not path.is_file():
+            raise ComponentError(f"{who}: similarity {str(choice)!r} is not 'dataset', 'identity' or an existing "
+                                 ".npy / .pt / .csv file of a C x C class-similarity matrix")
+        if path.suffix == ".npy":
+            matrix = torch.from_numpy(np.load(path))
+        elif path.suffix == ".pt":
+            matrix = torch.load(path, weights_only=True)
+        else:
+            matrix = torch.from_numpy(np.loadtxt(path, delimiter=",", ndmin=2))
+        return check_similarity(matrix, classes, who), f"file {path.name}"
+    return check_similarity(torch.tensor(choice, dtype=torch.float64), classes, who), "given"
+
+
+def _pooled_activations(model: torch.nn.Module, images: torch.Tensor, layers: Sequence[str], pool: str
+                        ) -> dict[str, torch.Tensor]:
+    from interpbench.metrics.dissection import layer_activations
+
+    acts = layer_activations(model, images, layers)
+    return {name: (a.amax(dim=(2, 3)) if pool == "max" else a.mean(dim=(2, 3))).double().cpu()
+            for name, a in acts.items()}
+
+
+class AdversarialClassConsistency(Metric):
+    """Dong et al.'s consistency of units, on real images and on their adversarial versions (Dong, Su, Zhu & Bao,
+    arXiv 1708.05493, 2017; revised 2019).
+
+    Each unit of ``layers`` (default: the model's ``cam_layer``) is scored by the classes of its ``top_k`` most
+    activating images (activation: the spatial maximum of its feature map, ``pool="max"``, or the mean):
+    ``consis(n) = p^T A p`` with ``p`` the share of each class among those images and ``A`` the class similarity
+    (``similarity``: ``"dataset"``, the dataset's ``class_similarity()``: the shapes world's attribute overlap for
+    its shape classes; ``"identity"``; or a user-supplied C x C matrix, as a file or a nested list). Images carry
+    the class they show (their label), adversarial ones included.
+
+    The probe: the images the model classifies correctly, each attacked against its label; only the successful
+    attacks are kept, and the real score of attack ``A`` is taken on the clean versions of exactly those images,
+    so real and adversarial differ by the attack alone. Per layer ``L`` and attack ``A``: ``L.A.real``,
+    ``L.A.adversarial`` (mean consistency over the units that vary on both sets) and ``L.A.change`` (adversarial
+    minus real), each with a 95% percentile bootstrap CI over images (an image and its adversarial copy resampled
+    together; ``bootstrap`` replicates); ``L.A.chance`` (the expected consistency of ``top_k`` images drawn at
+    random from the same images: what a unit blind to the class scores), ``L.A.n`` (successful attacks),
+    ``L.A.success`` (their share of the correctly classified images), ``L.A.units``; and ``n`` (correctly
+    classified images), ``accuracy``. Attacks with fewer than ``2 * top_k`` successes report ``n`` and ``success``
+    only. Writes ``LAYER-ATTACK-class-consistency.csv`` (per unit) under the run's artefact directory.
+
+    Not the same measure as ``adversarial_consistency`` (the share of dissection detectors that keep their
+    concept label under attack, with the concept masks reused): both are reported, each under its own name.
+    """
+
+    name: ClassVar[str] = "adversarial_class_consistency"
+    headline_values: ClassVar[tuple[str, ...]] = ("**.adversarial",)
+    version: ClassVar[str] = "1"
+    scope: ClassVar[str] = "model"
+    higher_is_better: ClassVar[bool] = True
+    needs: ClassVar[frozenset[str]] = frozenset({"label"})
+    defaults: ClassVar[dict[str, Any]] = {
+        "attacks": ["pgd2", "pgd4", "pgd8"],
+        "layers": None,
+        "top_k": 10,
+        "pool": "max",
+        "similarity": "dataset",
+        "batch_size": None,
+        "bootstrap": 1000,
+        **ATTACK_DEFAULTS,
+    }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        p = self.params
+        _check_params(self.name, p)
+        self.specs = parse_attacks(p["attacks"], p, self.name)
+        for name in ("top_k", "bootstrap"):
+            if isinstance(p[name], bool) or not isinstance(p[name], int) or p[name] < 1:
+                raise ComponentError(f"{self.name}: {name} must be a positive int, got {p[name]!r}")
+        if p["pool"] not in ("max", "mean"):
+            raise ComponentError(f"{self.name}: pool must be 'max' (spatial maximum) or 'mean', got {p['pool']!r}")
+
+    def evaluate(self, model: Model, dataset: Any, ctx: RunContext) -> dict[str, float]:
+        from interpbench.metrics.dissection import resolve_layers
+        from interpbench.ops.consistency import chance_consistency, consistency, top_label_distribution
+
+        p = self.params
+        layers = resolve_layers(model, p["layers"])
+        batch_size = p["batch_size"] or ctx.batch_size
+        device = torch.device(ctx.device)
+        classes = len(getattr(dataset, "classes", None) or [])
+        if classes == 0:
+            raise ComponentError(f"{self.name}: dataset {getattr(dataset, 'name', '?')!r} lists no classes; Dong et "
+                                 "al.'s consistency needs the class of every image (dataset.classes)")
+        similarity, _ = class_similarity_matrix(dataset, p["similarity"], classes, self.name)
+        images, labels = [], []
+        for start in range(0, len(dataset), batch_size):
+            samples = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+            images.append(torch.stack([s["image"] for s in samples]))
+            labels.append(torch.tensor([int(s["label"]) for s in samples]))
+        images_all, labels_all = torch.cat(images), torch.cat(labels)
+        clean_acts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+        correct = []
+        for start in range(0, len(images_all), batch_size):
+            x = images_all[start:start + batch_size].to(device)
+            with torch.no_grad():
+                correct.append((model(x).argmax(dim=1).cpu() == labels_all[start:start + batch_size]))
+            for name, a in _pooled_activations(model, x, layers, p["pool"]).items():
+                clean_acts[name].append(a)
+        keep = torch.nonzero(torch.cat(correct)).squeeze(1)
+        clean = {name: torch.cat(v)[keep] for name, v in clean_acts.items()}
+        images_ok, labels_ok = images_all[keep], labels_all[keep]
+        n = len(keep)
+        out: dict[str, float] = {"n": float(n), "accuracy": n / max(len(images_all), 1)}
+        seed = stable_hash([self.name, getattr(model, "spec", type(model).__name__), n])
+        for spec in self.specs:
+            adv_acts: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+            success = []
+            for start in range(0, n, batch_size):
+                x = images_ok[start:start + batch_size].to(device)
+                y = labels_ok[start:start + batch_size].to(device)
+                ids = [f"probe:{int(i)}" for i in keep[start:start + batch_size]]
+                adversarial = run_attack(spec, model, x, y, ids).images.detach()
+                with torch.no_grad():
+                    success.append((model(adversarial).argmax(dim=1) != y).cpu())
+                for name, a in _pooled_activations(model, adversarial, layers, p["pool"]).items():
+                    adv_acts[name].append(a)
+            ok = torch.cat(success) if success else torch.zeros(0, dtype=torch.bool)
+            hits = torch.nonzero(ok).squeeze(1)
+            out[f"{spec.name}.n"] = float(len(hits))
+            out[f"{spec.name}.success"] = len(hits) / n if n else math.nan
+            k = p["top_k"]
+            if len(hits) < 2 * k:
+                continue
+            y = labels_ok[hits]
+            weights = torch.from_numpy(bootstrap_weights(len(hits), p["bootstrap"], stable_hash([seed, spec.name])))
+            for name in layers:
+                real, adv = clean[name][hits], torch.cat(adv_acts[name])[hits]
+                varies = (real.amax(0) > real.amin(0)) & (adv.amax(0) > adv.amin(0))
+                real, adv = real[:, varies], adv[:, varies]
+                prefix = f"{name}.{spec.name}"
+                out[f"{prefix}.units"] = float(int(varies.sum()))
+                out[f"{prefix}.chance"] = chance_consistency(y, similarity, k)
+                if not bool(varies.any()):
+                    continue
+                c_real = consistency(top_label_distribution(real, y, classes, k), similarity)
+                c_adv = consistency(top_label_distribution(adv, y, classes, k), similarity)
+                boot_real, boot_adv = self._bootstrap(real, adv, y, weights, classes, k, similarity)
+                for key, value, boot in (("real", c_real.mean(), boot_real), ("adversarial", c_adv.mean(), boot_adv),
+                                         ("change", c_adv.mean() - c_real.mean(), boot_adv - boot_real)):
+                    # a top-k statistic is not smooth: on a resample the copies of a drawn image fill several of
+                    # a unit's top-k places with one class, which shifts the replicates upwards (on shapes:cnn the
+                    # percentile interval of the adversarial score lay wholly above the estimate); the interval
+                    # takes the bootstrap's spread around the estimate (replicates re-centred on their median)
+                    centred = (boot - boot.median() + value).numpy()
+                    out[f"{prefix}.{key}"] = float(value)
+                    out[f"{prefix}.{key}_ci_low"], out[f"{prefix}.{key}_ci_high"] = percentile_interval(centred)
+                if ctx.out_dir is not None:
+                    self._write_units(Path(ctx.out_dir), prefix, torch.nonzero(varies).squeeze(1), real, adv, y,
+                                      c_real, c_adv, dataset)
+        return out
+
+    def _bootstrap(self, real: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor, weights: np.ndarray,
+                   classes: int, k: int, similarity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean consistency over units on each bootstrap resample of the images (resampling counts; an image and
+        its adversarial copy together). Copies of a drawn image tie, and the stable sort keeps them adjacent."""
+        from interpbench.ops.consistency import consistency
+
+        counts = torch.as_tensor(weights).long()
+        index = torch.stack([torch.repeat_interleave(torch.arange(len(labels)), c) for c in counts])  # R x N
+        outs = []
+        for acts in (real, adv):
+            values = []
+            for rows in index.split(100):  # top_label_distribution with each replicate's own labels
+                order = torch.sort(acts[rows].transpose(-1, -2), dim=-1, descending=True, stable=True).indices
+                top = labels[rows].gather(1, order[..., :k].flatten(1)).view(len(rows), -1, k)  # R x U x k
+                p = F.one_hot(top, classes).double().sum(dim=-2) / k
+                values.append(consistency(p, similarity).mean(dim=-1))
+            outs.append(torch.cat(values))
+        return outs[0], outs[1]
+
+    def _write_units(self, out_dir: Path, prefix: str, units: torch.Tensor, real: torch.Tensor, adv: torch.Tensor,
+                     labels: torch.Tensor, c_real: torch.Tensor, c_adv: torch.Tensor, dataset: Any) -> None:
+        import csv
+
+        from interpbench.ops.consistency import top_label_distribution
+
+        names = list(getattr(dataset, "classes", []))
+        k = self.params["top_k"]
+        classes = len(names)
+        top_real = top_label_distribution(real, labels, classes, k).argmax(dim=-1)
+        top_adv = top_label_distribution(adv, labels, classes, k).argmax(dim=-1)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in prefix.replace(".", "-"))
+        with open(out_dir / f"{stem}-class-consistency.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["unit", "real", "adversarial", "real_top_class", "adversarial_top_class"])
+            for j, u in enumerate(units.tolist()):
+                writer.writerow([u + 1, f"{float(c_real[j]):.6f}", f"{float(c_adv[j]):.6f}",
+                                 names[int(top_real[j])], names[int(top_adv[j])]])
+
+
 __all__ = [
+    "AdversarialClassConsistency",
     "AdversarialConsistency",
     "AdversarialDetection",
     "AttackSpec",
@@ -1199,6 +1413,7 @@ __all__ = [
     "bootstrap_detection",
     "bootstrap_tpr",
     "bootstrap_weights",
+    "class_similarity_matrix",
     "consistency_measures",
     "cross_attack_table",
     "cross_validated_scores",
