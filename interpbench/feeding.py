@@ -112,6 +112,36 @@ def collate(samples: Sequence[dict]) -> dict:
     return out
 
 
+def same_size_runs(samples: Sequence[dict], field: str = "image") -> list[tuple[int, SampleList]]:
+    """``samples`` cut into runs of consecutive samples whose ``field`` images share a shape, as ``(offset of the
+    run in samples, run)``; each run a :class:`SampleList` whose images (``field``, renamed ``image``) are stacked.
+
+    Images of different sizes (a dataset that keeps each image's aspect ratio, ``variable_size``) cannot share
+    one batch tensor; the runner explains each run as a batch, in dataset order. ``field`` names another view of
+    the image that a method is fed (e.g. ``image_square`` for RISE under TorchRay's protocol). A batch whose images
+    were stacked by the feed is returned whole.
+    """
+    images = getattr(samples, "images", None)
+    if field == "image" and images is not None and len(images) == len(samples):
+        return [(0, samples)] if len(samples) else []
+    runs: list[tuple[int, SampleList]] = []
+    start = 0
+    for stop in range(1, len(samples) + 1):
+        if stop < len(samples) and _shape(samples[stop], field) == _shape(samples[start], field):
+            continue
+        run = [{**{k: v for k, v in s.items() if k != field}, "image": s[field]} for s in samples[start:stop]]
+        runs.append((start, SampleList(run, torch.stack([s["image"] for s in run]))))
+        start = stop
+    return runs
+
+
+def _shape(sample: dict, field: str) -> tuple[int, ...]:
+    if field not in sample:
+        raise ComponentError(f"sample {sample.get('id')!r} has no {field!r} image; the dataset names it as a method's "
+                             "input (method_inputs), so its samples must carry it")
+    return tuple(sample[field].shape)
+
+
 class Feed:
     """Batches of ``dataset`` (each a sequence of indices), loaded in order by ``workers`` processes.
 
@@ -166,4 +196,4 @@ class Feed:
                 "wait_share": round(self.waited / self.elapsed, 4) if self.elapsed > 0 else 0.0}
 
 
-__all__ = ["Feed", "SampleList", "collate", "pack", "stack_samples", "unpack"]
+__all__ = ["Feed", "SampleList", "collate", "pack", "same_size_runs", "stack_samples", "unpack"]

@@ -344,8 +344,8 @@ class Runner:
 
     # ------------------------------------------------------------------ building components
 
-    def _method(self, name: str) -> Method:
-        return api.load_method(name, **self.config.method_params.get(name, {}))
+    def _method(self, name: str, dataset: Any = None) -> Method:
+        return api.load_method(name, **method_params_for(name, dataset, self.config.method_params))
 
     def _metric(self, name: str) -> Metric:
         return api.load_metric(name, **self.config.metric_params.get(name, {}))
@@ -426,7 +426,7 @@ class Runner:
             model = self.dist.agree(lambda: api.load_model(spec, device=str(self.device)))  # fails on every rank
         except Exception as exc:  # noqa: BLE001 - one failing model never loses the others
             error = describe_error(exc)
-            self.console.print(f"[red]model {spec}: {error}[/red]")
+            self.console.print(f"[red]model {spec} did not load: its cells failed (why: at the end of the run)[/red]")
             manifest["failures"].append({"model": spec, "error": error})
             self._register_failed(store, run_id, spec, "-", error)
             return
@@ -463,7 +463,8 @@ class Runner:
                     )
             except Exception as exc:  # noqa: BLE001
                 error = describe_error(exc)
-                self.console.print(f"[red]dataset {ds_name} for {spec}: {error}[/red]")
+                self.console.print(f"[red]dataset {ds_name} for {spec} did not load: its cells failed (why: at the end of "
+                                   "the run)[/red]")
                 manifest["failures"].append({"model": spec, "dataset": ds_name, "error": error})
                 self._register_failed(store, run_id, spec, ds_name, error)
                 continue
@@ -521,7 +522,7 @@ class Runner:
         cfg = self.config
         plans = []
         for method_name in cfg.methods:
-            method = self._method(method_name)
+            method = self._method(method_name, dataset)
             manifest["methods"][method_name] = {**method.describe(), "requires_grad": method.requires_grad,
                                                 "deterministic": method.deterministic}
             maps_identity = {"model": portable(model.describe()), "dataset": portable(dataset.identity()),
@@ -604,11 +605,17 @@ class Runner:
                          and distributed.runs_here(self.dist, c.metric, b, n_batches)]
                 if cells:
                     todo.append((plan, cells, keep))
-            if todo:
-                batch = self._batch(model, samples)
-                for plan, cells, keep in todo:
-                    part = batch if keep == len(batch) else _slice(batch, 0, keep)
-                    snapshot = snapshot_path(self.out, spec, ds_name, plan.name) if b == 0 else None
+            views: dict[str, list[tuple[int, Batch]]] = {}  # image field -> batches of equal-size images, in order
+            for plan, cells, keep in todo:
+                field = getattr(dataset, "method_inputs", {}).get(plan.name, "image")  # e.g. RISE's square view
+                if field not in views:
+                    views[field] = [(offset, self._batch(model, run))
+                                    for offset, run in feeding.same_size_runs(samples, field)]
+                for offset, batch in views[field]:
+                    if offset >= keep:
+                        break
+                    part = batch if offset + len(batch) <= keep else _slice(batch, 0, keep - offset)
+                    snapshot = snapshot_path(self.out, spec, ds_name, plan.name) if b == 0 and offset == 0 else None
                     self._run_batch(model, plan, cells, part, store, snapshot)
             if task is not None:
                 progress.advance(task)
@@ -660,6 +667,8 @@ class Runner:
         labels = data.get("labels")
         if self.config.target == "label":
             targets = labels.to(self.device)
+        elif hasattr(model, "choose_targets"):  # a pair: A's prediction where A and B share a label space
+            targets = model.choose_targets(images)
         else:
             with torch.no_grad():
                 targets = model(images).argmax(dim=1)
@@ -683,7 +692,7 @@ class Runner:
             return
         except Exception as exc:  # noqa: BLE001 - one failing method never loses the other cells
             plan.failed, plan.status = describe_error(exc), "failed"
-            self.console.print(f"[red]method {plan.name} on {model.spec}: {plan.failed}[/red]")
+            self.console.print(f"[red]method {plan.name} on {model.spec} failed (why: at the end of the run)[/red]")
             return
         t_maps = time.time() - t0
         if snapshot is not None:
@@ -712,10 +721,19 @@ class Runner:
             except Exception as exc:  # noqa: BLE001
                 cell.status, cell.error = "failed", describe_error(exc)
                 store.set_status(cell.key, "failed", cell.error)
-                self.console.print(f"[red]metric {cell.metric_name} of {plan.name} on {model.spec}: {cell.error}[/red]")
+                self.console.print(f"[red]metric {cell.metric_name} of {plan.name} on {model.spec} failed (why: at the end "
+                                   "of the run)[/red]")
                 self.ok = False
             wall[cell.key] = t_maps + time.time() - t1
         store.write_batch(rows, wall)
+
+
+def method_params_for(name: str, dataset: Any, params: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """A method's parameters on ``dataset``: those the dataset's published protocol sets (its ``method_defaults``,
+    e.g. extremal perturbation's areas on VOC and COCO in TorchRay's benchmark), overridden key by key by the
+    run's own (``params[name]``, from ``--method-param`` or the experiment)."""
+    defaults = (getattr(dataset, "method_defaults", None) or {}).get(name, {})
+    return {**defaults, **params.get(name, {})}
 
 
 SNAPSHOT_SIZE = 8

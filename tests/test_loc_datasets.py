@@ -26,7 +26,7 @@ from interpbench.datasets.shapes import COLORS, SHAPES, ShapesWorld
 from interpbench.datasets.shortcut import PATCH_COLORS, ShortcutSource, ShortcutWorld, conflict_class
 from interpbench.datasets.voc import VOC_CLASSES, VOCSource
 from interpbench.methods.baselines import CenterMap
-from interpbench.metrics.localization import EnergyPointingGame, PointingGame, centre_baseline
+from interpbench.metrics.localization import EnergyPointingGame, EnergyPointingGameMasks, PointingGame, centre_baseline
 from interpbench.testing import check_dataset
 from interpbench.testing import components as conformance
 
@@ -228,13 +228,25 @@ def test_energy_pointing_game_on_voc(tmp_path):
     maps[0] = -1.0  # 000001 dog: negative everywhere except the point (44, 20), outside the box -> 0
     maps[0, 20, 44] = 1.0
     maps[0, 15, 15] = 3.0  # ... and 3 inside the box: share 3 / 4
-    metric = EnergyPointingGame()
+    # the published variant (Wang et al.): the raw map's energy in the boxes, boxes under half of the image
+    out = run_metric(EnergyPointingGame(), batch, maps)
+    # 000001 dog: inside its 20 x 20 box 3 - 399, in the whole 80 x 100 map 1 + 3 - 7998: share 396 / 7994;
+    # 000002 cat (26, 40) outside -> 0; 000002 dog (5, 5) in a box -> 1; 000003 cat: its box is the whole image,
+    # skipped; 000004 cat (19, 19) -> 1; mean over 4 trials
+    dog = 396 / 7994
+    assert out["energy_pointing_game"] == pytest.approx((dog + 0 + 1 + 1) / 4) and out["n"] == 4
+    assert out["skipped_large"] == 1 and out["signed"] == 1 and out["region_masks"] == 0
+    assert out["difficult"] == pytest.approx((dog + 0 + 1) / 3)
+    # the mask variant: positive mass (masks where a sample has them: VOC has boxes), every trial
+    out = run_metric(EnergyPointingGameMasks(), batch, maps)
+    # 000001 dog: positive mass 1 + 3, of which 3 in the box: 0.75; 000003 cat 1; the others as above
+    assert out["energy_pointing_game_masks"] == pytest.approx((0.75 + 0 + 1 + 1 + 1) / 5) and out["n"] == 5
+    assert out["skipped_large"] == 0 and out["difficult"] == pytest.approx((0.75 + 0 + 1) / 3)
+
+
+def run_metric(metric, batch, maps):
     metric.update(None, batch, maps)
-    out = metric.compute()
-    # shares: 000001 dog 0.75; 000002 cat (26, 40) outside -> 0; 000002 dog (5, 5) in a box -> 1;
-    # 000003 cat 1; 000004 cat (19, 19) -> 1; mean over 5 trials
-    assert out["energy_pointing_game"] == pytest.approx((0.75 + 0 + 1 + 1 + 1) / 5) and out["n"] == 5
-    assert out["difficult"] == pytest.approx((0.75 + 0 + 1) / 3)
+    return metric.compute()
 
 
 # --------------------------------------------------------------------------------------------- COCO

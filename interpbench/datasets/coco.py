@@ -151,10 +151,12 @@ class CocoInstances(AnnotatedImages):
 
     label_space = "coco-80"
     provides = frozenset({"labels", "boxes", "masks", "orig_size", "orig_boxes", "orig_masks", "pointing_difficult"})
+    extremal_areas = [0.018, 0.025, 0.05, 0.1]  # TorchRay attribution_benchmark.py, dataset 'coco'
 
     def __init__(self, images_dir: Path, annotations_file: Path, images: list[dict], anns: dict[int, list[dict]],
-                 categories: list[dict], image_set: str, size: Any, difficult_flags: dict[str, list[bool]] | None):
-        super().__init__(size, difficult_flags, "coco")
+                 categories: list[dict], image_set: str, size: Any, difficult_flags: dict[str, list[bool]] | None,
+                 protocol: str = "torchray"):
+        super().__init__(size, difficult_flags, "coco", protocol)
         self.images_dir, self.annotations_file, self.image_set = images_dir, annotations_file, image_set
         self.images, self.anns = images, anns
         self._annotations_sha256: str | None = None  # computed once, by identity()
@@ -170,7 +172,7 @@ class CocoInstances(AnnotatedImages):
             self._annotations_sha256 = file_sha256(self.annotations_file)
         return {"loader": "coco", "path": {"annotations": str(self.annotations_file), "images": str(self.images_dir)},
                 "annotations_sha256": self._annotations_sha256, "set": self.image_set, "size": list(self.size),
-                "n": len(self.images), **self._difficult_identity()}
+                "protocol": self.protocol, "n": len(self.images), **self._difficult_identity()}
 
     def _record(self, index: int):
         info = self.images[index]
@@ -193,18 +195,18 @@ class CocoInstances(AnnotatedImages):
         return f"{self._prefix}/{stem}", stem, self.images_dir / info["file_name"], (height, width), annotations
 
     def __repr__(self) -> str:
-        return f"CocoInstances(set={self.image_set!r}, n={len(self)}, size={self.size})"
+        return f"CocoInstances(set={self.image_set!r}, n={len(self)}, size={self.size}, protocol={self.protocol!r})"
 
 
 class CocoSource(DatasetSource):
     """Loader ``coco``: ``load(path, set="val2014", annotations=None, images=None, size=224, n=None,
-    difficult_file=None)``."""
+    difficult_file=None, protocol="torchray")`` (``protocol``: see ``interpbench.datasets.voc``)."""
 
     name = "coco"
 
     def load(self, path: Any = None, split: str | None = None, size: Any = 224, n: int | None = None,
              annotations: str | None = None, images: str | None = None, difficult_file: str | None = None,
-             **options: Any) -> CocoInstances:
+             protocol: str = "torchray", **options: Any) -> CocoInstances:
         image_set = str(options.pop("set", None) or "val2014")
         if path is None and (annotations is None or images is None):
             raise ComponentError(f"coco: no path given; set `path:` in datasets.yaml to a folder laid out as "
@@ -235,5 +237,5 @@ class CocoSource(DatasetSource):
             if int(ann["image_id"]) in wanted:
                 anns.setdefault(int(ann["image_id"]), []).append(ann)
         flags = read_difficult_file(difficult_file, len(categories)) if difficult_file else None
-        return CocoInstances(images_dir, ann_file, image_list, anns, categories, image_set, size, flags)
+        return CocoInstances(images_dir, ann_file, image_list, anns, categories, image_set, size, flags, protocol)
 

@@ -12,7 +12,16 @@ standard (alphabetical) order, as TorchRay's ``VOC_CLASSES``; images in the orde
 This module also holds :class:`AnnotatedImages`, the base of the localisation loaders (``voc``, ``coco``,
 ``imagenet_loc``). Their samples carry (see ``interpbench.metrics.localization``):
 
-- ``image``: the whole image resized (no crop, so every box stays in view) to the model's input size, bilinear;
+- ``image``: the whole image resized (no crop, so every box stays in view). ``protocol="square"``: to the model's
+  input size, PIL bilinear (the aspect ratio is lost). ``protocol="torchray"`` (the default of ``voc`` and ``coco``:
+  TorchRay's pointing-game benchmark, ``examples/attribution_benchmark.py`` with ``torchray.benchmark.models
+  .get_transform``): its shorter side to the input's shorter side (224), the aspect ratio kept
+  (``int(224 * long / short)`` for the longer side), ``F.interpolate`` bilinear without corner alignment on the
+  [0, 1] tensor; images then differ in size (``variable_size``: the runner batches runs of equal sizes). In that
+  mode samples also carry ``image_square`` (the image squashed to the input size the same way: TorchRay feeds
+  RISE alone ``input_size = (224, 224)``), and the dataset declares ``method_inputs`` (``{"rise":
+  "image_square"}``) and ``method_defaults`` (extremal perturbation's areas: ``[0.025, 0.05, 0.1, 0.2]`` on VOC,
+  ``[0.018, 0.025, 0.05, 0.1]`` on COCO), which the runner applies under the user's own method parameters;
 - ``orig_size`` ``(H0, W0)``; ``orig_boxes`` class -> float ``N x 4`` xyxy in original pixels (pixel-edge
   coordinates: pixel ``(x, y)`` is inside when its centre ``(x + .5, y + .5)`` is); ``orig_masks`` class -> bool
   ``H0 x W0`` where the dataset has masks (COCO);
@@ -22,6 +31,9 @@ This module also holds :class:`AnnotatedImages`, the base of the localisation lo
 - ``pointing_difficult``: class -> bool, the pair is in the pointing game's "difficult" subset (Zhang et al.
   2016: the class's boxes cover less than 1/4 of the image and another class is present), computed from the
   boxes or read from a list file (``difficult_file``, TorchRay's format: ``<image name>\\t<0/1 per class>``).
+- ``pointing_tolerance``: the pointing game's tolerance, TorchRay's 15 px of the original image;
+  ``pointing_protocol``: ``"torchray"`` or ``"square"`` (the pointing game smooths gradient-like maps under the
+  former, as TorchRay's benchmark does).
 
 ``annotation(index)`` returns a sample without decoding its image (for checks on the annotations alone, e.g.
 the pointing game's centre baseline: ``interpbench.metrics.localization.centre_baseline``).
@@ -40,13 +52,14 @@ from PIL import Image
 from interpbench.base import ComponentError, DatasetSource
 from interpbench.datasets.imagefolder import size_hw, to_tensor
 from interpbench.manifest import lines_sha256
-from interpbench.metrics.localization import difficult_pairs
+from interpbench.metrics.localization import TORCHRAY_TOLERANCE, difficult_pairs
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
     "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )
 VOC_LAYOUT = "<path>/VOCdevkit/VOC2007/{Annotations/*.xml, JPEGImages/*.jpg, ImageSets/Main/<split>.txt}"
+PROTOCOLS = ("torchray", "square")  # how images are resized: see the module docstring
 
 
 # --------------------------------------------------------------------------------------------- shared helpers
@@ -62,6 +75,31 @@ def load_resized(path: str | Path, size: tuple[int, int]) -> tuple[torch.Tensor,
     except FileNotFoundError:
         raise ComponentError(f"image file {str(path)!r} does not exist; check the dataset's path") from None
     return to_tensor(resized), orig
+
+
+def torchray_input_size(orig: tuple[int, int], short: int) -> tuple[int, int]:
+    """(H, W) of an ``orig`` (H0, W0) image resized so that its shorter side is ``short``, the aspect ratio kept.
+
+    TorchRay ``get_transform`` for VOC / COCO: ``if width < height: (int(size * height / width), size)``, else
+    ``(size, int(size * width / height))`` (a square image gives ``size x size``).
+    """
+    height, width = int(orig[0]), int(orig[1])
+    if width < height:
+        return int(short * height / width), int(short)
+    return int(short), int(short * width / height)
+
+
+def load_interpolated(path: str | Path, sizes: list[tuple[int, int]]) -> tuple[list[torch.Tensor], tuple[int, int]]:
+    """The image at ``path`` as a [0, 1] tensor resized to each of ``sizes`` (H, W) by ``F.interpolate`` (bilinear,
+    ``align_corners=False``, no antialiasing: TorchRay's VOC / COCO transform), and its original (H0, W0)."""
+    try:
+        with Image.open(path) as image:
+            tensor = to_tensor(image.convert("RGB"))
+    except FileNotFoundError:
+        raise ComponentError(f"image file {str(path)!r} does not exist; check the dataset's path") from None
+    out = [tensor if tuple(tensor.shape[-2:]) == tuple(size) else
+           F.interpolate(tensor[None], size=tuple(size), mode="bilinear", align_corners=False)[0] for size in sizes]
+    return out, (int(tensor.shape[-2]), int(tensor.shape[-1]))
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -114,10 +152,27 @@ class AnnotatedImages(torch.utils.data.Dataset):
     multilabel: bool = True
     classes: list[str]
     label_space: str
+    extremal_areas: list[float] | None = None  # extremal perturbation's areas in TorchRay's benchmark on this set
 
-    def __init__(self, size: Any, difficult_flags: dict[str, list[bool]] | None, who: str):
+    def __init__(self, size: Any, difficult_flags: dict[str, list[bool]] | None, who: str, protocol: str = "square"):
         self.size = size_hw(size, who)
         self.difficult_flags = difficult_flags
+        if protocol not in PROTOCOLS:
+            raise ComponentError(f"{who}: protocol {protocol!r} is not one of {list(PROTOCOLS)}: 'torchray' (TorchRay's "
+                                 "pointing-game benchmark: shorter side resized, aspect ratio kept) or 'square' (every "
+                                 "image squashed to the model's input size)")
+        self.protocol = protocol
+        torchray = protocol == "torchray"
+        self.variable_size = torchray
+        self.method_inputs = {"rise": "image_square"} if torchray else {}
+        self.method_defaults = {"extremal": {"areas": list(self.extremal_areas)}} if (
+            torchray and self.extremal_areas) else {}
+
+    def input_size(self, orig: tuple[int, int]) -> tuple[int, int]:
+        """The size (H, W) an ``orig`` (H0, W0) image is resized to for the model."""
+        if self.protocol == "torchray":
+            return torchray_input_size(orig, min(self.size))
+        return self.size
 
     def _record(self, index: int) -> tuple[str, str, Path, tuple[int, int] | None, dict[str, Any]]:
         raise NotImplementedError
@@ -142,13 +197,15 @@ class AnnotatedImages(torch.utils.data.Dataset):
         boxes = {int(c): b for c, b in sorted(ann["orig_boxes"].items())}
         masks = {int(c): m for c, m in sorted((ann.get("orig_masks") or {}).items())}
         labels = sorted(set(boxes) | set(masks))
+        size = self.input_size(orig)
         sample: dict[str, Any] = {
             "id": sample_id, "name": name, "path": str(path), "orig_size": orig, "labels": labels,
-            "orig_boxes": boxes, "boxes": {c: scale_boxes(b, orig, self.size) for c, b in boxes.items()},
+            "orig_boxes": boxes, "boxes": {c: scale_boxes(b, orig, size) for c, b in boxes.items()},
+            "pointing_tolerance": float(TORCHRAY_TOLERANCE), "pointing_protocol": self.protocol,
         }
         if masks:
             sample["orig_masks"] = masks
-            sample["masks"] = {c: resize_mask(m, self.size) for c, m in masks.items()}
+            sample["masks"] = {c: resize_mask(m, size) for c, m in masks.items()}
         if "difficult" in ann:
             sample["difficult"] = {int(c): f for c, f in sorted(ann["difficult"].items())}
         if "label" in ann:
@@ -165,13 +222,20 @@ class AnnotatedImages(torch.utils.data.Dataset):
         return {c: True if flags is None else bool(flags[c]) for c in boxes}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        _, _, path, _, _ = self._record(self._check(index))
-        image, orig = load_resized(path, self.size)
+        _, _, path, known, _ = self._record(self._check(index))
+        square = None
+        if self.protocol == "torchray":
+            orig = known or image_size(path)
+            (image, square), orig = load_interpolated(path, [self.input_size(orig), self.size])
+        else:
+            image, orig = load_resized(path, self.size)
         sample = self.annotation(index, orig)
         if tuple(sample["orig_size"]) != tuple(orig):
             raise ComponentError(f"{self.name}: {str(path)!r} is {orig[1]} x {orig[0]} px but its annotation says "
                                  f"{sample['orig_size'][1]} x {sample['orig_size'][0]}")
         sample["image"] = image
+        if square is not None:
+            sample["image_square"] = square
         return sample
 
 
@@ -221,10 +285,11 @@ class VOCDetection(AnnotatedImages):
 
     label_space = "pascal-voc"
     provides = frozenset({"labels", "boxes", "difficult", "orig_size", "orig_boxes", "pointing_difficult"})
+    extremal_areas = [0.025, 0.05, 0.1, 0.2]  # TorchRay attribution_benchmark.py, dataset 'voc_2007'
 
     def __init__(self, root: Path, names: list[str], year: str, split: str, size: Any,
-                 difficult_flags: dict[str, list[bool]] | None):
-        super().__init__(size, difficult_flags, "voc")
+                 difficult_flags: dict[str, list[bool]] | None, protocol: str = "torchray"):
+        super().__init__(size, difficult_flags, "voc", protocol)
         self.root, self.names, self.year, self.split = root, names, year, split
         self.classes = list(VOC_CLASSES)
         self.name = self._prefix = f"voc{year}-{split}"  # ids keep the prefix if the name is reassigned
@@ -237,8 +302,8 @@ class VOCDetection(AnnotatedImages):
     def identity(self) -> dict[str, Any]:
         # "path" says where the files lie (left out of cell identities); the image ids say which images they are
         return {"loader": "voc", "path": str(self.root), "year": self.year, "split": self.split,
-                "size": list(self.size), "n": len(self.names), "ids_sha256": lines_sha256(self.names),
-                **self._difficult_identity()}
+                "size": list(self.size), "protocol": self.protocol, "n": len(self.names),
+                "ids_sha256": lines_sha256(self.names), **self._difficult_identity()}
 
     def _record(self, index: int):
         if index in self._cache:
@@ -262,16 +327,19 @@ class VOCDetection(AnnotatedImages):
         return record
 
     def __repr__(self) -> str:
-        return f"VOCDetection(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, size={self.size})"
+        return (f"VOCDetection(root={str(self.root)!r}, split={self.split!r}, n={len(self)}, size={self.size}, "
+                f"protocol={self.protocol!r})")
 
 
 class VOCSource(DatasetSource):
-    """Loader ``voc``: ``load(path, split="test", year="2007", size=224, n=None, difficult_file=None)``."""
+    """Loader ``voc``: ``load(path, split="test", year="2007", size=224, n=None, difficult_file=None,
+    protocol="torchray")``."""
 
     name = "voc"
 
     def load(self, path: Any = None, split: str | None = "test", year: str | int = "2007", size: Any = 224,
-             n: int | None = None, difficult_file: str | None = None, **ignored: Any) -> VOCDetection:
+             n: int | None = None, difficult_file: str | None = None, protocol: str = "torchray",
+             **ignored: Any) -> VOCDetection:
         if path is None:
             raise ComponentError(f"voc: no path given; set `path:` in datasets.yaml to a folder laid out as {VOC_LAYOUT}")
         year = str(year)
@@ -285,4 +353,4 @@ class VOCSource(DatasetSource):
         if n is not None:
             names = names[: int(n)]
         flags = read_difficult_file(difficult_file, len(VOC_CLASSES)) if difficult_file else None
-        return VOCDetection(root, names, year, split, size, flags)
+        return VOCDetection(root, names, year, split, size, flags, protocol)

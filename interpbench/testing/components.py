@@ -677,7 +677,10 @@ def dataset_checks(dataset: Any, *, n: int = 8, source: DatasetSource | None = N
                 f"dataset {label!r}: image {s['id']!r} has values in [{lo:.3g}, {hi:.3g}], expected [0, 1] (no "
                 "normalisation: it belongs to the model)")
             shapes.add(tuple(img.shape))
-        assert len(shapes) == 1, f"dataset {label!r}: images of different sizes {sorted(shapes)}; resize them in load()"
+        if getattr(dataset, "variable_size", False):  # e.g. aspect ratio kept: the runner batches equal sizes
+            return f"{min(n, len(dataset))} samples, images {sorted(shapes)} (variable_size)"
+        assert len(shapes) == 1, (f"dataset {label!r}: images of different sizes {sorted(shapes)}; resize them in "
+                                  "load(), or declare variable_size = True on the dataset")
         return f"{min(n, len(dataset))} samples, images {shapes.pop()}"
 
     def stable_ids():
@@ -734,10 +737,15 @@ def dataset_checks(dataset: Any, *, n: int = 8, source: DatasetSource | None = N
         size = (40, 56)  # not square: catches H/W swaps
         other = source.load(**{**options, "size": size})
         img = other[0]["image"]
-        assert tuple(img.shape[-2:]) == size, (f"dataset {label!r}: load(size={size}) gave images of "
-                                               f"{tuple(img.shape[-2:])}; the runner asks for the model's input size")
+        got = tuple(img.shape[-2:])
+        if getattr(other, "variable_size", False):  # the aspect ratio kept: the shorter side is the input's
+            assert min(got) == min(size), (f"dataset {label!r} (variable_size): load(size={size}) gave images of "
+                                           f"{got}, whose shorter side is not the input's {min(size)}")
+        else:
+            assert got == size, (f"dataset {label!r}: load(size={size}) gave images of {got}; the runner asks for the "
+                                 "model's input size")
         for mask in (other[0].get("masks") or {}).values():
-            assert tuple(mask.shape) == size, f"dataset {label!r}: load(size={size}) gave {tuple(mask.shape)} masks"
+            assert tuple(mask.shape) == got, f"dataset {label!r}: load(size={size}) gave {tuple(mask.shape)} masks"
 
     checks.append(Check("size_option", size_option, applies=source is not None,
                         reason="" if source is not None else "checked only when given the loader (check_dataset of a "
