@@ -108,6 +108,13 @@ class Metric(Component):
     # work over ``ctx.dist``; otherwise it runs on rank 0 alone.
     dist_state: ClassVar[dict[str, Any]] = {}
     distributed: ClassVar[bool] = False
+    # The values a paper's headline table shows (``interpbench table``; the top of ``methods.md``): patterns over
+    # the names the metric records, where ``*`` stands for one dot-free part of a name and ``**`` for one or more
+    # parts (``"*.auroc"`` matches ``pgd8.auroc``, not ``baseline.pgd8.auroc``). Headline values are compared in
+    # the metric's ``higher_is_better`` direction. ``None`` (a metric that does not say): the value named after
+    # the metric, else every value with a confidence interval (every value but ``n`` where none has one).
+    # Bookkeeping values (counts, skips, success rates) stay out of the headline and in ``--values all``.
+    headline_values: ClassVar[tuple[str, ...] | None] = None
 
     @property
     def per_sample(self) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -74,14 +75,16 @@ def format_value(row: pd.Series) -> str:
     return f"{row['mean']:.4f} [{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
 
 
-def wide_table(table: pd.DataFrame, scope: str = "explanation") -> pd.DataFrame:
-    """Rows (model, dataset, method), one column per metric value with its arrow."""
+def wide_table(table: pd.DataFrame, scope: str = "explanation", directed: Any = None) -> pd.DataFrame:
+    """Rows (model, dataset, method), one column per metric value with its arrow (the metric's own value, and the
+    values of the boolean Series ``directed`` aligned with ``table``, e.g. a metric's headline values)."""
     part = table[table["scope"] == scope]
     if part.empty:
         return pd.DataFrame()
+    arrow = (part["value_name"] == part["metric"]) if directed is None else directed.reindex(part.index).fillna(False)
     part = part.assign(
-        column=[f"{v} {ARROW[h]}" if v == m else f"{m}.{v}" for v, m, h in
-                zip(part["value_name"], part["metric"], part["higher_is_better"])],
+        column=[f"{v if v == m else f'{m}.{v}'}" + (f" {ARROW[bool(h)]}" if a else "") for v, m, h, a in
+                zip(part["value_name"], part["metric"], part["higher_is_better"], arrow | (part["value_name"] == part["metric"]))],
         cell=part.apply(format_value, axis=1),
     )
     wide = part.pivot_table(index=["model", "dataset", "method"], columns="column", values="cell", aggfunc="first", sort=False)
@@ -90,11 +93,61 @@ def wide_table(table: pd.DataFrame, scope: str = "explanation") -> pd.DataFrame:
     return wide
 
 
+def _pattern(pattern: str) -> re.Pattern:
+    """A headline pattern as a regular expression: ``*`` one dot-free part of a name, ``**`` one or more parts."""
+    parts = [".+" if p == "**" else "[^.]+" if p == "*" else re.escape(p).replace(r"\*", "[^.]*")
+             for p in pattern.split(".")]
+    return re.compile("^" + r"\.".join(parts) + "$")
+
+
+def declared_headline(metric: str) -> tuple[str, ...] | None:
+    """The ``headline_values`` the registered metric class declares, or None (not declared, or the plugin that made
+    the run is not installed)."""
+    from .registry import get_registry
+
+    try:
+        cls = get_registry().get("metrics", metric)
+    except Exception:  # noqa: BLE001 - tables must regenerate without the plugin
+        return None
+    declared = getattr(cls, "headline_values", None)
+    if declared is None:
+        return None
+    if isinstance(declared, str) or not all(isinstance(p, str) for p in declared):
+        warnings.warn(f"metric {metric!r}: headline_values must be a tuple of name patterns, e.g. ('{metric}',), "
+                      f"got {declared!r}; its headline falls back to the default", stacklevel=2)
+        return None
+    return tuple(declared)
+
+
+def headline_mask(table: pd.DataFrame) -> pd.Series:
+    """Which rows of a long results table hold a headline value: the names the metric's ``headline_values``
+    patterns match; for a metric that declares none, the value named after the metric, else (a metric with only
+    named values) every value with a confidence interval somewhere in the table. A cell that did not run keeps
+    its one row (it shows as failed / n/a in the headline). A metric whose values have no interval at all shows
+    every value but ``n``."""
+    mask = pd.Series(False, index=table.index)
+    for metric, rows in table.groupby("metric", sort=False):
+        names = rows["value_name"].astype(str)
+        declared = declared_headline(str(metric))
+        if declared is not None:
+            patterns = [_pattern(p) for p in declared]
+            keep = names.map(lambda n: any(p.match(n) for p in patterns))
+        elif (names == metric).any():
+            keep = names == metric
+        else:
+            with_ci = set(names[rows["ci_low"].notna()])
+            keep = names.isin(with_ci) if with_ci else names != "n"
+        mask[rows.index] = keep.to_numpy(bool)
+    return mask | ((table["status"] != "done") & (table["value_name"] == table["metric"]))
+
+
 def headline_table(table: pd.DataFrame, scope: str = "explanation") -> pd.DataFrame:
-    """Like ``wide_table``, with only each metric's headline value (the result named after the metric, or a
-    cell that did not run): the summary a terminal or the top of a leaderboard can show."""
-    keep = (table["value_name"] == table["metric"]) | (table["status"] != "done")
-    return wide_table(table[keep], scope)
+    """Like ``wide_table``, with only each metric's headline values (:func:`headline_mask`; the metric class's
+    ``headline_values``): the summary a terminal or the top of a leaderboard can show."""
+    if table.empty:
+        return pd.DataFrame()
+    keep = headline_mask(table)
+    return wide_table(table[keep], scope, directed=keep[keep])
 
 
 def metric_sections(table: pd.DataFrame, scope: str = "explanation") -> str:

@@ -69,14 +69,15 @@ def test_latex_matches_the_golden_file():
     # what the golden file must show, checked independently of it
     rows = {line.split(" & ")[0]: line.split(" & ")[1:] for line in latex.splitlines() if " & " in line}
     deletion, insertion, auroc = (0, 1, 2)
-    assert rows["grad\\_cam"][deletion].startswith(r"\textbf{0.490} $\pm$ 0.015")  # best, tie on the exact mean
+    assert rows["grad\\_cam"][deletion] == r"\textbf{0.490}\textsubscript{$\pm$0.015}"  # best, tie on the exact mean
     assert rows["twin"][deletion].startswith(r"\textbf{0.490}")
     assert rows["close"][deletion].startswith(r"\underline{0.491}")  # not separated from the best
-    assert rows["worse"][deletion].startswith("0.609 $\\pm$")
+    assert rows["worse"][deletion].startswith("0.609\\textsubscript{$\\pm$")
     assert rows["close"][insertion].startswith(r"\textbf{0.755}") and "underline" not in "".join(rows["worse"])
     assert rows["grad\\_cam"][auroc] == r"\textbf{0.910} \\"  # a value without a CI shows no ±
     assert rows["broken"][:2] == ["failed", "failed"] and rows["broken"][2].startswith("--")
-    assert "detect\\_100\\%.auroc $\\uparrow$" in latex and "deletion $\\downarrow$" in latex
+    assert rows["n"] == ["20", "20", r" \\"]  # per column, the samples behind the means
+    assert r"detect 100\% $\uparrow$" in latex and r"Deletion $\downarrow$" in latex
     assert latex.count(r"\toprule") == latex.count(r"\bottomrule") == 1
 
 
@@ -159,8 +160,8 @@ def test_the_command_writes_every_table_from_a_store(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| 1 | close | 0.755" in out and "grad_cam, twin, worse" in out
     written = sorted(p.name for p in (directory / "tables").iterdir())
-    assert written == ["agreement.csv", "agreement.md", "agreement.tex", "methods.csv", "methods.md", "methods.tex",
-                       "pairwise.csv", "ranking.csv", "ranking.md"]
+    assert written == ["agreement.csv", "agreement.md", "agreement.tex", "causal.csv", "causal.md", "causal.tex",
+                       "methods.csv", "methods.md", "methods.tex", "pairwise.csv", "ranking.csv", "ranking.md"]
     csv = pd.read_csv(directory / "tables" / "methods.csv")
     best = csv[csv["best"]]
     assert sorted(zip(best["column"], best["method"])) == [("deletion ↓", "grad_cam"), ("deletion ↓", "twin"),

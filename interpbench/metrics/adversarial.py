@@ -687,6 +687,7 @@ class AdversarialDetection(Metric):
     """
 
     name: ClassVar[str] = "adversarial_detection"
+    headline_values: ClassVar[tuple[str, ...]] = ("*.auroc",)
 
     @classmethod
     def leaderboard_markdown(cls, rows: Any) -> str | None:
@@ -1071,6 +1072,7 @@ class AdversarialConsistency(Metric):
     """
 
     name: ClassVar[str] = "adversarial_consistency"
+    headline_values: ClassVar[tuple[str, ...]] = ("**.label_kept",)
     version: ClassVar[str] = "1"
     scope: ClassVar[str] = "model"
     higher_is_better: ClassVar[bool] = True

@@ -275,6 +275,7 @@ class Deletion(_CausalMetric):
     """
 
     name: ClassVar[str] = "deletion"
+    headline_values: ClassVar[tuple[str, ...]] = ("deletion",)
     higher_is_better: ClassVar[bool] = False
     deletion: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {
@@ -295,6 +296,7 @@ class Insertion(_CausalMetric):
     """
 
     name: ClassVar[str] = "insertion"
+    headline_values: ClassVar[tuple[str, ...]] = ("insertion",)
     higher_is_better: ClassVar[bool] = True
     deletion: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {

@@ -583,6 +583,7 @@ class Dissection(Metric):
     """
 
     name: ClassVar[str] = "dissection"
+    headline_values: ClassVar[tuple[str, ...]] = ("**.detectors", "**.unique")
     version: ClassVar[str] = "1"
     scope: ClassVar[str] = "model"
     higher_is_better: ClassVar[bool] = True

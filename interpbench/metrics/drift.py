@@ -165,6 +165,7 @@ class UnitDrift(Metric):
     """
 
     name: ClassVar[str] = "unit_drift"
+    headline_values: ClassVar[tuple[str, ...]] = ("**.cka", "**.aligned.concept_retention")
     version: ClassVar[str] = "1"
 
     @classmethod
@@ -393,6 +394,7 @@ class ExplanationDrift(Metric):
     """
 
     name: ClassVar[str] = "explanation_drift"
+    headline_values: ClassVar[tuple[str, ...]] = ("explanation_drift",)
     version: ClassVar[str] = "1"
 
     @classmethod

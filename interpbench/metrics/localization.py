@@ -552,6 +552,7 @@ class PointingGame(_LocalisationGame):
     """
 
     name: ClassVar[str] = "pointing_game"
+    headline_values: ClassVar[tuple[str, ...]] = ("pointing_game", "difficult")
     # the inverted map's arg-max, (0, 0), lies 8.9 px from the kit's region on its 32 x 32 image: a hit at 15 px
     defaults: ClassVar[dict[str, Any]] = {"tolerance": "auto", "smooth": "auto",
                                           "smooth_methods": list(TORCHRAY_SMOOTHED), "region": "auto",
@@ -614,6 +615,7 @@ class EnergyPointingGame(_LocalisationGame):
     """
 
     name: ClassVar[str] = "energy_pointing_game"
+    headline_values: ClassVar[tuple[str, ...]] = ("energy_pointing_game",)
     per_class: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]] = {"region": "boxes", "map": "raw", "max_box_area": ENERGY_MAX_BOX_AREA,
                                           "n_boot": 2000, "seed": 0}

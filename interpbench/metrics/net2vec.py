@@ -289,6 +289,7 @@ class Net2Vec(Metric):
     """
 
     name: ClassVar[str] = "net2vec"
+    headline_values: ClassVar[tuple[str, ...]] = ("**.net2vec_iou",)
     version: ClassVar[str] = "1"
     scope: ClassVar[str] = "model"
     higher_is_better: ClassVar[bool] = True
