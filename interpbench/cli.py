@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import shlex
+import shutil
 import sys
 from typing import Any
 
@@ -140,7 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method-param", action="append", metavar="METHOD.PARAM=VALUE")
     run.add_argument("--metric-param", action="append", metavar="METRIC.PARAM=VALUE")
     run.add_argument("--datasets-config", help="a datasets.yaml overriding the packaged and ./datasets.yaml entries")
-    run.add_argument("--no-progress", action="store_true")
+    run.add_argument("--no-progress", action="store_true", help="no progress display (a log still gets one line "
+                     "per finished cell)")
+    run.add_argument("--no-report", action="store_true", help="do not write report.html beside the tables "
+                     "(`interpbench report DIR` writes it later)")
     run.add_argument("--workers", type=int, default=0, help="data-loading worker processes per rank (0: decode in "
                      "the main process); under torchrun every rank computes a block of the batches (docs/scale.md)")
 
@@ -160,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from .leaderboard import headline_table
     from .pairs import expand_specs
     from .runner import RunConfig, Runner
+    from .summary import render_text, written_files
 
     is_default = not any([args.methods, args.models, args.metrics, args.datasets, args.pairs])
     base = dict(DEFAULT_EXPERIMENT) if is_default else {"experiment": args.experiment or "custom",
@@ -210,16 +214,18 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     table = runner.run()
     if not runner.dist.is_main:  # under torchrun only rank 0 reports
         return 0 if runner.ok else 1
-    wide = headline_table(table)
-    summary = Table(title=f"{experiment}: {config.out}")
-    for col in wide.columns:
-        summary.add_column(str(col))
-    for _, row in wide.iterrows():
-        summary.add_row(*["" if v is None else str(v) for v in row.tolist()])
-    Console().print(summary)
-    console.print(f"leaderboard written to {config.out}/methods.md")
-    if not runner.ok:
-        console.print("[red]some cells failed; see the table's 'Cells that did not run' section[/red]")
+    if not args.no_report:
+        from .report import write_report
+
+        try:
+            write_report(config.out)
+        except Exception as exc:  # noqa: BLE001 - the numbers are written; a report failure does not lose them
+            console.print(f"[red]report.html not written ({type(exc).__name__}: {exc}); the tables are; retry with "
+                          f"`interpbench report {config.out}`[/red]")
+    width = shutil.get_terminal_size((80, 24)).columns  # 80 in a pipe or a log ($COLUMNS overrides)
+    files = written_files(config.out)
+    sys.stdout.write(render_text(table, width, title=f"{experiment}: {config.out}", files=files))
+    sys.stdout.flush()
     return 0 if runner.ok else 1
 
 
