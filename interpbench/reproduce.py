@@ -9,9 +9,14 @@ What is compared, per (model, dataset, method, metric, value):
 
 - the status (a cell that ran must run again; a failed one must fail again), the number of samples ``n`` and,
   when both stores are at hand, the set of sample ids;
-- the value: inside the committed cell's 95% confidence interval when it has one, else within the explicit
-  tolerance ``|new - old| <= atol + rtol |old|`` (deterministic values such as a dataset-level count);
-  ``--exact`` applies the explicit tolerance to every number, CI bounds included (a same-machine check);
+- the value, in three levels (docs/reproduce.md): *identical* (bit for bit, per-sample scores included);
+  *equal within numerical tolerance* (it moved, but no more than rounding moves it); *different*. The tolerance
+  is measured per number: the cells whose numbers are not identical are re-run ``--rounding-runs`` times (2)
+  under rounding noise (:func:`~interpbench.ops.rounding.rounding_noise`) and each number may move by what
+  those runs show (:func:`judge_measured`). ``--exact`` (or ``--rounding-runs 0``) judges instead by the
+  explicit ``|new - old| <= atol + rtol |old|``, ``--exact`` also on the CI bounds and every per-sample score
+  (a same-machine check). The committed 95% CI is shown beside each change, never used as the tolerance (it
+  measures sampling, not rounding; one of width zero says "n too small to judge");
 - the cell's configuration in the committed store against the re-run's (parameters, seeds, targets, limits):
   a difference fails the cell and names the field; component versions that changed are warnings;
 - the identity of the models' weights (sha256) and of the datasets: a difference fails the reproduction
@@ -19,7 +24,8 @@ What is compared, per (model, dataset, method, metric, value):
 - the committed ``results.json`` against the committed store: a number edited in one and not the other fails.
 
 Environment differences (library versions, interpbench version and git sha, plugins, device) are warnings.
-Exit code 0: every number agrees; 1: some number or identity differs (the failing cells are named); 2: usage.
+Exit code 0: identical or equal within numerical tolerance; 1: different (the differing numbers and identities
+are named); 2: usage.
 """
 
 from __future__ import annotations
@@ -32,12 +38,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
 from .base import ComponentError
 from .manifest import portable
+from .ops import rounding as rnd
 from .tables import load_experiment
 
 HELP = "re-run an experiment directory's recorded configuration and compare every number with the committed one"
@@ -46,14 +54,23 @@ ATOL = 1e-6
 RTOL = 1e-5
 ROW_KEY = ["model", "dataset", "method", "metric", "value_name"]
 NUMERIC_STATUSES = ("done",)
+JSON_DECIMALS = 10  # results.json's numbers (pandas' to_json default double_precision)
 
 
 # --------------------------------------------------------------------------------------------- comparisons
 
+IDENTICAL = "identical"
+WITHIN = "equal within numerical tolerance"
+DIFFERENT = "different"
+LEVELS = (IDENTICAL, WITHIN, DIFFERENT)
+#: Re-runs, under rounding noise, of the cells whose numbers are not identical: what their tolerances are
+#: measured on (docs/reproduce.md).
+ROUNDING_RUNS = 2
+
 
 @dataclasses.dataclass
 class Comparison:
-    """One number of the committed table against its reproduction."""
+    """One number of the committed table against its reproduction, and its verdict (:data:`LEVELS`)."""
 
     model: str
     dataset: str
@@ -70,9 +87,21 @@ class Comparison:
     reproduced_ci_high: float = math.nan
     reproduced_n: int = 0
     reproduced_status: str = "missing"
-    tolerance: str = ""
-    problems: list[str] = dataclasses.field(default_factory=list)
+    tolerance: str = ""  # how the value was judged, in words
+    problems: list[str] = dataclasses.field(default_factory=list)  # why it is different (empty: it is not)
     max_sample_diff: float = math.nan  # largest per-sample |difference|, when both stores hold the samples
+    value_level: str = IDENTICAL  # the value's verdict when nothing else (status, n, samples, config) differs
+    tolerance_value: float = math.nan  # the |Δ| allowed (explicit or measured)
+    rounding_scale: float = math.nan  # measured: how much rounding alone moves this number
+    note: str = ""
+    identical_value: bool = False  # mean (and with --exact the CI bounds) bit for bit
+    samples_identical: bool | None = None  # every per-sample score bit for bit (None: not both stores)
+    sample_diffs: pd.Series | None = dataclasses.field(default=None, repr=False)  # reproduced - committed
+    reproduced_samples: pd.Series | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def level(self) -> str:
+        return DIFFERENT if self.problems else self.value_level
 
     @property
     def ok(self) -> bool:
@@ -84,8 +113,33 @@ class Comparison:
         return f"{self.model} / {self.dataset} / {self.method} / {value}"
 
     @property
+    def ident(self) -> tuple[str, str, str, str]:
+        return (self.model, self.dataset, self.method, self.metric)
+
+    @property
     def delta(self) -> float:
         return self.reproduced - self.committed
+
+    @property
+    def judged(self) -> bool:
+        """Both sides have a number to compare (the cell ran both times, with the same samples)."""
+        return (self.committed_status in NUMERIC_STATUSES and self.reproduced_status in NUMERIC_STATUSES
+                and not self.problems)
+
+    @property
+    def identical(self) -> bool:
+        return self.identical_value and self.samples_identical is not False
+
+    @property
+    def ci_note(self) -> str:
+        """The change against the committed 95% CI, for the reader (never the tolerance: a CI measures sampling,
+        not rounding); a CI of width zero (one value, a single grid) says nothing: 'n too small to judge'."""
+        if math.isnan(self.ci_low) or math.isnan(self.ci_high) or math.isnan(self.delta):
+            return ""
+        half = (self.ci_high - self.ci_low) / 2
+        if half <= 0:
+            return "n too small to judge"
+        return f"{abs(self.delta) / half:.2g} × CI half-width"
 
 
 def within(new: float, old: float, atol: float, rtol: float) -> bool:
@@ -93,6 +147,10 @@ def within(new: float, old: float, atol: float, rtol: float) -> bool:
     if math.isnan(new) or math.isnan(old):
         return math.isnan(new) and math.isnan(old)
     return abs(new - old) <= atol + rtol * abs(old)
+
+
+def _equal(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == b
 
 
 def _float(x: Any) -> float:
@@ -105,10 +163,13 @@ def _int(x: Any) -> int:
 
 
 def compare_tables(committed: pd.DataFrame, reproduced: pd.DataFrame, *, atol: float = ATOL, rtol: float = RTOL,
-                   exact: bool = False, sides: tuple[str, str] = ("committed table", "reproduction")
-                   ) -> list[Comparison]:
-    """Compare two long results tables (``leaderboard.results_table`` shape) row by row (module docstring);
-    ``sides`` names the two tables in the messages."""
+                   exact: bool = False, sides: tuple[str, str] = ("committed table", "reproduction"),
+                   judge: bool = True, decimals: int | None = None) -> list[Comparison]:
+    """Compare two long results tables (``leaderboard.results_table`` shape) row by row: presence, status,
+    ``n``, and (``judge``) the value against the explicit tolerance (:func:`judge_explicit`); ``sides`` names
+    the two tables in the messages. :func:`reproduce` judges with ``judge=False`` after the per-sample checks.
+    ``decimals``: the committed numbers were printed with that many decimals (results.json: 10), and a number
+    equal to them at that precision is identical."""
     new = {tuple(r[k] for k in ROW_KEY): r for _, r in reproduced.iterrows()}
     seen: set[tuple] = set()
     out: list[Comparison] = []
@@ -133,24 +194,12 @@ def compare_tables(committed: pd.DataFrame, reproduced: pd.DataFrame, *, atol: f
             continue
         if c.committed_n != c.reproduced_n:
             c.problems.append(f"n {c.committed_n} -> {c.reproduced_n}")
-        has_ci = not (math.isnan(c.ci_low) or math.isnan(c.ci_high))
-        if has_ci and not exact:
-            slack = atol + rtol * abs(c.committed)  # room for rounding at the interval's ends
-            c.tolerance = f"95% CI [{c.ci_low:.4g}, {c.ci_high:.4g}]"
-            if not (c.ci_low - slack <= c.committed <= c.ci_high + slack):
-                c.problems.append(f"the committed mean {c.committed:.6g} lies outside its own 95% CI "
-                                  f"[{c.ci_low:.6g}, {c.ci_high:.6g}]: the committed table was edited")
-            if not (c.ci_low - slack <= c.reproduced <= c.ci_high + slack):
-                c.problems.append(f"{c.reproduced:.6g} lies outside the committed 95% CI "
-                                  f"[{c.ci_low:.6g}, {c.ci_high:.6g}] (committed {c.committed:.6g})")
-        else:
-            c.tolerance = f"|Δ| ≤ {atol:g} + {rtol:g}·|x|"
-            pairs = [("mean", c.committed, c.reproduced)]
-            if exact and has_ci:
-                pairs += [("ci_low", c.ci_low, c.reproduced_ci_low), ("ci_high", c.ci_high, c.reproduced_ci_high)]
-            for what, a, b in pairs:
-                if not within(b, a, atol, rtol):
-                    c.problems.append(f"{what} {a:.6g} -> {b:.6g} (Δ {b - a:+.3g}, tolerance {atol:g} + {rtol:g}·|x|)")
+        same = _equal if decimals is None else (
+            lambda a, b: _equal(a, b) or abs(a - b) <= 0.5 * 10.0 ** -decimals * (1 + 1e-6))
+        c.identical_value = same(c.committed, c.reproduced) and (
+            not exact or (same(c.ci_low, c.reproduced_ci_low) and same(c.ci_high, c.reproduced_ci_high)))
+        if judge:
+            judge_explicit(c, atol, rtol, exact)
         out.append(c)
     for ident, row in new.items():
         if ident not in seen:
@@ -161,20 +210,93 @@ def compare_tables(committed: pd.DataFrame, reproduced: pd.DataFrame, *, atol: f
     return out
 
 
+def judge_explicit(c: Comparison, atol: float, rtol: float, exact: bool) -> None:
+    """The value against ``|Δ| <= atol + rtol |x|`` (``exact``: the CI bounds too; the per-sample scores are
+    checked by :func:`compare_samples`): identical, within that tolerance, or different."""
+    if not c.judged:
+        return
+    c.tolerance_value = atol + rtol * abs(c.committed)
+    if c.identical:
+        c.value_level, c.tolerance = IDENTICAL, "bit for bit"
+        return
+    c.tolerance = f"|Δ| ≤ {atol:g} + {rtol:g}·|x|"
+    pairs = [("mean", c.committed, c.reproduced)]
+    if exact and not (math.isnan(c.ci_low) or math.isnan(c.ci_high)):
+        pairs += [("ci_low", c.ci_low, c.reproduced_ci_low), ("ci_high", c.ci_high, c.reproduced_ci_high)]
+    for what, a, b in pairs:
+        if not within(b, a, atol, rtol):
+            c.problems.append(f"{what} {a:.6g} -> {b:.6g} (Δ {b - a:+.3g}, tolerance {atol:g} + {rtol:g}·|x|)")
+    c.value_level = WITHIN
+
+
+def judge_measured(c: Comparison, values: list[float], samples: list[pd.Series | None]) -> None:
+    """The value against the tolerance measured by the rounding runs (``values``: the number in each run;
+    ``samples``: its per-sample scores there, or None). docs/reproduce.md gives the rule:
+
+    - a mean over samples (both stores hold the scores): different when ``|Δ|`` exceeds
+      :func:`~interpbench.ops.rounding.sample_mean_tolerance` *and* the per-sample changes are larger than the
+      rounding runs' (:func:`~interpbench.ops.rounding.moved_beyond_rounding`, one-sided, p < ALPHA; with too few
+      samples for that test to reach ALPHA, the mean alone decides);
+    - any other value: different when ``|Δ|`` exceeds :func:`~interpbench.ops.rounding.scalar_tolerance`.
+    """
+    if not c.judged or c.identical:
+        if c.judged:
+            c.value_level, c.tolerance = IDENTICAL, "bit for bit"
+        return
+    runs = len(values)
+    if math.isnan(c.committed) != math.isnan(c.reproduced):
+        c.problems.append(f"{c.committed:.6g} -> {c.reproduced:.6g}")
+        return
+    per_sample = (c.value_name == c.metric and c.sample_diffs is not None and c.reproduced_samples is not None
+                  and len(c.sample_diffs) > 0 and all(s is not None for s in samples))
+    if per_sample:
+        base = c.reproduced_samples.loc[c.sample_diffs.index]
+        diffs = [(s.reindex(base.index) - base).dropna().to_numpy() for s in samples]
+        magnitude = max(abs(c.committed), abs(c.reproduced), float(base.abs().mean()))
+        tol, scale = rnd.sample_mean_tolerance(diffs, len(base), magnitude)
+        pooled = np.concatenate(diffs) if diffs else np.zeros(0)
+        p = rnd.moved_beyond_rounding(c.sample_diffs.to_numpy(), pooled)
+        testable = rnd.min_rank_test_p(len(base), len(pooled)) < rnd.ALPHA
+        c.tolerance_value, c.rounding_scale = tol, scale
+        c.tolerance = f"±{tol:.2g} ({rnd.K_MEAN:g} × rounding s.e. {scale:.2g}, {runs} runs)"
+        if abs(c.delta) <= tol:
+            c.value_level = WITHIN
+        elif testable and p >= rnd.ALPHA:
+            c.value_level = WITHIN
+            c.note = (f"the mean moved by more than rounding's standard error, but the per-sample changes are no "
+                      f"larger than rounding's (one-sided rank test p = {p:.2g})")
+        else:
+            why = (f"the per-sample scores moved more than rounding moves them (one-sided rank test p = {p:.2g})"
+                   if testable else f"too few samples ({len(base)}) for the per-sample test: the mean alone decides")
+            c.problems.append(f"Δ {c.delta:+.3g} beyond the rounding tolerance ±{tol:.2g}, and {why}")
+        return
+    tol, scale = rnd.scalar_tolerance(values, c.reproduced, c.committed)
+    c.tolerance_value, c.rounding_scale = tol, scale
+    c.tolerance = f"±{tol:.2g} ({rnd.K_SCALAR:g} × rounding spread {scale:.2g}, {runs} runs)"
+    if abs(c.delta) <= tol:
+        c.value_level = WITHIN
+    else:
+        c.problems.append(f"Δ {c.delta:+.3g} beyond the rounding tolerance ±{tol:.2g} (rounding moves it by at most "
+                          f"{scale:.2g} in {runs} runs)")
+
+
+def _keyed_scores(exp: Any) -> dict[tuple, pd.Series]:
+    """(model, dataset, method, metric) -> per-sample scores of an :class:`~interpbench.tables.Experiment`."""
+    cells = exp.table.drop_duplicates(["model", "dataset", "method", "metric"])
+    return {(r["model"], r["dataset"], r["method"], r["metric"]): exp.scores[r["key"]]
+            for _, r in cells.iterrows() if r["key"] in exp.scores}
+
+
 def compare_samples(comparisons: list[Comparison], committed: Any, reproduced: Any, *, atol: float = ATOL,
                     rtol: float = RTOL, exact: bool = False) -> None:
     """Per-sample checks for cells both stores hold (:class:`~interpbench.tables.Experiment`): the same sample
-    ids, and (``exact``) every per-sample score within the explicit tolerance. Fills ``max_sample_diff``."""
-    def keyed(exp) -> dict[tuple, pd.Series]:
-        cells = exp.table.drop_duplicates(["model", "dataset", "method", "metric"])
-        return {(r["model"], r["dataset"], r["method"], r["metric"]): exp.scores[r["key"]]
-                for _, r in cells.iterrows() if r["key"] in exp.scores}
-
-    old, new = keyed(committed), keyed(reproduced)
+    ids, whether every score is identical, and (``exact``) every per-sample score within the explicit
+    tolerance. Fills ``max_sample_diff``, ``samples_identical`` and the per-sample differences."""
+    old, new = _keyed_scores(committed), _keyed_scores(reproduced)
     for c in comparisons:
         if c.value_name != c.metric:
             continue
-        a, b = old.get((c.model, c.dataset, c.method, c.metric)), new.get((c.model, c.dataset, c.method, c.metric))
+        a, b = old.get(c.ident), new.get(c.ident)
         if a is None or b is None:
             continue
         missing, extra = a.index.difference(b.index), b.index.difference(a.index)
@@ -184,8 +306,11 @@ def compare_samples(comparisons: list[Comparison], committed: Any, reproduced: A
                               + f", {len(extra)} new" + (f" (e.g. {extra[0]})" if len(extra) else ""))
         common = a.index.intersection(b.index)
         if len(common):
-            diff = (b.loc[common] - a.loc[common]).abs()
+            signed = b.loc[common] - a.loc[common]
+            diff = signed.abs()
             c.max_sample_diff = float(diff.max())
+            c.samples_identical = bool((b.loc[common].to_numpy() == a.loc[common].to_numpy()).all())
+            c.sample_diffs, c.reproduced_samples = signed, b
             if exact:
                 bad = diff > atol + rtol * a.loc[common].abs()
                 if bad.any():
@@ -345,15 +470,16 @@ def committed_table(directory: Path) -> pd.DataFrame | None:
     return table
 
 
-def integrity_problems(published: pd.DataFrame, store_table: pd.DataFrame) -> list[str]:
+def integrity_problems(published: pd.DataFrame, store_table: pd.DataFrame) -> list[tuple[tuple, str]]:
     """Numbers of ``results.json`` that its own store does not give (exactly, up to JSON's float printing:
-    pandas writes 10 decimals)."""
+    pandas writes 10 decimals): ``(row key, message)`` pairs."""
     problems = []
     for c in compare_tables(store_table, published, atol=1e-9, rtol=1e-9, exact=True,
                             sides=("store", "results.json")):
         if not c.ok:
-            problems.append(f"{c.cell}: results.json disagrees with store.sqlite ({'; '.join(c.problems)}); "
-                            "regenerate the tables with `interpbench leaderboard DIR` or restore the edited file")
+            problems.append(((c.model, c.dataset, c.method, c.metric, c.value_name),
+                             f"{c.cell}: results.json disagrees with store.sqlite ({'; '.join(c.problems)}); "
+                             "regenerate the tables with `interpbench leaderboard DIR` or restore the edited file"))
     return problems
 
 
@@ -400,6 +526,92 @@ def run_config(manifest: dict[str, Any], out: Path, *, device: str | None, datas
     return RunConfig(**recorded), problems
 
 
+# --------------------------------------------------------------------------------------------- rounding runs
+
+
+def rounding_config(config: Any, cells: set[tuple[str, str, str, str]], out: Path) -> Any:
+    """``config`` cut down to ``cells`` ((model, dataset, method, metric); method ``-`` for a model-scope
+    metric), into ``out``: one part per (grid, model, dataset, metric) with the methods of its cells, every
+    other setting (limits, per-method limits, target, batch size, seeds, parameters) the grid's own, so each
+    cell gets the key, the samples and the seeds it has in the full run."""
+    from .runner import PART_KEYS, RunConfig, grids
+
+    parts: dict[tuple, dict[str, Any]] = {}
+    for g, grid in enumerate(grids(config)):
+        for model, dataset, method, metric in sorted(cells):
+            if model not in grid.models or metric not in grid.metrics:
+                continue
+            if grid.datasets and dataset not in grid.datasets:
+                continue
+            if method != "-" and method not in grid.methods:
+                continue
+            part = parts.setdefault((g, model, dataset, metric), {
+                **{k: getattr(grid, k) for k in PART_KEYS}, "models": [model], "methods": [], "metrics": [metric],
+                "datasets": [dataset] if grid.datasets else None})
+            if method != "-" and method not in part["methods"]:
+                part["methods"].append(method)
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    fields.update(parts=list(parts.values()), out=str(out), progress=False)
+    return RunConfig(**fields)
+
+
+def rounding_runs(config: Any, cells: set[tuple[str, str, str, str]], out: Path, runs: int,
+                  console: Console | None = None) -> list[Any]:
+    """Re-run ``cells`` of ``config`` ``runs`` times under :func:`~interpbench.ops.rounding.rounding_noise`
+    (seeds 1 .. runs) into ``out/1 ..``; returns the :class:`~interpbench.tables.Experiment` of each run."""
+    from .runner import Runner
+
+    results = []
+    for r in range(1, runs + 1):
+        sub = rounding_config(config, cells, out / str(r))
+        if console is not None:
+            console.print(f"rounding run {r} of {runs}: {len(cells)} cell(s) whose numbers are not identical, "
+                          f"re-run with {rnd.NOISE_ULPS:g} ulps of noise on every layer's output")
+        with rnd.rounding_noise(seed=r):
+            Runner(sub, console).run()
+        results.append(load_experiment(out / str(r)))
+    return results
+
+
+def judge_with_rounding_runs(comparisons: list[Comparison], runs: list[Any]) -> None:
+    """:func:`judge_measured` every judged comparison with the values of the rounding ``runs``; a value that a
+    run lacks (its cell failed there) is judged without that run, and with none, is different."""
+    tables = [{tuple(r[k] for k in ROW_KEY): r for _, r in run.table.iterrows()} for run in runs]
+    scores = [_keyed_scores(run) for run in runs]
+    for c in comparisons:
+        if not c.judged:
+            continue
+        key = (c.model, c.dataset, c.method, c.metric, c.value_name)
+        values, samples = [], []
+        for table, keyed in zip(tables, scores):
+            row = table.get(key)
+            if row is None or str(row["status"]) not in NUMERIC_STATUSES:
+                continue
+            values.append(_float(row["mean"]))
+            samples.append(keyed.get(c.ident))
+        if not values and not c.identical:
+            c.problems.append(f"{c.committed:.6g} -> {c.reproduced:.6g}, and no rounding run gave this number to "
+                              "measure its tolerance (see the cell's status in a run with --keep)")
+            continue
+        judge_measured(c, values, samples)
+
+
+def judge_numbers(comparisons: list[Comparison], config: Any, out: Path, *, rounding: int = ROUNDING_RUNS,
+                  exact: bool = False, atol: float = ATOL, rtol: float = RTOL, console: Console | None = None
+                  ) -> tuple[int, int]:
+    """Give every comparison its verdict. Identical numbers need nothing more; the cells of the others are re-run
+    ``rounding`` times under rounding noise with ``config`` (the reproduction's) into ``out`` and judged by
+    :func:`judge_measured`; ``exact`` or ``rounding == 0`` judge by the explicit tolerance. Returns
+    ``(rounding runs made, cells they re-ran)``."""
+    moved = {c.ident for c in comparisons if c.judged and not c.identical}
+    if exact or rounding == 0 or not moved:
+        for c in comparisons:
+            judge_explicit(c, atol, rtol, exact)
+        return 0, 0
+    judge_with_rounding_runs(comparisons, rounding_runs(config, moved, out, rounding, console))
+    return rounding, len(moved)
+
+
 # --------------------------------------------------------------------------------------------- reproduce
 
 
@@ -411,24 +623,42 @@ class Reproduction:
     failures: list[str]  # identity, configuration and integrity failures not tied to one number
     warnings: list[str]
     run_ok: bool = True
+    rounding_runs: int = 0  # re-runs under rounding noise that measured the tolerances
+    rounding_cells: int = 0  # cells they re-ran
 
     @property
     def failing_cells(self) -> list[Comparison]:
         return [c for c in self.comparisons if not c.ok]
 
     @property
+    def counts(self) -> dict[str, int]:
+        return {level: sum(c.level == level for c in self.comparisons) for level in LEVELS}
+
+    @property
+    def level(self) -> str:
+        """The experiment's verdict: different when a number or an identity differs, else the weakest level of
+        its numbers."""
+        if self.failures or self.failing_cells:
+            return DIFFERENT
+        return WITHIN if any(c.level == WITHIN for c in self.comparisons) else IDENTICAL
+
+    @property
     def ok(self) -> bool:
-        return not self.failures and not self.failing_cells
+        return self.level != DIFFERENT
 
 
 def reproduce(directory: str | Path, out: str | Path | None = None, *, device: str | None = None,
               datasets_config: str | None = None, atol: float = ATOL, rtol: float = RTOL, exact: bool = False,
-              allow_different_weights: bool = False, progress: bool = False, console: Console | None = None,
-              keep: bool | None = None) -> Reproduction:
+              rounding: int = ROUNDING_RUNS, allow_different_weights: bool = False, progress: bool = False,
+              console: Console | None = None, keep: bool | None = None) -> Reproduction:
     """Re-run ``directory``'s recorded configuration into ``out`` (a temporary directory when None, removed
-    afterwards unless ``keep``) and compare (module docstring)."""
+    afterwards unless ``keep``) and compare (module docstring). Numbers that are not identical are judged
+    against the spread of ``rounding`` re-runs of their cells under rounding noise; with ``exact`` or
+    ``rounding=0``, against the explicit ``atol`` / ``rtol``."""
     from .runner import Runner
 
+    if rounding < 0:
+        raise ComponentError(f"--rounding-runs {rounding}: must be 0 (explicit tolerance) or more")
     directory = Path(directory)
     manifest = read_manifest(directory)
     has_store = (directory / "store.sqlite").is_file()
@@ -437,9 +667,10 @@ def reproduce(directory: str | Path, out: str | Path | None = None, *, device: s
     if published is None and committed is None:
         raise FileNotFoundError(f"{directory} holds neither results.json nor store.sqlite: no numbers to compare")
     failures: list[str] = []
-    if published is not None and committed is not None:
-        failures += integrity_problems(published, committed.table)
-    reference = published if published is not None else committed.table
+    edited = integrity_problems(published, committed.table) if published is not None and committed is not None else []
+    failures += [message for _, message in edited]
+    # the store's numbers at full precision (results.json prints 10 decimals; the integrity check ties the two)
+    reference = committed.table if committed is not None else published
 
     temporary = out is None
     if not temporary and Path(out).resolve() == directory.resolve():
@@ -451,16 +682,24 @@ def reproduce(directory: str | Path, out: str | Path | None = None, *, device: s
         runner = Runner(config, console)
         runner.run()
         new = load_experiment(out)
-        comparisons = compare_tables(reference, new.table, atol=atol, rtol=rtol, exact=exact)
+        comparisons = compare_tables(reference, new.table, atol=atol, rtol=rtol, exact=exact, judge=False,
+                                     decimals=None if committed is not None else JSON_DECIMALS)
         warnings: list[str] = []
         if committed is not None:
             compare_samples(comparisons, committed, new, atol=atol, rtol=rtol, exact=exact)
             _compare_cell_configs(comparisons, committed, new, warnings)
+        for c in comparisons:  # the published number is not the store's: this number fails, whatever the re-run
+            if (c.model, c.dataset, c.method, c.metric, c.value_name) in dict(edited):
+                c.problems.append("the published results.json gives another number than store.sqlite (edited)")
+        runs, cells = judge_numbers(comparisons, config, out / "rounding" if temporary else
+                                    out.parent / f"{out.name}-rounding", rounding=rounding, exact=exact, atol=atol,
+                                    rtol=rtol, console=console)
         id_fail, id_warn = identity_differences(manifest, new.manifest, allow_different_weights=allow_different_weights)
         failures += id_fail
         warnings += id_warn
         warnings += environment_differences(manifest.get("environment") or {}, new.manifest.get("environment") or {})
-        return Reproduction(directory, out, comparisons, failures, list(dict.fromkeys(warnings)), runner.ok)
+        return Reproduction(directory, out, comparisons, failures, list(dict.fromkeys(warnings)), runner.ok,
+                            rounding_runs=runs, rounding_cells=cells)
     finally:
         if temporary and not keep:
             shutil.rmtree(out, ignore_errors=True)
@@ -490,9 +729,18 @@ def _fmt(x: float, digits: int = 4) -> str:
     return "–" if math.isnan(x) else f"{x:.{digits}f}"
 
 
+VERDICT_TEXT = {IDENTICAL: "[green]identical[/green]", WITHIN: "[green]within tolerance[/green]"}
+CONCLUSION = {
+    IDENTICAL: "[green]reproduced: identical[/green] (every number bit for bit)",
+    WITHIN: "[green]reproduced: equal within numerical tolerance[/green] (no number moved more than rounding "
+            "moves it)",
+    DIFFERENT: "[red]NOT reproduced: different[/red]",
+}
+
+
 def render(result: Reproduction, console: Console) -> None:
     table = Table(title=f"reproduce {result.directory}", show_lines=False)
-    for col in ("cell", "committed", "reproduced", "Δ", "max |Δ| per sample", "tolerance", "verdict"):
+    for col in ("cell", "committed", "reproduced", "Δ", "max |Δ| per sample", "tolerance", "Δ vs 95% CI", "verdict"):
         table.add_column(col, overflow="fold")
     for c in result.comparisons:
         if c.committed_status == "done":
@@ -506,21 +754,31 @@ def render(result: Reproduction, console: Console) -> None:
             new = c.reproduced_status
         delta = "" if math.isnan(c.delta) else f"{c.delta:+.2e}"
         sample = "" if math.isnan(c.max_sample_diff) else f"{c.max_sample_diff:.2e}"
-        verdict = "[green]agrees[/green]" if c.ok else "[red]DIFFERS: " + "; ".join(c.problems) + "[/red]"
-        table.add_row(c.cell, old, new, delta, sample, c.tolerance, verdict)
+        if c.ok:
+            verdict = VERDICT_TEXT[c.level] + (f" ({c.note})" if c.note else "")
+        else:
+            verdict = "[red]DIFFERENT: " + "; ".join(c.problems) + "[/red]"
+        table.add_row(c.cell, old, new, delta, sample, c.tolerance, c.ci_note, verdict)
     console.print(table)
     for w in result.warnings:
         console.print(f"[yellow]warning:[/yellow] {w}")
     for f in result.failures:
         console.print(f"[red]failure:[/red] {f}")
+    counts = result.counts
+    console.print(f"{len(result.comparisons)} numbers of {result.directory}: {counts[IDENTICAL]} identical, "
+                  f"{counts[WITHIN]} equal within numerical tolerance, {counts[DIFFERENT]} different", soft_wrap=True)
+    if result.rounding_runs:
+        console.print(f"tolerances measured by {result.rounding_runs} re-run(s) of {result.rounding_cells} cell(s) "
+                      f"under rounding noise ({rnd.NOISE_ULPS:g} ulps on every layer's output; docs/reproduce.md)",
+                      soft_wrap=True)
     bad = result.failing_cells
-    agree = sum(c.ok for c in result.comparisons)
-    console.print(f"{agree} of {len(result.comparisons)} numbers agree with {result.directory}")
     if bad:
-        console.print("[red]numbers outside their tolerance:[/red]")
+        console.print("[red]numbers that differ:[/red]")
         for c in bad:
-            console.print(f"  [red]{c.cell}[/red]: {'; '.join(c.problems)}")
-    console.print("[green]reproduced[/green]" if result.ok else "[red]NOT reproduced[/red]")
+            within_ci = " (inside the committed 95% CI)" if c.ci_note.endswith("half-width") and \
+                abs(c.delta) <= (c.ci_high - c.ci_low) / 2 else ""
+            console.print(f"  [red]{c.cell}[/red]: {'; '.join(c.problems)}{within_ci}", soft_wrap=True)
+    console.print(CONCLUSION[result.level], soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -532,10 +790,16 @@ def configure(parser) -> None:
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory and print its path")
     parser.add_argument("--device", help="override the recorded device (auto, cpu, cuda:0, ...)")
     parser.add_argument("--datasets-config", help="a datasets.yaml to use instead of the recorded one")
-    parser.add_argument("--atol", type=float, default=ATOL, help=f"absolute tolerance of values without a CI ({ATOL:g})")
-    parser.add_argument("--rtol", type=float, default=RTOL, help=f"relative tolerance of values without a CI ({RTOL:g})")
+    parser.add_argument("--rounding-runs", type=int, default=ROUNDING_RUNS,
+                        help="re-runs under rounding noise of the cells whose numbers are not identical, which measure "
+                             f"each number's tolerance ({ROUNDING_RUNS}; 0: judge by --atol / --rtol instead)")
+    parser.add_argument("--atol", type=float, default=ATOL,
+                        help=f"absolute tolerance of --exact and of --rounding-runs 0 ({ATOL:g})")
+    parser.add_argument("--rtol", type=float, default=RTOL,
+                        help=f"relative tolerance of --exact and of --rounding-runs 0 ({RTOL:g})")
     parser.add_argument("--exact", action="store_true",
-                        help="every number (CI bounds and per-sample scores included) within atol/rtol, not the CI")
+                        help="demand every number (CI bounds and per-sample scores included) within --atol / --rtol "
+                             "of the committed one, without rounding runs (a same-machine check)")
     parser.add_argument("--allow-different-weights", action="store_true",
                         help="compare even when a model's weights sha256 differs (a warning instead of a failure)")
     parser.add_argument("--no-progress", action="store_true")
@@ -547,7 +811,7 @@ def main(args, console: Console) -> int:
         return 2
     try:
         result = reproduce(args.directory, args.out, device=args.device, datasets_config=args.datasets_config,
-                           atol=args.atol, rtol=args.rtol, exact=args.exact,
+                           atol=args.atol, rtol=args.rtol, exact=args.exact, rounding=args.rounding_runs,
                            allow_different_weights=args.allow_different_weights, progress=not args.no_progress,
                            console=console, keep=args.keep)
     except (FileNotFoundError, ComponentError) as exc:

@@ -55,15 +55,16 @@ def test_a_committed_experiment_reproduces_and_is_left_untouched(committed, caps
     assert len(result.comparisons) == len(published) == 3 * 3  # 3 methods x 3 metrics (toy_mean_map: one value)
     per_sample = [c for c in result.comparisons if c.value_name == c.metric and c.metric != "toy_mean_map"]
     assert len(per_sample) == 6 and all(c.max_sample_diff == 0 for c in per_sample)  # same machine: identical
-    assert all(c.tolerance.startswith("95% CI") for c in per_sample)
-    assert {c.tolerance.split(" ")[0] for c in result.comparisons if c.metric == "toy_mean_map"} == {"|Δ|"}
+    assert result.level == rp.IDENTICAL and result.counts == {rp.IDENTICAL: 9, rp.WITHIN: 0, rp.DIFFERENT: 0}
+    assert result.rounding_runs == 0  # nothing moved: nothing to measure
     assert any("no sha256" in w and "toy:net" in w for w in result.warnings)  # the toy model records none
     assert rp.reproduce(committed, exact=True).ok  # CI bounds and per-sample scores equal too
     assert tree_digest(committed) == before  # no -wal / -shm, nothing rewritten
 
     assert rp.main(cli(committed), Console(stderr=True)) == 0
     out = capsys.readouterr().out
-    assert "9 of 9 numbers agree" in out and "NOT reproduced" not in out
+    assert "9 identical, 0 equal within numerical tolerance, 0 different" in out
+    assert "reproduced: identical" in out and "NOT reproduced" not in out
 
 
 def test_a_changed_parameter_fails_and_names_the_cells(committed, capsys):
@@ -99,7 +100,7 @@ def test_a_changed_published_number_fails_and_names_the_cell(committed):
     result = rp.reproduce(committed)
     bad = failing(result)
     assert set(bad) == {"toy:net / toy / toy_noise / toy_brightness"}
-    assert "outside its own 95% CI" in bad["toy:net / toy / toy_noise / toy_brightness"][0]
+    assert "results.json gives another number than store.sqlite" in bad["toy:net / toy / toy_noise / toy_brightness"][0]
     assert len(result.failures) == 1  # results.json no longer matches its own store
     assert "toy_noise / toy_brightness: results.json disagrees with store.sqlite" in result.failures[0]
 
@@ -122,7 +123,7 @@ def test_a_changed_stored_score_fails_and_names_the_cell(committed):
     assert any(f"largest at {sample}" in p for p in failing(exact)["toy:net / toy / gradient / deletion"])
 
 
-def test_a_deterministic_value_uses_the_explicit_tolerance(committed):
+def test_a_value_without_ci_is_judged_by_its_rounding_runs_or_the_explicit_tolerance(committed):
     path = committed / "results.json"
     data = json.loads(path.read_text())
     row = next(r for r in data["results"] if r["method"] == "center" and r["value_name"] == "mean_map")
@@ -130,9 +131,12 @@ def test_a_deterministic_value_uses_the_explicit_tolerance(committed):
     row["mean"] += 1e-4
     path.write_text(json.dumps(data))
     (committed / "store.sqlite").unlink()  # only the published numbers: compared without the integrity check
-    result = rp.reproduce(committed)
+    result = rp.reproduce(committed)  # the value moved where rounding moves it not at all: different
     assert set(failing(result)) == {"toy:net / toy / center / toy_mean_map.mean_map"}
-    assert rp.reproduce(committed, atol=1e-3).ok
+    assert "beyond the rounding tolerance" in failing(result)["toy:net / toy / center / toy_mean_map.mean_map"][0]
+    assert result.rounding_runs == 2 and result.rounding_cells == 1
+    assert rp.reproduce(committed, atol=1e-3, rounding=0).ok  # the explicit tolerance instead
+    assert not rp.reproduce(committed, atol=1e-5, rounding=0).ok
 
 
 def test_other_weights_or_another_dataset_fail(committed):
@@ -180,22 +184,27 @@ def test_compare_tables_tolerances_by_hand():
                  ("b", "x", "x", 0.50, 0.40, 0.60, 10, "done", None),
                  ("a", "y", "count", 7.0, math.nan, math.nan, 10, "done", None),
                  ("a", "z", "z", math.nan, math.nan, math.nan, 0, "failed", "boom"),
-                 ("c", "x", "x", 0.50, 0.40, 0.60, 10, "done", None)])
-    new = frame([("a", "x", "x", 0.59, 0.50, 0.70, 10, "done", None),   # inside the CI
-                 ("b", "x", "x", 0.61, 0.50, 0.70, 10, "done", None),   # outside
+                 ("c", "x", "x", 0.50, 0.40, 0.60, 10, "done", None),
+                 ("e", "x", "x", 0.50, 0.40, 0.60, 10, "done", None)])
+    new = frame([("a", "x", "x", 0.59, 0.50, 0.70, 10, "done", None),   # inside the CI: no tolerance for that
+                 ("b", "x", "x", 0.50, 0.50, 0.70, 10, "done", None),   # the same mean, other CI bounds
                  ("a", "y", "count", 7.0 + 5e-6, math.nan, math.nan, 10, "done", None),
                  ("a", "z", "z", math.nan, math.nan, math.nan, 0, "failed", "boom"),
                  ("c", "x", "x", 0.50, 0.40, 0.60, 9, "done", None),    # one sample fewer
-                 ("d", "x", "x", 0.50, 0.40, 0.60, 10, "done", None)])  # new
+                 ("d", "x", "x", 0.50, 0.40, 0.60, 10, "done", None),   # new
+                 ("e", "x", "x", 0.50, 0.40, 0.60, 10, "done", None)])  # the same
     result = {c.cell: c for c in rp.compare_tables(old, new)}
-    assert result["m / d / a / x"].ok
-    assert not result["m / d / b / x"].ok
-    assert result["m / d / a / y.count"].ok  # |5e-6| <= 1e-6 + 1e-5 * 7
+    assert result["m / d / a / x"].level == rp.DIFFERENT  # 0.09 is far beyond 1e-6 + 1e-5 * 0.5
+    assert result["m / d / a / x"].ci_note == "0.9 × CI half-width"  # shown beside it, never the tolerance
+    assert result["m / d / b / x"].level == rp.IDENTICAL  # without --exact the CI bounds are not compared
+    assert result["m / d / a / y.count"].level == rp.WITHIN  # |5e-6| <= 1e-6 + 1e-5 * 7
     assert result["m / d / a / z"].ok  # failed both times
     assert result["m / d / c / x"].problems == ["n 10 -> 9"]
     assert result["m / d / d / x"].problems == ["not in the committed table"]
+    assert result["m / d / e / x"].level == rp.IDENTICAL
     exact = {c.cell: c for c in rp.compare_tables(old, new, exact=True)}
-    assert not exact["m / d / a / x"].ok  # exact: 0.59 vs 0.50 is far beyond 1e-6
+    assert exact["m / d / b / x"].level == rp.DIFFERENT  # --exact: CI bounds too
+    assert exact["m / d / e / x"].level == rp.IDENTICAL
     tight = {c.cell: c for c in rp.compare_tables(old, new, atol=1e-7, rtol=1e-7)}
     assert not tight["m / d / a / y.count"].ok
 
