@@ -5,7 +5,10 @@ Spec grammar (beside ``SOURCE:NAME[@WEIGHTS]``):
 - ``A=>B``: a pair. :func:`interpbench.load_model` returns B's network as a :class:`PairModel` (an ``ib.Model``
   whose forward is B) with ``.reference`` holding A's Model, on the same device; ``describe()`` and ``weights``
   cover both. Model-scope ``unit_drift`` and explanation-scope ``explanation_drift`` compare B with A; every other
-  metric sees model B. The pair's default dataset is A's (the probe A's concepts were learnt on).
+  metric sees model B. Where A and B share a label space, the class each image is explained for is chosen once,
+  from A (:meth:`PairModel.choose_targets`: A's prediction, or the label with ``--target label``), and both models
+  explain it; where they do not, each explains its own prediction. The pair's default dataset is A's (the probe
+  A's concepts were learnt on).
 - ``SPEC~cascade:K`` (or ``~cascade:K:SEED``, ``~cascade:all``): SPEC with its top ``K`` parametrised stages
   re-initialised, from the logits down (Adebayo, Gilmer, Muelly, Goodfellow, Hardt, Kim, "Sanity checks for
   saliency maps", NeurIPS 2018, cascading randomisation). Stages: the model's named ``layers`` (dissection
@@ -109,17 +112,39 @@ class PairModel(Model):
         self.target = model.spec  # B's own spec
         self.target_weights = dict(model.weights)
         cascade = model.weights.get("randomized") if isinstance(model.weights, dict) else None
-        self.pair_info: dict[str, Any] = {"from": reference.spec, "to": model.spec}
+        self.shared_label_space = shares_label_space(reference, model)
+        self.pair_info: dict[str, Any] = {"from": reference.spec, "to": model.spec,
+                                          "class_from_a": self.shared_label_space}
         if cascade and parse_cascade(model.spec) and parse_cascade(model.spec)[0] == reference.spec:
             # a sanity-check pair: A against A with its top stages re-initialised
             self.pair_info.update(sanity_depth=cascade["depth"], sanity_stages=cascade["stages_total"])
         self.eval()  # both models in eval mode (a Model is used in eval mode; train() would switch A as well)
 
+    def choose_targets(self, images: torch.Tensor) -> torch.Tensor:
+        """The class each image is explained for when the run's target is the prediction: model A's top-1 where A
+        and B share a label space (the class is chosen once, from A, and both models explain it: Adebayo et al.
+        2018 explain the same class before and after randomising), else B's own top-1 (B predicts other classes,
+        e.g. a model fine-tuned from shape to colour; A then explains its own top-1)."""
+        chooser = self.reference if self.shared_label_space else self
+        with torch.no_grad():
+            return chooser(images).argmax(dim=1)
+
     def describe(self) -> dict[str, Any]:
         out = super().describe()
         out["pair"] = {"from": self.reference.describe(), "to": {**super().describe(), "spec": self.target,
-                                                                  "weights": self.target_weights}}
+                                                                  "weights": self.target_weights},
+                       "explained_class": TARGET_RULES[self.shared_label_space]}
         return out
+
+
+TARGET_RULES = {True: "chosen once from model A (its prediction, or the label), explained by both models",
+                False: "each model its own (the label spaces differ)"}
+
+
+def shares_label_space(a: Model, b: Model) -> bool:
+    """A and B predict the same classes (same label space and class names): a cascade, a pruned or quantised
+    model, a distilled student of the same task. Then a pair explains one class per image, chosen from A."""
+    return a.label_space == b.label_space and list(a.class_names) == list(b.class_names)
 
 
 def pair_weights(a: Model, b: Model) -> dict[str, Any]:
@@ -266,4 +291,5 @@ __all__ = [
     "parse_pair",
     "randomize_top",
     "sanity_pairs",
+    "shares_label_space",
 ]

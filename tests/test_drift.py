@@ -70,18 +70,22 @@ def images(dataset, n=8):
 def test_linear_cka_known_values_and_invariances():
     x = torch.tensor([[1.0], [2.0], [3.0]])
     y = torch.tensor([[1.0], [0.0], [2.0]])
-    # one feature each: linear CKA is the squared Pearson correlation, here (1 / (sqrt 2 sqrt 2))^2 = 1/4
-    assert linear_cka(x, y) == pytest.approx(0.25, abs=1e-12)
+    # one feature each: the plug-in linear CKA is the squared Pearson correlation, here (1 / (sqrt 2 sqrt 2))^2 = 1/4
+    assert linear_cka(x, y, debiased=False) == pytest.approx(0.25, abs=1e-12)
+    with pytest.raises(ComponentError, match="at least 4"):  # the unbiased HSIC needs 4 examples
+        linear_cka(x, y)
     g = torch.Generator().manual_seed(0)
     a = torch.randn(40, 6, generator=g, dtype=torch.float64)
     q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
     assert linear_cka(a, a @ q) == pytest.approx(1.0, abs=1e-12)  # orthogonal transform
     assert linear_cka(a, 3 * a + 7) == pytest.approx(1.0, abs=1e-12)  # isotropic scale and shift
     assert linear_cka(a, a * torch.tensor([1.0, 1, 1, 1, 1, 10], dtype=torch.float64)) < 0.9  # not invariant to this
-    wide = torch.randn(5, 30, generator=g, dtype=torch.float64)  # n < p: the Gram form
-    assert linear_cka(wide, wide @ torch.linalg.qr(torch.randn(30, 30, generator=g, dtype=torch.float64))[0]) \
-        == pytest.approx(1.0, abs=1e-12)
-    assert math.isnan(linear_cka(torch.ones(4, 2), a[:4]))
+    for debiased in (True, False):
+        assert linear_cka(a, a @ q, debiased) == pytest.approx(1.0, abs=1e-12)
+        wide = torch.randn(5, 30, generator=g, dtype=torch.float64)  # n < p
+        assert linear_cka(wide, wide @ torch.linalg.qr(torch.randn(30, 30, generator=g, dtype=torch.float64))[0],
+                          debiased) == pytest.approx(1.0, abs=1e-12)
+        assert math.isnan(linear_cka(torch.ones(4, 2), a[:4], debiased))
 
 
 def test_ranks_spearman_and_top_overlap_by_hand():
@@ -309,8 +313,13 @@ def test_randomisation_check_fails_model_independent_maps(tmp_path):
     assert value[("random", "sanity_pass")] == 0.0  # the same noise for both models: a model-independent map
     assert value[("gradient", "sanity_pass")] == 1.0 and value[("gradient", "rank_correlation")] < 0.5
     assert value[("gradient", "randomized_stages")] == value[("gradient", "stages")] == 5
-    verdict = dict(zip(sanity_table(table)["method"], sanity_table(table)["randomisation test"]))
+    sanity = sanity_table(table)
+    assert sorted(set(sanity["measure"])) == ["SSIM", "Spearman ρ", "Spearman ρ, absolute maps"]
+    rho_rows = sanity[sanity["measure"] == "Spearman ρ"]
+    verdict = dict(zip(rho_rows["method"], rho_rows["randomisation test"]))
     assert verdict == {"gradient": "pass", "center": "FAIL", "random": "FAIL"}
+    assert value[("center", "ssim")] == 1.0 and value[("center", "rank_correlation_abs")] == 1.0  # one map, twice
+    assert value[("gradient", "class_from_a")] == 1.0  # a cascade keeps the label space: one class, from A
 
 
 def test_explanation_drift_needs_the_method_and_a_shared_label_space_for_same_targets():

@@ -14,15 +14,15 @@ from interpbench.feeding import collate
 
 
 def _pair_batches(spec: str, n: int, size: int = 8):
-    """Batches of the shapes world for a pair, as the runner forms them: model B's predictions and Grad-CAM maps."""
+    """Batches of the shapes world for a pair, as the runner forms them: the class chosen from model A (A and B
+    share a label space) and B's Grad-CAM maps of it."""
     model = ib.load_model(spec, device="cpu")
     dataset = ib.load_dataset("shapes", split="test", size=model.input_size)
     method = ib.load_method("gradcam")
     out = []
     for lo in range(0, n, size):
         data = collate([dataset[i] for i in range(lo, min(n, lo + size))])
-        with torch.no_grad():
-            targets = model(data["images"]).argmax(1)
+        targets = model.choose_targets(data["images"])
         batch = Batch(ids=data["ids"], images=data["images"], targets=targets, samples=data["samples"],
                       labels=data.get("labels"), method=method, seed=lo)
         out.append((batch, method.explain(model, batch.images, targets).detach()))

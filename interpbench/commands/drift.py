@@ -32,6 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "models' cam_layers)")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="methods whose explanation drift to measure "
                         f"(default {DEFAULT_METHODS}; 'none': unit drift only)")
+    parser.add_argument("--target", dest="explain_target", default="predicted", choices=["predicted", "label"],
+                        help="the class each image is explained for: model A's prediction (default) or the label; "
+                        "where A and B share a label space (--sanity, pruning, distillation) it is chosen once, "
+                        "from A, and both models explain it; otherwise each model explains its own prediction")
     parser.add_argument("--no-units", action="store_true", help="explanation drift only (no dissection)")
     parser.add_argument("--limit", type=int, help="the first N probe images (default: all)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -77,6 +81,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
     config = RunConfig(methods=methods, models=models, metrics=metrics,
                        datasets=[args.dataset] if args.dataset else None, out=args.out or "runs/drift",
                        limit=args.limit, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                       target=args.explain_target,
                        metric_params=metric_params, datasets_config=args.datasets_config,
                        progress=not args.no_progress, experiment="drift",
                        command="interpbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -98,8 +103,8 @@ def main(args: argparse.Namespace, console: Console) -> int:
         Console().print(shown)
     sanity = sanity_table(table)
     if not sanity.empty:
-        shown = Table(title="model-randomisation sanity check (Adebayo et al. 2018): rank correlation with the "
-                            "original maps per depth")
+        shown = Table(title="model-randomisation sanity check (Adebayo et al. 2018): similarity to the original "
+                            "maps per depth, both models explaining the class chosen from the original model")
         for col in sanity.columns:
             shown.add_column(str(col))
         for _, row in sanity.iterrows():
@@ -107,7 +112,8 @@ def main(args: argparse.Namespace, console: Console) -> int:
         Console().print(shown)
     if "explanation_drift" in metrics:
         expl = table[(table["metric"] == "explanation_drift") & (table["status"] == "done")
-                     & table["value_name"].isin(["rank_correlation", "top10_overlap", "prediction_agreement"])]
+                     & table["value_name"].isin(["rank_correlation", "rank_correlation_abs", "ssim", "top10_overlap",
+                                                 "prediction_agreement", "class_from_a"])]
         if not expl.empty:
             wide = expl.pivot_table(index=["model", "method"], columns="value_name", values="mean", sort=False)
             shown = Table(title="explanation drift (maps on A vs B, same images)")

@@ -31,14 +31,18 @@ import torch
 
 from interpbench.base import Batch, ComponentError, Metric, Model, NotApplicable, RunContext
 from interpbench.metrics.dissection import _slug, dissect, iter_probe, layer_activations, resolve_layers
+from interpbench.pairs import shares_label_space
 from interpbench.ops.drift import (
     CrossCorrelation,
+    GramAccumulator,
     best_partners,
+    cka_from_grams,
     concept_set_overlap,
     hungarian_partners,
     identity_partners,
-    linear_cka,
     map_rank_correlation,
+    map_ssim,
+    permuted_cka,
     switch_dict,
     switch_labels,
     top_fraction_overlap,
@@ -96,44 +100,95 @@ def layer_key(layer_a: str, layer_b: str) -> str:
 @torch.no_grad()
 def paired_activations(model_a: Model, model_b: Model, dataset: Any, pairs: Sequence[tuple[str, str]], *,
                        batch_size: int, device: torch.device, cka_pairs: Sequence[tuple[str, str]] = (),
-                       cka_images: int = 1024, cka_mb: float = 512, progress=None
-                       ) -> tuple[dict[tuple[str, str], CrossCorrelation], dict[tuple[str, str], float], int, int]:
+                       cka_images: int = 256, cka_mb: float = 512, cka_permutations: int = 10, progress=None
+                       ) -> tuple[dict[tuple[str, str], CrossCorrelation], dict[tuple[str, str], dict[str, float]],
+                                  int, int]:
     """One pass over the probe through both models: the unit cross-correlations of each layer pair of ``pairs``
-    (over images and positions, at the smaller resolution when they differ) and the linear CKA of each layer pair
-    of ``pairs`` and ``cka_pairs`` on the flattened feature maps of the first probe images: ``cka_images`` of them,
-    fewer when their features would take more than ``cka_mb`` MB (kept on the CPU). Returns
-    ``(correlations, cka, images, images used for CKA)``."""
+    (over images and positions, at the smaller resolution when they differ); then linear CKA of each layer pair of
+    ``pairs`` and ``cka_pairs`` on the flattened feature maps of the first ``min(cka_images, probe size)`` probe
+    images (:func:`cka_grams`: one ``n x n`` Gram matrix per layer, so the number of images does not depend on the
+    layers or on ``cka_mb``, which only sets how many images go through the models at once). Returns
+    ``(correlations, {pair: {"cka", "cka_floor", "cka_biased", "cka_biased_floor"}}, images, images used for
+    CKA)``."""
     cka_all = list(dict.fromkeys([*pairs, *cka_pairs]))
-    layers_a = sorted({a for a, _ in cka_all})
-    layers_b = sorted({b for _, b in cka_all})
+    layers_a = sorted({a for a, _ in pairs})
+    layers_b = sorted({b for _, b in pairs})
     corr: dict[tuple[str, str], CrossCorrelation] = {}
-    features: dict[tuple[str, str], tuple[list[torch.Tensor], list[torch.Tensor]]] = {p: ([], []) for p in cka_all}
-    kept, n, budget = 0, 0, None
+    kept: list[torch.Tensor] = []
+    n_kept, n = 0, 0
     total = math.ceil(len(dataset) / batch_size)
     for step, (_, images, _) in enumerate(iter_probe(dataset, batch_size)):
-        images = images.to(device, non_blocking=True)
-        acts_a = layer_activations(model_a, images, layers_a)
-        acts_b = layer_activations(model_b, images, layers_b)
-        if budget is None:  # images whose features fit in cka_mb, from the shapes alone (deterministic)
-            per_image = 4 * sum(acts_a[a][0].numel() + acts_b[b][0].numel() for a, b in cka_all)
-            budget = max(2, min(int(cka_images), int(cka_mb * 2**20 // max(per_image, 1))))
-        for pair in pairs:
-            a, b = acts_a[pair[0]], acts_b[pair[1]]
-            size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
-            if pair not in corr:
-                corr[pair] = CrossCorrelation(a.shape[1], b.shape[1], device)
-            corr[pair].update(unit_rows(a, size), unit_rows(b, size))
-        take = max(0, min(len(images), budget - kept))
-        if take:
-            for pair in cka_all:
-                features[pair][0].append(acts_a[pair[0]][:take].flatten(1).cpu())
-                features[pair][1].append(acts_b[pair[1]][:take].flatten(1).cpu())
-        kept += take
+        take = max(0, min(len(images), int(cka_images) - n_kept))
+        if take:  # the CKA images themselves (pixels, not features), in probe order
+            kept.append(images[:take].cpu())
+            n_kept += take
+        if pairs:
+            images = images.to(device, non_blocking=True)
+            acts_a = layer_activations(model_a, images, layers_a)
+            acts_b = layer_activations(model_b, images, layers_b)
+            for pair in pairs:
+                a, b = acts_a[pair[0]], acts_b[pair[1]]
+                size = (min(a.shape[2], b.shape[2]), min(a.shape[3], b.shape[3]))
+                if pair not in corr:
+                    corr[pair] = CrossCorrelation(a.shape[1], b.shape[1], device)
+                corr[pair].update(unit_rows(a, size), unit_rows(b, size))
         n += len(images)
         if progress is not None:
             progress(step + 1, total)
-    cka = {pair: linear_cka(torch.cat(fa), torch.cat(fb)) for pair, (fa, fb) in features.items() if kept >= 2}
-    return corr, cka, n, kept
+    cka: dict[tuple[str, str], dict[str, float]] = {}
+    if n_kept >= 2 and cka_all:
+        grams_a, grams_b = cka_grams(model_a, model_b, torch.cat(kept), cka_all, device=device, cka_mb=cka_mb)
+        for la, lb in cka_all:
+            cka[(la, lb)] = cka_values(grams_a[la], grams_b[lb], cka_permutations)
+    return corr, cka, n, n_kept
+
+
+def cka_values(k: torch.Tensor, l: torch.Tensor, permutations: int = 10) -> dict[str, float]:
+    """``cka`` (debiased: unbiased HSIC, Song et al. 2012; Nguyen, Raghu & Kornblith 2021; from 4 images),
+    ``cka_biased`` (plug-in HSIC, Kornblith et al. 2019), and each one's noise floor (``cka_floor``,
+    ``cka_biased_floor``): the same estimator with the images of B shuffled against A's (:func:`permuted_cka`,
+    ``permutations`` seeded draws), what "no similarity" reads as on these features."""
+    out = {"cka_biased": cka_from_grams(k, l, debiased=False),
+           "cka_biased_floor": permuted_cka(k, l, permutations, seed=0, debiased=False)}
+    if k.shape[0] >= 4:
+        out["cka"] = cka_from_grams(k, l)
+        out["cka_floor"] = permuted_cka(k, l, permutations, seed=0)
+    return out
+
+
+@torch.no_grad()
+def cka_grams(model_a: Model, model_b: Model, images: torch.Tensor, pairs: Sequence[tuple[str, str]], *,
+              device: torch.device, cka_mb: float = 512) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The ``n x n`` linear Gram matrices (float64) of each compared layer of A and of B on ``images``
+    (``n x 3 x H x W``), built block by block (:class:`interpbench.ops.drift.GramAccumulator`): the images go
+    through the models ``block`` at a time, ``block`` the most whose flattened features (two blocks, both models,
+    float64) fit in ``cka_mb`` MB (at least 4), and the off-diagonal blocks ``(i, j)`` recompute block ``j``. Memory
+    is ``n^2`` per layer plus two blocks' features; the Gram matrices (and CKA) do not depend on ``cka_mb``, which
+    only trades memory for forward passes (``B (B + 1) / 2`` blocks per model for ``B`` blocks)."""
+    layers_a = sorted({a for a, _ in pairs})
+    layers_b = sorted({b for _, b in pairs})
+    n = len(images)
+
+    def features(lo: int, hi: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        x = images[lo:hi].to(device, non_blocking=True)
+        acts_a = layer_activations(model_a, x, layers_a)
+        acts_b = layer_activations(model_b, x, layers_b)
+        return ({k: v.flatten(1) for k, v in acts_a.items()}, {k: v.flatten(1) for k, v in acts_b.items()})
+
+    first_a, first_b = features(0, 1)
+    per_image = 8 * (sum(v.shape[1] for v in first_a.values()) + sum(v.shape[1] for v in first_b.values()))
+    block = max(4, min(n, int(cka_mb * 2**20 // max(2 * per_image, 1))))
+    edges = [(lo, min(n, lo + block)) for lo in range(0, n, block)]
+    acc_a = {name: GramAccumulator(n, device) for name in layers_a}
+    acc_b = {name: GramAccumulator(n, device) for name in layers_b}
+    for i, (lo_i, hi_i) in enumerate(edges):
+        feats_i = features(lo_i, hi_i)
+        for j, (lo_j, hi_j) in enumerate(edges[:i + 1]):
+            feats_j = feats_i if j == i else features(lo_j, hi_j)
+            for acc, fi, fj in ((acc_a, feats_i[0], feats_j[0]), (acc_b, feats_i[1], feats_j[1])):
+                for name in acc:
+                    acc[name].add(slice(lo_i, hi_i), fi[name], slice(lo_j, hi_j), fj[name])
+    return ({k: v.result() for k, v in acc_a.items()}, {k: v.result() for k, v in acc_b.items()})
 
 
 def shared_layers(model_a: Model, model_b: Model) -> list[tuple[str, str]]:
@@ -151,22 +206,32 @@ class UnitDrift(Metric):
     or a list), ``matchings`` (``"aligned,hungarian,best"``; ``aligned`` only where the layer has the same shape in
     both models), ``quantile`` / ``iou_threshold`` / ``label_size`` / ``cache_mb`` (dissection), ``batch_size``
     (None: the run's), ``cka_layers`` (``"all"``: also every other named layer both models share; ``"compared"``),
-    ``cka_images`` (CKA on the first N probe images, 1024, fewer when their features exceed ``cka_mb``, 512 MB;
-    ``cka_n`` in the results says how many).
+    ``cka_images`` (CKA on the first N probe images, 256, all of them when the probe is smaller; ``cka_n`` in the
+    results says how many; the number does not depend on the layers or on memory), ``cka_mb`` (512: how many
+    images' features go through at once while the ``n x n`` Gram matrices are built; changes the time, not the
+    values), ``cka_permutations`` (10: shuffles of the images for the noise floor).
+
+    CKA (Kornblith et al., ICML 2019) is by default the debiased one, with the unbiased HSIC of Song et al. (JMLR
+    2012) as Nguyen, Raghu & Kornblith (ICLR 2021) use it: independent features read near 0 however many features
+    there are, where the plug-in estimate drifts towards 1 when features outnumber images. Each CKA comes with the
+    plug-in value (``cka_biased``) and both estimators' noise floors (``cka_floor``, ``cka_biased_floor``: the
+    mean over ``cka_permutations`` shuffles of B's images against A's, the value of features with no
+    correspondence).
 
     Results per compared layer ``L`` (``L`` is ``LAYER_A->LAYER_B`` when the names differ): ``L.cka``,
+    ``L.cka_floor``, ``L.cka_biased``, ``L.cka_biased_floor``,
     ``L.detectors_a`` / ``_b``, ``L.unique_a`` / ``_b``, per category ``L.CAT.detectors_change`` /
     ``L.CAT.unique_change`` (B minus A, one label per unit), ``L.concept_overlap`` (Jaccard of the detected
     concept sets), per matching ``M``: ``L.M.concept_retention``, ``L.M.category_retention``, ``L.M.iou_change``,
     ``L.M.iou_profile_rho``, ``L.M.activation_correlation``, and the switch matrix of the first applicable matching
-    as ``L.switch.A->B`` counts (``L.switch_matching``: 0 aligned, 1 hungarian, 2 best); ``LAYER.cka`` for every
-    other shared layer; ``n`` (probe images) and ``cka_n``. A measure with nothing to
+    as ``L.switch.A->B`` counts (``L.switch_matching``: 0 aligned, 1 hungarian, 2 best); the four CKA values for
+    every other shared layer; ``n`` (probe images) and ``cka_n`` (images of every CKA). A measure with nothing to
     average over (e.g. retention when A has no detector) is left out.
     """
 
     name: ClassVar[str] = "unit_drift"
     headline_values: ClassVar[tuple[str, ...]] = ("**.cka", "**.aligned.concept_retention")
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: debiased CKA on a fixed number of images, noise floors
 
     @classmethod
     def leaderboard_markdown(cls, rows: Any) -> str | None:
@@ -183,9 +248,10 @@ class UnitDrift(Metric):
         "label_size": None,
         "batch_size": None,
         "cache_mb": 2048,
-        "cka_images": 1024,
+        "cka_images": 256,
         "cka_mb": 512,
         "cka_layers": "all",
+        "cka_permutations": 10,
     }
 
     def _matchings(self) -> list[str]:
@@ -202,6 +268,8 @@ class UnitDrift(Metric):
         matchings = self._matchings()
         if not isinstance(p["cka_images"], int) or p["cka_images"] < 2:
             raise ComponentError(f"unit_drift: cka_images {p['cka_images']!r} must be an int >= 2")
+        if not isinstance(p["cka_permutations"], int) or p["cka_permutations"] < 1:
+            raise ComponentError(f"unit_drift: cka_permutations {p['cka_permutations']!r} must be an int >= 1")
         if not isinstance(p["cka_mb"], (int, float)) or p["cka_mb"] <= 0:
             raise ComponentError(f"unit_drift: cka_mb {p['cka_mb']!r} must be a positive number of megabytes")
         if p["cka_layers"] not in ("all", "compared"):
@@ -224,14 +292,15 @@ class UnitDrift(Metric):
         cka_pairs = shared_layers(model_a, model) if p["cka_layers"] == "all" else []
         corr, cka, n, n_cka = paired_activations(model_a, model, dataset, pairs, batch_size=batch_size, device=device,
                                                  cka_pairs=cka_pairs, cka_images=p["cka_images"],
-                                                 cka_mb=p["cka_mb"], progress=phase(2))
+                                                 cka_mb=p["cka_mb"], cka_permutations=p["cka_permutations"],
+                                                 progress=phase(2))
         concepts = dis_a.concepts
         category_of = concepts.category_of()
         thr = float(p["iou_threshold"])
         out: dict[str, float] = {"n": float(n), "cka_n": float(n_cka)}
-        for (la, lb), value in cka.items():
-            if (la, lb) not in pairs and math.isfinite(value):
-                out[f"{layer_key(la, lb)}.cka"] = value
+        for (la, lb), measures in cka.items():
+            if (la, lb) not in pairs:
+                out.update({f"{layer_key(la, lb)}.{k}": v for k, v in measures.items() if math.isfinite(v)})
         report: dict[str, Any] = {"pairs": [list(x) for x in pairs], "layers": {},
                                   "cka": {layer_key(*k): v for k, v in cka.items()}}
         written_units: dict[str, list[dict[str, Any]]] = {}
@@ -241,8 +310,7 @@ class UnitDrift(Metric):
             da, db = dis_a.layers[la], dis_b.layers[lb]
             counts_a, counts_b = dis_a.layer_summary(la), dis_b.layer_summary(lb)
             values: dict[str, float] = {}
-            if math.isfinite(cka.get((la, lb), math.nan)):
-                values["cka"] = cka[(la, lb)]
+            values.update(cka.get((la, lb), {}))
             values.update(detectors_a=counts_a["detectors"], detectors_b=counts_b["detectors"],
                           unique_a=counts_a["unique"], unique_b=counts_b["unique"])
             for category in concepts.categories:
@@ -375,27 +443,38 @@ def switch_heatmap(matrices: dict[str, torch.Tensor], names: Sequence[str], path
 
 
 class ExplanationDrift(Metric):
-    """How much a method's maps change from model A to model B of a pair, for the same images.
+    """How much a method's maps change from model A to model B of a pair, for the same images and the same class.
 
-    For each batch the metric explains model A itself (``batch.method`` on ``model.reference``; targets: A's own
-    top-1 predictions, or ``reference_target="same"``: the batch's targets, when A and B share a label space), under
-    the seed the runner used for B's maps (``batch.seed``), so a stochastic method draws the same noise for both.
-    Per image: Spearman rank correlation of the two maps (average ranks for ties; two identical constant maps count
-    1, a constant map against another 0) and the overlap of their top ``top_fraction`` pixels.
+    For each batch the metric explains model A itself (``batch.method`` on ``model.reference``) under the seed the
+    runner used for B's maps (``batch.seed``), so a stochastic method draws the same noise for both. The class:
+    where A and B share a label space (a sanity cascade, a pruned model, a student of the same task) both models
+    explain one class per image, chosen once from A: the batch's targets, which the runner takes from A
+    (:meth:`interpbench.pairs.PairModel.choose_targets`: A's prediction, or the label with ``--target label``), as
+    Adebayo et al. (NeurIPS 2018) explain the same input and class before and after randomising; where they do not
+    (fine-tuning to another task), B's maps explain B's class and A's its own top-1 (``class_from_a`` 0 says so).
+    ``reference_target``: ``"auto"`` (that rule), ``"predicted"`` (A always explains its own top-1, whatever B
+    explained) or ``"same"`` (the batch's targets; needs a shared label space).
+
+    Per image: Spearman rank correlation of the two maps and of their absolute values (average ranks for ties; two
+    identical constant maps count 1, a constant map against another 0), SSIM of the two maps (each scaled to
+    [0, 1]; :func:`interpbench.ops.drift.map_ssim`) -- the paper's three measures -- and the overlap of their top
+    ``top_fraction`` pixels.
 
     Results: ``explanation_drift`` (1 - mean rank correlation: 0 when the maps did not change), ``rank_correlation``,
-    ``topN_overlap`` (N = 100 x top_fraction), each with a 95% bootstrap interval over images; when A and B share a
-    label space ``prediction_agreement`` (share of images with the same top-1 class) and ``prediction_tv`` (mean
-    total-variation distance of the softmax outputs); ``n``. On a sanity pair ``A=>A~cascade:K`` also
-    ``randomized_stages`` (K) and ``stages`` (L), and on the full-randomisation row (K = L) ``sanity_pass``: 1 when
-    the mean rank correlation with the original maps is below ``sanity_threshold`` (0.5), else 0 (the method's maps
-    barely depend on the model's weights: it fails the model-randomisation test of Adebayo et al. 2018, who gave
-    no numeric cut-off; 0.5 is this benchmark's, a parameter recorded in the manifest).
+    ``rank_correlation_abs``, ``ssim``, ``topN_overlap`` (N = 100 x top_fraction), each with a 95% bootstrap
+    interval over images; ``class_from_a`` (1: both models explained the class chosen from A; 0: each its own);
+    when A and B share a label space ``prediction_agreement`` (share of images with the same top-1 class) and
+    ``prediction_tv`` (mean total-variation distance of the softmax outputs); ``n``. On a sanity pair
+    ``A=>A~cascade:K`` also ``randomized_stages`` (K) and ``stages`` (L), and on the full-randomisation row (K = L)
+    ``sanity_pass``: 1 when the mean rank correlation with the original maps is below ``sanity_threshold`` (0.5),
+    else 0 (the method's maps barely depend on the model's weights: it fails the model-randomisation test of
+    Adebayo et al. 2018, who gave no numeric cut-off; 0.5 is this benchmark's, a parameter recorded in the
+    manifest).
     """
 
     name: ClassVar[str] = "explanation_drift"
     headline_values: ClassVar[tuple[str, ...]] = ("explanation_drift",)
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"  # 2: one class per image, chosen from A, where A and B share a label space
 
     @classmethod
     def leaderboard_markdown(cls, rows: Any) -> str | None:
@@ -406,19 +485,20 @@ class ExplanationDrift(Metric):
         return to_markdown(wide_table(done, "explanation")) + sanity_markdown(rows)
     scope: ClassVar[str] = "explanation"
     higher_is_better: ClassVar[bool] = True  # in the randomisation test, drift is what a model-dependent map shows
-    defaults: ClassVar[dict[str, Any]] = {"top_fraction": 0.1, "reference_target": "predicted",
+    defaults: ClassVar[dict[str, Any]] = {"top_fraction": 0.1, "reference_target": "auto",
                                           "sanity_threshold": 0.5}
     # Distributed runs: the per-image lists of tensors put end to end in rank order (the one-process order, which
     # the bootstrap intervals depend on); the pair's description from any rank that saw a batch (all hold the same).
     dist_state: ClassVar[dict[str, Any]] = {
-        "_rho": "cat", "_overlap": "cat", "_agree": "cat", "_tv": "cat",
+        "_rho": "cat", "_rho_abs": "cat", "_ssim": "cat", "_overlap": "cat", "_agree": "cat", "_tv": "cat",
         "_pair": lambda metric, values: next((v for v in values if v), {})}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        if self.params["reference_target"] not in ("predicted", "same"):
+        if self.params["reference_target"] not in ("auto", "predicted", "same"):
             raise ComponentError(f"explanation_drift: reference_target {self.params['reference_target']!r}: choose "
-                                 "'predicted' (A's own top-1 class) or 'same' (the class explained on B)")
+                                 "'auto' (the class chosen from A where A and B share a label space, else A's own "
+                                 "top-1), 'predicted' (A's own top-1 class) or 'same' (the class explained on B)")
         fraction = self.params["top_fraction"]
         if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ComponentError(f"explanation_drift: top_fraction {fraction!r} must lie in (0, 1] (default 0.1)")
@@ -426,6 +506,8 @@ class ExplanationDrift(Metric):
 
     def reset(self) -> None:
         self._rho: list[torch.Tensor] = []
+        self._rho_abs: list[torch.Tensor] = []
+        self._ssim: list[torch.Tensor] = []
         self._overlap: list[torch.Tensor] = []
         self._agree: list[torch.Tensor] = []
         self._tv: list[torch.Tensor] = []
@@ -442,16 +524,19 @@ class ExplanationDrift(Metric):
         if not isinstance(maps, torch.Tensor) or tuple(maps.shape) != (b, h, w):
             got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
             raise ComponentError(f"{self.name}: maps must be B x H x W = {(b, h, w)}, got {got}")
-        same_space = reference.label_space == model.label_space and reference.class_names == model.class_names
+        same_space = shares_label_space(reference, model)
         with torch.no_grad():
             logits_a, logits_b = reference(images).float(), model(images).float()
-        if self.params["reference_target"] == "same":
-            if not same_space:
-                raise ComponentError(f"{self.name}: reference_target='same' needs one label space, but A predicts "
-                                     f"{reference.label_space!r} and B {model.label_space!r}; use 'predicted'")
-            targets_a = batch.targets.to(images.device)
-        else:
+        rule = self.params["reference_target"]
+        if rule == "same" and not same_space:
+            raise ComponentError(f"{self.name}: reference_target='same' needs one label space, but A predicts "
+                                 f"{reference.label_space!r} and B {model.label_space!r}; use 'auto'")
+        if rule == "predicted" or (rule == "auto" and not same_space):
             targets_a = logits_a.argmax(dim=1)
+        else:
+            targets_a = batch.targets.to(images.device)
+            if rule == "auto":
+                _check_chosen_from_a(targets_a, logits_a, batch.labels, self.name)
         devices = [images.device] if images.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(batch.seed)  # the runner drew B's maps from this seed: the same noise for A
@@ -466,12 +551,14 @@ class ExplanationDrift(Metric):
                                  f"({reference.spec})")
         maps_b = maps.detach().float()
         self._rho.append(map_rank_correlation(maps_a, maps_b).cpu())
+        self._rho_abs.append(map_rank_correlation(maps_a.abs(), maps_b.abs()).cpu())
+        self._ssim.append(map_ssim(maps_a, maps_b).cpu())
         self._overlap.append(top_fraction_overlap(maps_a, maps_b, float(self.params["top_fraction"])).cpu())
         if same_space:
             self._agree.append((logits_a.argmax(1) == logits_b.argmax(1)).double().cpu())
             tv = 0.5 * (logits_a.softmax(1) - logits_b.softmax(1)).abs().sum(1)
             self._tv.append(tv.double().cpu())
-        self._pair = dict(getattr(model, "pair_info", {}) or {})
+        self._pair = {**dict(getattr(model, "pair_info", {}) or {}), "class_from_a": same_space}
 
     def compute(self) -> dict[str, float]:
         from interpbench.leaderboard import bootstrap_ci
@@ -482,7 +569,9 @@ class ExplanationDrift(Metric):
         out: dict[str, float] = {}
         rho = torch.cat(self._rho).numpy()
         top = f"top{round(100 * float(self.params['top_fraction']))}_overlap"
-        series = {"explanation_drift": 1.0 - rho, "rank_correlation": rho, top: torch.cat(self._overlap).numpy()}
+        series = {"explanation_drift": 1.0 - rho, "rank_correlation": rho,
+                  "rank_correlation_abs": torch.cat(self._rho_abs).numpy(), "ssim": torch.cat(self._ssim).numpy(),
+                  top: torch.cat(self._overlap).numpy()}
         if self._agree:
             series["prediction_agreement"] = torch.cat(self._agree).numpy()
             series["prediction_tv"] = torch.cat(self._tv).numpy()
@@ -491,12 +580,29 @@ class ExplanationDrift(Metric):
             lo, hi = bootstrap_ci(values, stable_hash([self.name, name, len(values)]))
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = lo, hi
         out["n"] = float(len(rho))
+        out["class_from_a"] = float(bool(self._pair.get("class_from_a")))
         if "sanity_depth" in self._pair:
             depth, total = int(self._pair["sanity_depth"]), int(self._pair["sanity_stages"])
             out["randomized_stages"], out["stages"] = float(depth), float(total)
             if depth == total:
                 out["sanity_pass"] = float(out["rank_correlation"] < float(self.params["sanity_threshold"]))
         return out
+
+
+def _check_chosen_from_a(targets: torch.Tensor, logits_a: torch.Tensor, labels: torch.Tensor | None,
+                         metric: str) -> None:
+    """Both models of a pair with one label space explain the class chosen from A: each batch target must be A's
+    prediction (up to a tie in A's logits) or the image's label. The runner chooses them so
+    (``PairModel.choose_targets``); a caller that took B's predictions would compare maps of two classes."""
+    gap = logits_a.max(dim=1).values - logits_a.gather(1, targets.view(-1, 1)).squeeze(1)
+    ok = gap <= 1e-5 * (1 + logits_a.abs().max(dim=1).values)
+    if labels is not None and labels.dim() == 1 and labels.shape == targets.shape:
+        ok |= labels.to(targets.device) == targets
+    if not bool(ok.all()):
+        raise ComponentError(
+            f"{metric}: {int((~ok).sum())} of {len(ok)} batch targets are neither model A's prediction nor the label; "
+            "A and B share a label space, so both must explain the class chosen from A (Adebayo et al. 2018): take "
+            "the targets from model.choose_targets(images) (the runner does), or set reference_target='predicted'")
 
 
 # --------------------------------------------------------------------------------------------- tables
@@ -520,10 +626,11 @@ def drift_table(table: Any) -> Any:
     part = table[(table["metric"] == UnitDrift.name) & (table["status"] == "done")]
     rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     layer_values: dict[tuple[str, str, str], dict[str, float]] = {}
+    cka_n = _cka_images(part)
     for _, r in part.iterrows():
         name = str(r["value_name"])
-        if name == "n" or ".switch." in f".{name}" or name.endswith((".switch_matching", ".detectors_change",
-                                                                          ".unique_change")):
+        if name in ("n", "cka_n") or ".switch." in f".{name}" or name.endswith((".switch_matching",
+                                                                                ".detectors_change", ".unique_change")):
             continue
         layer, matching, measure = _split_value(name)
         if matching is None:
@@ -540,29 +647,54 @@ def drift_table(table: Any) -> Any:
             "pair": model, "dataset": dataset, "layer": layer, "matching": matching,
             "detectors A→B": f"{lv.get('detectors_a', math.nan):.0f} → {lv.get('detectors_b', math.nan):.0f}",
             "unique A→B": f"{lv.get('unique_a', math.nan):.0f} → {lv.get('unique_b', math.nan):.0f}",
-            "CKA": _fmt(lv.get("cka")), "concept overlap": _fmt(lv.get("concept_overlap")),
+            "CKA": _fmt(lv.get("cka")), "CKA floor": _fmt(lv.get("cka_floor")),
+            "CKA images": _count(cka_n.get((model, dataset))), "concept overlap": _fmt(lv.get("concept_overlap")),
             **{m.replace("_", " "): _fmt(values.get(m)) for m in UNIT_MEASURES},
         })
     return pd.DataFrame(out)
 
 
+def _cka_images(part: Any) -> dict[tuple[str, str], float]:
+    """``{(pair, dataset): images of every CKA}`` from the ``cka_n`` values."""
+    rows = part[part["value_name"].astype(str) == "cka_n"]
+    return {(r["model"], r["dataset"]): float(r["mean"]) for _, r in rows.iterrows()}
+
+
+def _count(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.0f}"
+
+
 def cka_table(table: Any) -> Any:
-    """Linear CKA per layer of each pair of a run: one row per (pair, dataset), one column per layer."""
+    """Linear CKA per layer of each pair of a run: one row per (pair, dataset, layer) with the number of images,
+    the debiased CKA and its noise floor (B's images shuffled against A's), the plug-in (biased) CKA and its floor."""
     import pandas as pd
 
-    part = table[(table["metric"] == UnitDrift.name) & (table["status"] == "done")
-                 & table["value_name"].astype(str).str.endswith(".cka")]
-    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    part = table[(table["metric"] == UnitDrift.name) & (table["status"] == "done")]
+    cka_n = _cka_images(part)
+    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    columns = {"cka": "CKA", "cka_floor": "CKA floor", "cka_biased": "CKA (biased)",
+               "cka_biased_floor": "CKA (biased) floor"}
     for _, r in part.iterrows():
-        row = rows.setdefault((r["model"], r["dataset"]), {"pair": r["model"], "dataset": r["dataset"]})
-        row[f"CKA {str(r['value_name'])[:-len('.cka')]}"] = _fmt(float(r["mean"]))
+        layer, _, measure = str(r["value_name"]).rpartition(".")
+        if measure not in columns or not layer:
+            continue
+        row = rows.setdefault((r["model"], r["dataset"], layer), {
+            "pair": r["model"], "dataset": r["dataset"], "layer": layer,
+            "images": _count(cka_n.get((r["model"], r["dataset"]))), **{c: "–" for c in columns.values()}})
+        row[columns[measure]] = _fmt(float(r["mean"]))
     return pd.DataFrame(list(rows.values()))
 
 
+SANITY_MEASURES = (("rank_correlation", "Spearman ρ"), ("rank_correlation_abs", "Spearman ρ, absolute maps"),
+                   ("ssim", "SSIM"))
+
+
 def sanity_table(table: Any) -> Any:
-    """The model-randomisation check of a run: one row per (model, dataset, method), the mean rank correlation of
-    the maps with the original model's at each randomisation depth, and the verdict of the full-randomisation row
-    (``pass`` / ``FAIL``). Empty when the run has no sanity pair."""
+    """The model-randomisation check of a run: one row per (model, dataset, method, measure) with the measure's
+    mean at each randomisation depth (Adebayo et al. 2018's three: Spearman rank correlation of the maps, of their
+    absolute values, SSIM), and on the rank-correlation row the verdict of the full-randomisation depth (``pass`` /
+    ``FAIL``). Both models explain the class chosen from the original model. Empty when the run has no sanity
+    pair."""
     import pandas as pd
 
     part = table[(table["metric"] == ExplanationDrift.name) & (table["status"] == "done")]
@@ -570,31 +702,34 @@ def sanity_table(table: Any) -> Any:
         return pd.DataFrame()
     from interpbench.pairs import PAIR, parse_cascade
 
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for _, r in part.iterrows():
-        model = str(r["model"])
+    rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    for (model, dataset, method), values in part.groupby(["model", "dataset", "method"], sort=False):
+        model = str(model)
         if PAIR not in model:
             continue
         a, _, b = model.partition(PAIR)
         cascade = parse_cascade(b.strip())
         if cascade is None or cascade[0] != a.strip():
             continue
-        values = part[(part["model"] == model) & (part["method"] == r["method"]) & (part["dataset"] == r["dataset"])]
         named = dict(zip(values["value_name"], values["mean"]))
-        if "stages" not in named or r["value_name"] != "rank_correlation":
+        if "stages" not in named:
             continue
-        row = rows.setdefault((a.strip(), r["dataset"], r["method"]), {"model": a.strip(), "dataset": r["dataset"],
-                                                                        "method": r["method"]})
-        row[f"ρ depth {int(named['randomized_stages'])}/{int(named['stages'])}"] = _fmt(named["rank_correlation"])
-        if "sanity_pass" in named:
-            row["randomisation test"] = "pass" if named["sanity_pass"] >= 0.5 else "FAIL"
+        depth = f"depth {int(named['randomized_stages'])}/{int(named['stages'])}"
+        for value_name, label in SANITY_MEASURES:
+            if value_name not in named:
+                continue
+            row = rows.setdefault((a.strip(), dataset, method, value_name),
+                                  {"model": a.strip(), "dataset": dataset, "method": method, "measure": label})
+            row[depth] = _fmt(named[value_name])
+            if value_name == "rank_correlation" and "sanity_pass" in named:
+                row["randomisation test"] = "pass" if named["sanity_pass"] >= 0.5 else "FAIL"
     frame = pd.DataFrame(list(rows.values()))
     if frame.empty:
         return frame
-    depth_cols = sorted([c for c in frame.columns if c.startswith("ρ depth")],
-                        key=lambda c: int(c.split()[2].split("/")[0]))
+    depth_cols = sorted([c for c in frame.columns if c.startswith("depth ")],
+                        key=lambda c: int(c.split()[1].split("/")[0]))
     rest = [c for c in ("randomisation test",) if c in frame.columns]
-    return frame[["model", "dataset", "method", *depth_cols, *rest]]
+    return frame[["model", "dataset", "method", "measure", *depth_cols, *rest]].fillna("")
 
 
 def _fmt(value: float | None) -> str:
@@ -612,7 +747,11 @@ def unit_drift_markdown(table: Any) -> str:
             "whose partner in B detects the same concept (category). Matchings: aligned (the same unit), hungarian "
             "(one-to-one by activation correlation), best (each unit's most correlated partner). Category-switch "
             "matrices: artifacts/*__unit_drift/*-switch.png (CSV beside them).\n\n" + to_markdown(drift)
-            + "\nLinear CKA (Kornblith et al. 2019) per layer, A against B:\n\n" + to_markdown(cka_table(table)))
+            + "\nLinear CKA (Kornblith et al. 2019) per layer, A against B, on the first `images` probe images: "
+            "debiased (unbiased HSIC, Song et al. 2012, as in Nguyen, Raghu & Kornblith 2021) and, for comparison "
+            "with older papers, the plug-in (biased) estimate, which drifts towards 1 when features outnumber "
+            "images. Floor: the same estimator with B's images shuffled against A's, what no similarity reads "
+            "as.\n\n" + to_markdown(cka_table(table)))
 
 
 def sanity_markdown(table: Any) -> str:
@@ -622,10 +761,12 @@ def sanity_markdown(table: Any) -> str:
     sanity = sanity_table(table)
     if sanity.empty:
         return ""
-    return ("\n### Model-randomisation sanity check (Adebayo et al., NeurIPS 2018)\n\nMean Spearman rank correlation "
-            "between each method's maps on the model and on the model with its top k of L stages re-initialised "
-            "(cascading randomisation). A method whose maps stay correlated (rho >= sanity_threshold, 0.5) when every "
-            "stage is re-initialised does not depend on the model's weights: FAIL.\n\n" + to_markdown(sanity))
+    return ("\n### Model-randomisation sanity check (Adebayo et al., NeurIPS 2018)\n\nSimilarity between each "
+            "method's maps on the model and on the model with its top k of L stages re-initialised (cascading "
+            "randomisation), both explaining the same class of each image, chosen once from the original model: "
+            "mean Spearman rank correlation of the maps and of their absolute values, and mean SSIM (maps scaled "
+            "to [0, 1]). A method whose maps stay correlated (rho >= sanity_threshold, 0.5) when every stage is "
+            "re-initialised does not depend on the model's weights: FAIL.\n\n" + to_markdown(sanity))
 
 
 def drift_markdown(table: Any) -> str:

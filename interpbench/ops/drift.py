@@ -2,8 +2,11 @@
 
 PROTOCOLS.md, "Unit drift under transfer, fine-tuning, distillation, compression". Plain tensor functions:
 
-- :func:`linear_cka`: linear centred kernel alignment of two representations of the same examples (Kornblith,
-  Norouzi, Lee, Hinton, ICML 2019), invariant to orthogonal transforms (e.g. a rotation of the units);
+- :func:`linear_cka` / :func:`cka_from_grams`: linear centred kernel alignment of two representations of the same
+  examples (Kornblith, Norouzi, Lee, Hinton, ICML 2019), invariant to orthogonal transforms (e.g. a rotation of the
+  units), by default with the unbiased HSIC (:func:`hsic_unbiased`, Song et al., JMLR 2012; for CKA Nguyen, Raghu
+  & Kornblith, ICLR 2021), the plug-in one (:func:`hsic_biased`) beside it; :class:`GramAccumulator` builds the
+  ``n x n`` Gram matrices block by block and :func:`permuted_cka` gives the value of unrelated examples;
 - :class:`CrossCorrelation`: streaming Pearson correlation between every unit of A and every unit of B over the
   probe (images x positions), the similarity that matches units (Li, Yosinski, Clune, Lipson, Hopcroft,
   "Convergent learning", ICLR 2016);
@@ -12,8 +15,9 @@ PROTOCOLS.md, "Unit drift under transfer, fine-tuning, distillation, compression
 - :func:`unit_drift_measures`: concept and category retention, the category-switch matrix (with "none"), the IoU
   change on A's concept, the rank correlation of each unit's IoU profile and the activation correlation of
   each unit with its partner, given two dissections (Bau et al., CVPR 2017) and a partner per unit of A;
-- :func:`rank_correlation_rows` (Spearman, average ranks for ties) and :func:`top_fraction_overlap`: how much a
-  saliency map changed (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018).
+- :func:`rank_correlation_rows` (Spearman, average ranks for ties), :func:`top_fraction_overlap` and
+  :func:`map_ssim`: how much a saliency map changed (Adebayo et al., "Sanity checks for saliency maps", NeurIPS
+  2018).
 """
 
 from __future__ import annotations
@@ -29,30 +33,139 @@ from interpbench.base import ComponentError
 # --------------------------------------------------------------------------------------------- CKA
 
 
-def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of ``x`` (``n x p``) and ``y`` (``n x q``), rows the same ``n`` examples.
+def gram(x: torch.Tensor) -> torch.Tensor:
+    """The linear kernel (Gram) matrix ``x x^T`` of ``n`` examples (rows of ``x``, ``n x p``), float64 ``n x n``."""
+    if x.dim() != 2:
+        raise ComponentError(f"gram: expected an n x p matrix of examples, got shape {tuple(x.shape)}")
+    x = x.double()
+    return x @ x.T
 
-    Kornblith et al. 2019, eq. (5): ``||Y^T X||_F^2 / (||X^T X||_F ||Y^T Y||_F)`` with centred columns, computed
-    in float64 through the ``n x n`` Gram matrices when ``n`` is the smaller side (``<K_X, K_Y>_F = ||Y^T X||_F^2``).
-    NaN when either representation is constant over the examples (the index is undefined).
+
+def hsic_biased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """The plug-in HSIC estimate ``tr(K H L H) / (n - 1)^2`` (Gretton et al. 2005; the one Kornblith et al. 2019
+    use for CKA), ``H`` the centring matrix. Biased: for independent features it is of order ``1/n`` and not 0."""
+    kc = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+    n = k.shape[0]
+    return (kc * l).sum() / (n - 1) ** 2
+
+
+def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """The unbiased HSIC estimate of Song, Smola, Gretton, Bedo, Borgwardt (JMLR 2012, eq. 5), ``n >= 4``:
+
+    ``[tr(K~ L~) + 1^T K~ 1 1^T L~ 1 / ((n-1)(n-2)) - 2/(n-2) 1^T K~ L~ 1] / (n (n-3))``, ``K~`` and ``L~`` the
+    Gram matrices with their diagonals set to 0. Its expectation is the population HSIC, 0 for independent
+    representations however many features they have (the estimator of Nguyen, Raghu & Kornblith, ICLR 2021).
+    """
+    n = k.shape[0]
+    if n < 4:
+        raise ComponentError(f"hsic_unbiased: needs at least 4 examples, got {n}")
+    kt = k - torch.diag_embed(torch.diagonal(k))
+    lt = l - torch.diag_embed(torch.diagonal(l))
+    trace = (kt * lt).sum()  # tr(K~ L~), both symmetric
+    sums = kt.sum() * lt.sum() / ((n - 1) * (n - 2))
+    cross = (kt.sum(dim=0) * lt.sum(dim=0)).sum() * 2 / (n - 2)  # 1^T K~ L~ 1 = (K~ 1) . (L~ 1)
+    return (trace + sums - cross) / (n * (n - 3))
+
+
+def cka_from_grams(k: torch.Tensor, l: torch.Tensor, debiased: bool = True) -> float:
+    """CKA of two ``n x n`` Gram matrices of the same examples: ``HSIC(K, L) / sqrt(HSIC(K, K) HSIC(L, L))``,
+    with the unbiased HSIC (``debiased``, default; Nguyen, Raghu & Kornblith, ICLR 2021) or the plug-in one
+    (Kornblith et al., ICML 2019). The debiased value lies in [-1, 1] (the unbiased HSIC is an inner product of
+    U-centred matrices) and is near 0 for unrelated representations; the biased one lies in [0, 1] and drifts
+    towards 1 when features outnumber examples. NaN when a representation is constant over the examples."""
+    if k.dim() != 2 or k.shape[0] != k.shape[1] or k.shape != l.shape:
+        raise ComponentError(f"cka_from_grams: expected two n x n Gram matrices of the same examples, got "
+                             f"{tuple(k.shape)} and {tuple(l.shape)}")
+    k, l = k.double(), l.double()
+    hsic = hsic_unbiased if debiased else hsic_biased
+    if debiased and k.shape[0] < 4:
+        raise ComponentError(f"debiased CKA needs at least 4 examples, got {k.shape[0]}")
+    if k.shape[0] < 2:
+        raise ComponentError(f"CKA needs at least 2 examples, got {k.shape[0]}")
+    xx, yy = hsic(k, k), hsic(l, l)
+    denominator = (xx * yy).clamp_min(0).sqrt()
+    if not bool(denominator > 0):
+        return math.nan
+    return float((hsic(k, l) / denominator).clamp(-1.0 if debiased else 0.0, 1.0))
+
+
+def linear_cka(x: torch.Tensor, y: torch.Tensor, debiased: bool = True) -> float:
+    """Linear CKA of ``x`` (``n x p``) and ``y`` (``n x q``), rows the same ``n`` examples, in float64.
+
+    Kornblith et al. 2019, eq. (5) on the linear kernels ``K = X X^T``, ``L = Y Y^T``; by default with the
+    unbiased HSIC of Song et al. 2012 (:func:`hsic_unbiased`, ``n >= 4``), so that independent features read near
+    0 (n = 128 images of p = 2048 features: the plug-in estimate reads about 0.9). ``debiased=False``: the
+    plug-in estimate of Kornblith et al., for comparison with papers that report it. Invariant to orthogonal
+    transforms and isotropic scaling of either representation. NaN when either is constant over the examples.
     """
     if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
         raise ComponentError(f"linear_cka: expected n x p and n x q matrices of the same examples, got "
                              f"{tuple(x.shape)} and {tuple(y.shape)}")
-    if x.shape[0] < 2:
-        raise ComponentError(f"linear_cka: needs at least 2 examples, got {x.shape[0]}")
-    x = x.double() - x.double().mean(dim=0, keepdim=True)
-    y = y.double() - y.double().mean(dim=0, keepdim=True)
-    n = x.shape[0]
-    if n <= max(x.shape[1], y.shape[1]):
-        kx, ky = x @ x.T, y @ y.T
-        cross, norm_x, norm_y = (kx * ky).sum(), kx.norm(), ky.norm()
-    else:
-        cross, norm_x, norm_y = (y.T @ x).square().sum(), (x.T @ x).norm(), (y.T @ y).norm()
-    denominator = norm_x * norm_y
-    if not bool(denominator > 0):
-        return math.nan
-    return float((cross / denominator).clamp(0.0, 1.0))
+    need = 4 if debiased else 2
+    if x.shape[0] < need:
+        raise ComponentError(f"linear_cka: needs at least {need} examples, got {x.shape[0]}"
+                             + (" (the debiased estimate; debiased=False needs 2)" if debiased else ""))
+    return cka_from_grams(gram(x), gram(y), debiased)
+
+
+def permuted_cka(k: torch.Tensor, l: torch.Tensor, permutations: int = 10, seed: int = 0,
+                 debiased: bool = True) -> float:
+    """The noise floor of CKA on these representations: the mean CKA of ``K`` against ``L`` with its examples
+    shuffled (``L[pi][:, pi]`` for ``permutations`` seeded random permutations ``pi``), i.e. what the estimator
+    reads when example ``i`` of A is compared with another example of B: no correspondence, the same marginal
+    statistics. About 0 for the debiased estimate; for the plug-in one the value that "no similarity" reads as."""
+    if permutations < 1:
+        raise ComponentError(f"permuted_cka: permutations {permutations!r} must be >= 1")
+    generator = torch.Generator().manual_seed(int(seed))
+    values = []
+    for _ in range(permutations):
+        order = torch.randperm(k.shape[0], generator=generator).to(l.device)
+        values.append(cka_from_grams(k, l[order][:, order], debiased))
+    return float(sum(values) / len(values))
+
+
+class GramAccumulator:
+    """The ``n x n`` Gram matrix of ``n`` examples built block by block, so that its memory is ``n^2`` float64
+    whatever the number of features: :meth:`add` takes the features of two blocks of examples (rows ``rows_i``
+    and ``rows_j`` of the ``n``) and fills the blocks ``(i, j)`` and ``(j, i)``. Parts computed apart (e.g. on
+    different ranks, each with its own blocks) combine with :meth:`merge` (a sum: every block is filled once)."""
+
+    def __init__(self, n: int, device: torch.device | str | None = None) -> None:
+        if n < 1:
+            raise ComponentError(f"GramAccumulator: n {n!r} must be >= 1")
+        self.n = int(n)
+        self.matrix = torch.zeros(self.n, self.n, dtype=torch.float64, device=device)
+        self.filled = torch.zeros(self.n, self.n, dtype=torch.bool, device=device)
+
+    def add(self, rows_i: slice, x_i: torch.Tensor, rows_j: slice, x_j: torch.Tensor) -> None:
+        x_i = x_i.reshape(x_i.shape[0], -1).to(self.matrix.device, torch.float64)
+        x_j = x_j.reshape(x_j.shape[0], -1).to(self.matrix.device, torch.float64)
+        if x_i.shape[1] != x_j.shape[1]:
+            raise ComponentError(f"GramAccumulator: the two blocks have {x_i.shape[1]} and {x_j.shape[1]} features")
+        block = x_i @ x_j.T
+        if tuple(self.matrix[rows_i, rows_j].shape) != tuple(block.shape):
+            raise ComponentError(f"GramAccumulator: rows {rows_i} x {rows_j} do not match blocks of "
+                                 f"{x_i.shape[0]} and {x_j.shape[0]} examples (n = {self.n})")
+        if bool(self.filled[rows_i, rows_j].any()):
+            raise ComponentError(f"GramAccumulator: block {rows_i} x {rows_j} was already added")
+        self.matrix[rows_i, rows_j] = block
+        self.matrix[rows_j, rows_i] = block.T
+        self.filled[rows_i, rows_j] = True
+        self.filled[rows_j, rows_i] = True
+
+    def merge(self, other: "GramAccumulator") -> None:
+        if other.n != self.n:
+            raise ComponentError(f"GramAccumulator.merge: n {other.n} against {self.n}")
+        if bool((self.filled & other.filled.to(self.filled.device)).any()):
+            raise ComponentError("GramAccumulator.merge: both parts filled the same block")
+        self.matrix += other.matrix.to(self.matrix.device)
+        self.filled |= other.filled.to(self.filled.device)
+
+    def result(self) -> torch.Tensor:
+        if not bool(self.filled.all()):
+            raise ComponentError(f"GramAccumulator: {int((~self.filled).sum())} of {self.n ** 2} entries were never "
+                                 "added; add every pair of blocks (i, j), j <= i")
+        return self.matrix
 
 
 # --------------------------------------------------------------------------------------------- correlation
@@ -209,6 +322,33 @@ def top_fraction_overlap(a: torch.Tensor, b: torch.Tensor, fraction: float = 0.1
     return (in_x & in_y).sum(dim=1).double() / k
 
 
+def map_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Structural similarity (Wang, Bovik, Sheikh, Simoncelli, IEEE TIP 2004) of two saliency maps per image
+    (``B x H x W`` each), float64 ``[B]``: the third similarity of Adebayo et al. 2018. Each map is first scaled to
+    [0, 1] by its own minimum and maximum (a constant map becomes 0), then
+    ``skimage.metrics.structural_similarity`` with its defaults (7 x 7 uniform window, K1 = 0.01, K2 = 0.03) and
+    ``data_range=1``. Maps smaller than 7 pixels on a side use the largest odd window that fits."""
+    from skimage.metrics import structural_similarity
+
+    if a.shape != b.shape or a.dim() != 3:
+        raise ComponentError(f"map_ssim: expected two B x H x W tensors, got {tuple(a.shape)} and {tuple(b.shape)}")
+
+    def unit_range(x: torch.Tensor) -> torch.Tensor:
+        flat = x.detach().double().reshape(x.shape[0], -1)
+        lo, hi = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+        span = hi - lo
+        return torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, torch.ones_like(span)),
+                           torch.zeros_like(flat)).view(x.shape).cpu().numpy()
+
+    x, y = unit_range(a), unit_range(b)
+    side = min(a.shape[1], a.shape[2])
+    window = min(7, side if side % 2 else side - 1)
+    if window < 3:
+        raise ComponentError(f"map_ssim: maps of {a.shape[1]} x {a.shape[2]} pixels are too small for SSIM (>= 3)")
+    return torch.tensor([structural_similarity(x[i], y[i], data_range=1.0, win_size=window) for i in range(len(x))],
+                        dtype=torch.float64)
+
+
 # --------------------------------------------------------------------------------------------- unit measures
 
 
@@ -330,14 +470,21 @@ def switch_dict(switch: torch.Tensor, categories: tuple[str, ...] | list[str]) -
 
 __all__: list[Any] = [
     "CrossCorrelation",
+    "GramAccumulator",
     "UnitChanges",
     "average_ranks",
     "best_partners",
+    "cka_from_grams",
     "concept_set_overlap",
+    "gram",
+    "hsic_biased",
+    "hsic_unbiased",
     "hungarian_partners",
     "identity_partners",
     "linear_cka",
     "map_rank_correlation",
+    "map_ssim",
+    "permuted_cka",
     "pearson_rows",
     "rank_correlation_rows",
     "switch_dict",
