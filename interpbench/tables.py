@@ -490,6 +490,8 @@ class Grid:
     columns: list[tuple[str, ...]]
     sections: list[tuple[str, list[tuple[str, list[Cell]]]]]  # (title or '', [(row label, cells)])
     note: str = ""  # a sentence for the caption (what bold and underline mean, the units)
+    # Markdown: one table per top-level header (a model's columns) or one table with the levels joined
+    split_markdown: bool = False
     footer: list[tuple[str, list[str]]] = dataclasses.field(default_factory=list)  # e.g. ("n", per column)
 
     def __post_init__(self) -> None:
@@ -575,8 +577,8 @@ class Grid:
         for i, columns in enumerate(chunks):
             part = f" (part {i + 1} of {len(chunks)})" if len(chunks) > 1 else ""
             label = self.label + (f"-{i + 1}" if len(chunks) > 1 else "")
-            caption = latex_escape(self.title) + part + (". " + self.note if self.note and i == 0 else
-                                                         ". Continued." if i else "")
+            caption = latex_escape(self.title) + part + (". " + self.note.rstrip(".") + "." if self.note and i == 0
+                                                         else ". Continued." if i else ".")
             width = max(self.width_pt(columns), self.title_pt())
             parts += ["", r"\begin{table}[t]", r"\centering", r"\small", rf"\setlength{{\tabcolsep}}{{{TABCOLSEP_PT:g}pt}}",
                       rf"\caption{{{caption}}}", rf"\label{{{label}}}",
@@ -619,11 +621,13 @@ class Grid:
     def markdown(self) -> str:
         """One pipe table per top-level header (Markdown has no spanning cells); sections as bold rows."""
         out = [f"### {self.title}\n"] + ([_plain(self.note) + "\n"] if self.note else [])
-        top = [c[0] if c else "" for c in self.columns]
-        for start, stop in _spans(self.columns, list(range(len(self.columns))), 0):
+        top = [c[0].replace("\n", " ") if c else "" for c in self.columns]
+        everything = [(0, len(self.columns))] if self.columns else []
+        for start, stop in _spans(self.columns, list(range(len(self.columns))), 0) if self.split_markdown else everything:
             columns = list(range(start, stop))
-            heads = [" ".join(x for x in self.columns[j][1:] if x) or self.columns[j][0] for j in columns]
-            if top[start] and len(self.columns[start]) > 1:
+            first = 1 if self.split_markdown else 0
+            heads = [" ".join(x.replace("\n", " ") for x in self.columns[j][first:] if x) or top[j] for j in columns]
+            if self.split_markdown and top[start]:
                 out.append(f"#### {top[start]}\n")
             out.append(f"| {self.corner} | " + " | ".join(heads) + " |")
             out.append("|---|" + "|".join("---:" for _ in columns) + "|")
@@ -679,7 +683,8 @@ def _latex_header(column: str) -> str:
 
 def _plain(latex: str) -> str:
     return (latex.replace(r"$\pm$", "±").replace(r"$\uparrow$", "↑").replace(r"$\downarrow$", "↓")
-            .replace(r"\%", "%").replace("$", "").replace(r"\alpha", "α").replace("--", "–"))
+            .replace(r"\%", "%").replace(r"\times", "×").replace("$", "").replace(r"\alpha", "α").replace("--", "–")
+            .replace("as a subscript", "after ±").replace("underlined", "italics"))
 
 
 def _group_header(model: str, dataset: str) -> str:
@@ -724,7 +729,7 @@ def _value_labels(metric: str, names: list[str]) -> tuple[str, dict[str, str]]:
     header = _display(metric)
     others = [n for n in names if n != metric]
     suffix = ""
-    if others and metric not in names and len(others) > 1:
+    if others and metric not in names:
         last = {n.rsplit(".", 1)[-1] for n in others}
         if len(last) == 1 and all("." in n for n in others):
             suffix = last.pop()
@@ -837,13 +842,14 @@ class PaperTables:
         if self.selection.transpose:
             sections = []
             for (model, dataset) in dict.fromkeys((k[0], k[1]) for k in keys):
-                rows = [(" ".join(x for x in h[2:] if x).replace(" ↑", " ↑").strip() + (f" (n = {n})" if n else ""),
+                rows = [(" ".join(x for x in h[1:] if x) + (f" (n = {n})" if n else ""),
                          [cell(k, m) for m in methods])
                         for k, h, n in zip(keys, heads, n_row) if (k[0], k[1]) == (model, dataset)]
                 sections.append((f"{model} on {dataset}", rows))
             return Grid(title, label, "Value", [(m,) for m in methods], sections, self._note())
         body = [(m, [cell(k, m) for k in keys]) for m in methods]
-        return Grid(title, label, "Method", heads, [("", body)], self._note(), footer=[("n", n_row)])
+        return Grid(title, label, "Method", heads, [("", body)], self._note(), footer=[("n", n_row)],
+                    split_markdown=True)
 
     def latex(self, label: str | None = None) -> str:
         """The main table as booktabs LaTeX (needs ``\\usepackage{booktabs}``), split into several tables where it
@@ -856,7 +862,6 @@ class PaperTables:
     def markdown(self) -> str:
         """The main table in Markdown: one table per model; best in bold, tied-with-best in italics."""
         grid = self.main_grid()
-        grid.note = _plain(grid.note).replace("as a subscript", "after ±").replace("underlined", "italics")
         return f"# {self.experiment}\n\n" + grid.markdown()
 
     def csv(self) -> str:
@@ -920,8 +925,15 @@ class PaperTables:
                 mark = "" if row is None else self._mark(row, best, tied)
                 row_cells.append(Cell.of(row, mark=mark, digits=self.digits if digits is None else digits, scale=scale))
             body.append((method, row_cells))
+        for j, k in enumerate(keys):  # a value the ranking has no direction for: best in the metric's direction
+            column = [c[j] for _, c in body if c[j].text is None]
+            here = part[(part["metric"] == k[2]) & (part["value_name"] == k[3])]
+            if len(column) > 1 and not any(c.mark for c in column) and not here.empty:
+                target = (max if bool(here["higher_is_better"].iloc[0]) else min)(c.mean for c in column)
+                for c in column:
+                    c.mark = "best" if c.mean == target else ""
         return Grid(f"{self.experiment}: {title}", f"tab:{_label(self.experiment)}-{label}", "Method", heads,
-                    [("", body)], note, footer=[("n", n_row)])
+                    [("", body)], note, footer=[("n", n_row)], split_markdown=True)
 
     def pointing_grids(self) -> list[Grid]:
         """The pointing game as TorchRay's table (Fong et al., ICCV 2019, Table 2; Zhang et al., ECCV 2016):
@@ -951,9 +963,11 @@ class PaperTables:
             return []
         values = {(r["model"], r["dataset"], r["method"], r["value_name"]): r for _, r in part.iterrows()}
         best_of = {}
-        columns = [(("Maps", "AUROC ↑"), "{a}.auroc", True), (("Maps", "TPR ↑"), "{a}.tpr5", True),
+        # (header, value, with its CI): the intervals of the maps' AUROC and of the gain; TPR and the baseline bare
+        columns = [(("Maps", "AUROC ↑"), "{a}.auroc", True), (("Maps", "TPR ↑"), "{a}.tpr5", False),
                    (("Logits", "AUROC"), "baseline.{a}.auroc", False), (("Logits", "TPR"), "baseline.{a}.tpr5", False),
                    (("Gain", "AUROC ↑"), "{a}.auroc_gain", True)]
+        directed = {0, 1, 4}
         sections = []
         for (model, dataset), rows in part.groupby(GROUP, sort=False):
             names = list(dict.fromkeys(rows["value_name"].astype(str)))
@@ -976,13 +990,13 @@ class PaperTables:
                         cell = Cell.of(row, digits=self.digits)
                         if row is None and (model, dataset, method, f"{attack}.n") in values:
                             cell = Cell(text="–")  # too few successful pairs to cross-validate
-                        if pattern != "{a}.auroc_gain":  # the gain's CI is the one the comparison needs
+                        if not with_ci:
                             cell.ci_low = cell.ci_high = math.nan
                         cells.append(cell)
                     body.append((method, cells))
-                for j, (_, _, directed) in enumerate(columns):
+                for j in directed:
                     means = [c[j].mean for _, c in body if c[j].text is None]
-                    if directed and len(means) > 1:
+                    if len(means) > 1:
                         best_of[j] = max(means)
                         for _, c in body:
                             if c[j].text is None and c[j].mean == best_of[j]:
