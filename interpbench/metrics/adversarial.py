@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from interpbench.base import Batch, ComponentError, Metric, Model, RunContext
 from interpbench.manifest import stable_hash
 from interpbench.ops.attacks import Adversarial, carlini_wagner_l2, fgsm, pgd_linf
-from interpbench.ops.stats import roc_curve
+from interpbench.ops.stats import fixed_matvec, roc_curve
 
 # --------------------------------------------------------------------------------------------- attacks
 
@@ -273,13 +273,31 @@ def standardize(train: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor
     return [(x - mean) / std for x in (train, *others)]
 
 
+def canonical_order(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    """Row order by (label, then each feature), lexicographic: the order in which the detector sums its rows, so
+    that its fit does not depend on the order in which the samples arrive (identical rows are interchangeable)."""
+    keys = [x[:, j].double().cpu().numpy() for j in reversed(range(x.shape[1]))]
+    if y is not None:
+        keys.append(y.double().cpu().numpy())
+    return torch.from_numpy(np.lexsort(keys)) if keys else torch.arange(x.shape[0])
+
+
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, C: float = 1.0, *, max_iter: int = 100,
                             tol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-regularised logistic regression ``min_w,b C sum_i log(1 + exp(-s_i (w.x_i + b))) + |w|^2 / 2`` (the
     intercept unpenalised; scikit-learn's ``LogisticRegression(C=C)`` objective), solved exactly by Newton's method
-    with a backtracking line search, in float64. Returns ``(w, b)``."""
+    with a backtracking line search, in float64. Returns ``(w, b)``.
+
+    Reproducible to the bit: the rows are taken in :func:`canonical_order`, every sum over rows and every product
+    is a fixed pairwise reduction of elementwise operations and the Newton system is solved by a Cholesky
+    factorisation written the same way (:mod:`interpbench.ops.stats`), so the coefficients do not depend on the
+    order of the samples, the CPU's vector width or BLAS, or the number of threads."""
+    from interpbench.ops.stats import fixed_matvec, fixed_solve, fixed_sum
+
     x = x.double()
     y = y.double()
+    order = canonical_order(x, y)
+    x, y = x[order], y[order]
     n, d = x.shape
     design = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], dim=1)
     ridge = torch.ones(d + 1, dtype=x.dtype)
@@ -287,19 +305,20 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, C: float = 1.0, *,
     beta = torch.zeros(d + 1, dtype=x.dtype)
 
     def objective(b: torch.Tensor) -> torch.Tensor:
-        z = design @ b
-        return C * (F.softplus(z) - y * z).sum() + 0.5 * (ridge * b * b).sum()
+        z = fixed_matvec(design, b)
+        return C * fixed_sum(F.softplus(z) - y * z, 0) + 0.5 * fixed_sum(ridge * b * b, 0)
 
     value = objective(beta)
     for _ in range(max_iter):
-        p = torch.sigmoid(design @ beta)
-        grad = C * design.T @ (p - y) + ridge * beta
+        p = torch.sigmoid(fixed_matvec(design, beta))
+        grad = C * fixed_sum(design * (p - y)[:, None], 0) + ridge * beta
         if float(grad.abs().max()) < tol * max(1.0, n * C):
             break
-        hessian = C * (design.T * (p * (1 - p))) @ design + torch.diag(ridge)
-        hessian += torch.eye(d + 1, dtype=x.dtype) * 1e-12 * float(hessian.diagonal().abs().max())
-        step = torch.linalg.solve(hessian, grad)
-        decrease, t = float(grad @ step), 1.0
+        weighted = design * (p * (1 - p))[:, None]
+        hessian = C * fixed_sum(weighted[:, :, None] * design[:, None, :], 0) + torch.diag(ridge)
+        hessian = hessian + torch.eye(d + 1, dtype=x.dtype) * (1e-12 * float(hessian.diagonal().abs().max()))
+        step = fixed_solve(hessian, grad)
+        decrease, t = float(fixed_sum(grad * step, 0)), 1.0
         while t >= 1e-10:  # Armijo backtracking; near the optimum the full Newton step is accepted
             candidate = beta - t * step
             new_value = objective(candidate)
@@ -314,19 +333,23 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, C: float = 1.0, *,
 
 def fold_models(features: torch.Tensor, labels: torch.Tensor, folds: torch.Tensor, n_folds: int, C: float
                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None]:
-    """Per fold ``k``: the detector trained on the samples outside ``k`` (standardised on them) as
-    ``(mean, std, w, b)``, or None when the training part lacks a class."""
+    """Per fold ``k``: the detector trained on the samples outside ``k`` (standardised on them, with sums in a
+    fixed order, as the fit) as ``(mean, std, w, b)``, or None when the training part lacks a class."""
+    from interpbench.ops.stats import fixed_sum
+
     out = []
     for k in range(n_folds):
         train = folds != k
         if not bool(train.any()) or labels[train].unique().numel() < 2:
             out.append(None)
             continue
-        x = features[train]
-        mean = x.mean(dim=0)
-        std = x.std(dim=0, unbiased=False)
+        x, y = features[train].double(), labels[train]
+        order = canonical_order(x, y)
+        x, y = x[order], y[order]
+        mean = fixed_sum(x, 0) / x.shape[0]
+        std = (fixed_sum((x - mean) ** 2, 0) / x.shape[0]).sqrt()
         std = torch.where(std > 1e-12 * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
-        w, b = fit_logistic_regression((x - mean) / std, labels[train], C)
+        w, b = fit_logistic_regression((x - mean) / std, y, C)
         out.append((mean, std, w, b))
     return out
 
@@ -339,7 +362,7 @@ def out_of_fold_scores(models, features: torch.Tensor, folds: torch.Tensor) -> t
         if model is None or not bool(test.any()):
             continue
         mean, std, w, b = model
-        scores[test] = ((features[test].double() - mean) / std) @ w + b
+        scores[test] = fixed_matvec((features[test].double() - mean) / std, w) + b  # row by row: order-free
     return scores
 
 
@@ -687,7 +710,6 @@ class AdversarialDetection(Metric):
     """
 
     name: ClassVar[str] = "adversarial_detection"
-    headline_values: ClassVar[tuple[str, ...]] = ("*.auroc",)
 
     @classmethod
     def leaderboard_markdown(cls, rows: Any) -> str | None:
@@ -1072,7 +1094,6 @@ class AdversarialConsistency(Metric):
     """
 
     name: ClassVar[str] = "adversarial_consistency"
-    headline_values: ClassVar[tuple[str, ...]] = ("**.label_kept",)
     version: ClassVar[str] = "1"
     scope: ClassVar[str] = "model"
     higher_is_better: ClassVar[bool] = True
@@ -1415,6 +1436,7 @@ __all__ = [
     "bootstrap_detection",
     "bootstrap_tpr",
     "bootstrap_weights",
+    "canonical_order",
     "class_similarity_matrix",
     "consistency_measures",
     "cross_attack_table",
