@@ -119,6 +119,54 @@ def test_positive_share():
     maps = torch.tensor([[[2.0, -5.0], [1.0, 1.0]], [[-1.0, -1.0], [-1.0, -1.0]]])
     region = torch.tensor([[True, True], [False, False]]).expand(2, 2, 2)
     assert positive_share(maps, region).tolist() == [0.5, 0.0]  # 2 / (2 + 1 + 1); no positive mass -> 0
+    # scale-free: the same map times 1e-9 (total positive mass 4e-9, under the reference's absolute 1e-7)
+    assert positive_share(maps * 1e-9, region).tolist() == [0.5, 0.0]
+    assert positive_share(maps * 1e9, region).tolist() == [0.5, 0.0]
+
+
+def score_cam_energy_point_game(bbox, saliency_map):
+    """Wang et al. 2020, Score-CAM's ``utils/energyPointGame.py`` (one integer xyxy box, the map summed as it is),
+    with the box's rows indexed by y (the reference's ``empty[x1:x2, y1:y2]`` transposes it on its square maps)."""
+    x1, y1, x2, y2 = bbox
+    empty = torch.zeros(saliency_map.shape)
+    empty[y1:y2, x1:x2] = 1
+    return float((saliency_map * empty).sum() / saliency_map.sum())
+
+
+def test_energy_pointing_game_equals_score_cams_reference_on_boxes():
+    g = torch.Generator().manual_seed(3)
+    size = (24, 32)
+    boxes = [(2, 3, 12, 10), (20, 0, 32, 8), (5, 14, 18, 23), (0, 0, 30, 20)]  # the last covers 78%: left out
+    maps = torch.rand(len(boxes), *size, generator=g) ** 3  # non-negative, as Score-CAM's
+    maps[1] -= 0.2  # a signed map: summed as it is, as the reference sums what it is given
+    samples = [{"id": f"s{i}", "label": 0, "labels": [0], "boxes": {0: torch.tensor([b], dtype=torch.float32)}}
+               for i, b in enumerate(boxes)]
+    batch = Batch(ids=[s["id"] for s in samples], images=torch.zeros(len(samples), 3, *size),
+                  targets=torch.zeros(len(samples), dtype=torch.long), samples=samples)
+    metric = ib.load_metric("energy_pointing_game", n_boot=10)
+    metric.update(None, batch, maps)
+    out = metric.compute()
+    reference = [score_cam_energy_point_game(b, m) for b, m in zip(boxes[:3], maps[:3])]
+    assert out["energy_pointing_game"] == pytest.approx(np.mean(reference), rel=1e-6)
+    assert out["n"] == 3 and out["skipped_large"] == 1 and out["signed"] == 1
+    # the same maps times 1e-9: the same score (the guard is exact for all-zero maps, not an absolute threshold)
+    metric.reset()
+    metric.update(None, batch, maps * 1e-9)
+    assert metric.compute()["energy_pointing_game"] == pytest.approx(np.mean(reference), rel=1e-6)
+    # without the area filter every box is scored, the large one too
+    metric = ib.load_metric("energy_pointing_game", n_boot=10, max_box_area=None)
+    metric.update(None, batch, maps)
+    reference.append(score_cam_energy_point_game(boxes[3], maps[3]))
+    assert metric.compute()["energy_pointing_game"] == pytest.approx(np.mean(reference), rel=1e-6)
+
+
+def test_energy_pointing_game_parameters_are_checked():
+    with pytest.raises(ComponentError, match="map must be 'raw'"):
+        ib.load_metric("energy_pointing_game", map="abs")
+    with pytest.raises(ComponentError, match="max_box_area is a share of the image"):
+        ib.load_metric("energy_pointing_game", max_box_area=2)
+    masks = ib.load_metric("energy_pointing_game_masks")
+    assert masks.params["region"] == "auto" and masks.params["map"] == "positive" and masks.params["max_box_area"] is None
 
 
 # --------------------------------------------------------------------------------------------- the metric

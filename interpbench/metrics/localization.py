@@ -651,9 +651,9 @@ class EnergyPointingGame(_LocalisationGame):
 
     def _trial_values(self, maps, regions, size, points, settings):
         maps = resize_maps(maps, size)
+        self.signed += int((maps.flatten(1).min(dim=1).values < 0).sum())
         if self.params["map"] == "positive":
             return positive_share(maps, regions)
-        self.signed += int((maps.flatten(1).min(dim=1).values < 0).sum())
         return energy_share(maps, regions)
 
     def _settings_summary(self):
