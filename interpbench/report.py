@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from .tables import ALPHA, GROUP, Experiment, PaperTables, _isnan, half_width, load_experiment
-from .runner import snapshot_path
+from .runner import slug, snapshot_path
 
 HELP = "write DIR/report.html: leaderboards, curves, map gallery and artifact images in one self-contained file"
 
@@ -34,6 +34,7 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
            "#17becf"]  # Tableau 10
 MAX_ARTIFACT_IMAGES = 200
 GALLERY_IMAGES = 4  # rows (images) per model and dataset in the map gallery
+GALLERY_METHODS = 8  # method columns per gallery table (9 columns of 112 px fit a 1280 px window)
 THUMBNAIL = 112  # px: the gallery's display size; larger images are stored at this size
 OVERLAY_ALPHA = 0.6
 
@@ -51,7 +52,11 @@ figcaption { font-size: 0.85em; color: #555; max-width: 40em; }
 table.gallery td, table.gallery th { text-align: center; border: none; padding: 0.2em; }
 table.gallery img { width: 112px; height: 112px; display: block; } table.gallery img.up { image-rendering: pixelated; }
 img.artifact { max-width: 100%; border: 1px solid #ddd; }
-nav ul { columns: 2; } .chart text { font-size: 11px; fill: #333; }
+nav ul { columns: 3; margin: 0.5em 0; } .chart text { font-size: 11px; fill: #333; }
+table.summary th { max-width: 9em; overflow-wrap: anywhere; font-weight: 600; } table.summary caption { font-size: 1.05em; }
+.wide { overflow-x: auto; max-width: 100%; } details > summary { cursor: pointer; color: #345; }
+ul.values li, ul.causes li { margin-bottom: 0.3em; } code { overflow-wrap: anywhere; }
+svg.chart { max-width: 100%; height: auto; }
 """
 
 
@@ -117,37 +122,96 @@ def mean_curve(curves: Iterable[Iterable[float]], points: int | None = None) -> 
 
 
 def svg_chart(series: list[tuple[str, str, np.ndarray, np.ndarray]], title: str, xlabel: str, ylabel: str,
-              width: int = 520, height: int = 320) -> str:
-    """A line chart as inline SVG: ``series`` of (label, colour, x in [0,1], y in [0,1])."""
+              width: int = 520, height: int = 320, *, xlim: tuple[float, float] = (0.0, 1.0),
+              ylim: tuple[float, float] = (0.0, 1.0), xticks: list[tuple[float, str]] | None = None,
+              yticks: Iterable[float] | None = None,
+              dashed: Iterable[str] = (), markers: bool = False,
+              hlines: Iterable[tuple[float, str]] = (), diagonal: bool = False) -> str:
+    """A line chart as inline SVG: ``series`` of (label, colour, x, y) within ``xlim`` x ``ylim`` (y clipped to
+    it); ``xticks`` (value, label) replace the five even ticks; series named in ``dashed`` are drawn dashed;
+    ``hlines`` (y, label) are dotted reference lines and ``diagonal`` the chance line y = x."""
     left, right, top, bottom = 48, 170, 28, 42
     pw, ph = width - left - right, height - top - bottom
+    dashed = set(dashed)
 
     def sx(x: float) -> float:
-        return left + x * pw
+        return left + (x - xlim[0]) / (xlim[1] - xlim[0]) * pw
 
     def sy(y: float) -> float:
-        return top + (1 - y) * ph
+        return top + (1 - (min(max(y, ylim[0]), ylim[1]) - ylim[0]) / (ylim[1] - ylim[0])) * ph
 
     e = html.escape
     parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="{e(title)}">',
              f'<text x="{left}" y="16" style="font-weight:600">{e(title)}</text>']
-    for t in np.linspace(0, 1, 5):
-        parts.append(f'<line x1="{sx(t):.1f}" y1="{top}" x2="{sx(t):.1f}" y2="{top + ph}" stroke="#eee"/>')
-        parts.append(f'<line x1="{left}" y1="{sy(t):.1f}" x2="{left + pw}" y2="{sy(t):.1f}" stroke="#eee"/>')
-        parts.append(f'<text x="{sx(t):.1f}" y="{top + ph + 14}" text-anchor="middle">{t:.2f}</text>')
-        parts.append(f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{t:.2f}</text>')
+    ticks = xticks or [(x, f"{x:.2f}") for x in np.linspace(*xlim, 5)]
+    for x, label in ticks:
+        parts.append(f'<line x1="{sx(x):.1f}" y1="{top}" x2="{sx(x):.1f}" y2="{top + ph}" stroke="#eee"/>')
+        parts.append(f'<text x="{sx(x):.1f}" y="{top + ph + 14}" text-anchor="middle">{e(label)}</text>')
+    for y in np.linspace(*ylim, 5) if yticks is None else yticks:
+        parts.append(f'<line x1="{left}" y1="{sy(y):.1f}" x2="{left + pw}" y2="{sy(y):.1f}" stroke="#eee"/>')
+        parts.append(f'<text x="{left - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.2f}</text>')
     parts.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>')
+    if diagonal:
+        parts.append(f'<line x1="{sx(xlim[0]):.1f}" y1="{sy(ylim[0]):.1f}" x2="{sx(xlim[1]):.1f}" '
+                     f'y2="{sy(ylim[1]):.1f}" stroke="#bbb" stroke-dasharray="2 3"/>')
+    for y, label in hlines:
+        parts.append(f'<line x1="{left}" y1="{sy(y):.1f}" x2="{left + pw}" y2="{sy(y):.1f}" stroke="#555" '
+                     f'stroke-dasharray="2 3"/><text x="{left + 4}" y="{sy(y) - 4:.1f}">{e(label)}</text>')
     parts.append(f'<text x="{left + pw / 2:.1f}" y="{height - 8}" text-anchor="middle">{e(xlabel)}</text>')
     parts.append(f'<text transform="translate(12 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">{e(ylabel)}</text>')
     for i, (label, colour, x, y) in enumerate(series):
-        points = " ".join(f"{sx(a):.1f},{sy(min(max(b, 0.0), 1.0)):.1f}" for a, b in zip(x, y))
+        points = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in zip(x, y))
+        dash = ' stroke-dasharray="6 3"' if label in dashed else ""
         parts.append(f'<polyline class="curve" data-label="{e(label)}" fill="none" stroke="{colour}" '
-                     f'stroke-width="1.8" points="{points}"/>')
+                     f'stroke-width="1.8"{dash} points="{points}"/>')
+        if markers:
+            parts += [f'<circle cx="{sx(a):.1f}" cy="{sy(b):.1f}" r="2.5" fill="{colour}"/>' for a, b in zip(x, y)]
         ly = top + 8 + 16 * i
         parts.append(f'<line x1="{left + pw + 10}" y1="{ly}" x2="{left + pw + 28}" y2="{ly}" stroke="{colour}" '
-                     'stroke-width="2.5"/>')
+                     f'stroke-width="2.5"{dash}/>')
         parts.append(f'<text x="{left + pw + 32}" y="{ly + 4}">{e(label)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def svg_bars(groups: list[str], categories: list[str], values: dict[tuple[str, str], float], title: str,
+             ylabel: str, notes: dict[tuple[str, str], str] | None = None, width: int = 520, height: int = 300) -> str:
+    """A grouped bar chart as inline SVG: one group per ``groups`` entry (e.g. a layer), one bar per category,
+    heights ``values[(group, category)]``, an optional text above each bar (``notes``)."""
+    left, right, top, bottom = 48, 130, 28, 42
+    pw, ph = width - left - right, height - top - bottom
+    peak = max([v for v in values.values() if not math.isnan(v)] + [1.0])
+    e = html.escape
+    parts = [f'<svg class="chart bars" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="{e(title)}">',
+             f'<text x="{left}" y="16" style="font-weight:600">{e(title)}</text>',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>']
+    for y in np.linspace(0, peak, 5):
+        py = top + ph - y / peak * ph
+        parts.append(f'<line x1="{left}" y1="{py:.1f}" x2="{left + pw}" y2="{py:.1f}" stroke="#eee"/>'
+                     f'<text x="{left - 6}" y="{py + 4:.1f}" text-anchor="end">{y:.0f}</text>')
+    slot = pw / max(1, len(groups))
+    bar = slot * 0.8 / max(1, len(categories))
+    for g, group in enumerate(groups):
+        x0 = left + g * slot + slot * 0.1
+        parts.append(f'<text x="{left + (g + 0.5) * slot:.1f}" y="{top + ph + 14}" text-anchor="middle">{e(group)}</text>')
+        for c, category in enumerate(categories):
+            v = values.get((group, category), math.nan)
+            if math.isnan(v):
+                continue
+            h = v / peak * ph
+            x = x0 + c * bar
+            parts.append(f'<rect class="bar" data-label="{e(group)} {e(category)}" x="{x:.1f}" y="{top + ph - h:.1f}" '
+                         f'width="{bar * 0.9:.1f}" height="{h:.1f}" fill="{PALETTE[c % len(PALETTE)]}"/>')
+            note = (notes or {}).get((group, category))
+            if note:
+                parts.append(f'<text x="{x + bar * 0.45:.1f}" y="{top + ph - h - 3:.1f}" text-anchor="middle">{e(note)}</text>')
+    for c, category in enumerate(categories):
+        ly = top + 8 + 16 * c
+        parts.append(f'<rect x="{left + pw + 10}" y="{ly - 6}" width="12" height="12" fill="{PALETTE[c % len(PALETTE)]}"/>'
+                     f'<text x="{left + pw + 28}" y="{ly + 4}">{e(category)}</text>')
+    parts.append(f'<text transform="translate(12 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">{e(ylabel)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)
 
@@ -288,6 +352,147 @@ def curves_section(exp: Experiment) -> str:
     return "\n".join(charts) if charts else "<p>No metric stored per-sample curves.</p>"
 
 
+def _artifact_dirs(exp: Experiment, metric: str) -> list[tuple[str, str, Path]]:
+    """(model, dataset, folder) of each model and dataset of ``metric`` whose artifact folder exists."""
+    cells = exp.table[exp.table["metric"] == metric].drop_duplicates(["model", "dataset"])
+    out = []
+    for model, dataset in zip(cells["model"], cells["dataset"]):
+        folder = Path(exp.directory) / "artifacts" / f"{slug(str(model))}__{dataset}__{metric}"
+        if folder.is_dir():
+            out.append((str(model), str(dataset), folder))
+    return out
+
+
+def _figure(content: str, caption: str) -> str:
+    return f"<figure>{content}<figcaption>{caption}</figcaption></figure>"
+
+
+def _png(path: Path, alt: str) -> str:
+    return f'<img class="artifact" alt="{html.escape(alt)}" src="{file_data_uri(path)}">'
+
+
+def sanity_section(exp: Experiment) -> str:
+    """The model-randomisation test as Adebayo et al. (NeurIPS 2018, Fig. 2) draw it: the rank correlation of each
+    method's maps with the original model's as the model is re-initialised from the top, one line per method."""
+    from .summary import sanity_checks
+
+    threshold = float(((exp.manifest.get("metrics") or {}).get("explanation_drift") or {}).get("params", {}).get(
+        "sanity_threshold", 0.5))
+    charts = []
+    for check in sanity_checks(exp.table):
+        stages = check.stages or max(check.depths, default=1)
+        series, low = [], 0.0
+        for i, (method, by_depth) in enumerate(check.rho.items()):
+            if not by_depth:
+                continue
+            depths = [0] + sorted(by_depth)
+            rho = [1.0] + [by_depth[k] for k in sorted(by_depth)]  # k = 0: the original model's maps themselves
+            low = min(low, *rho)
+            series.append((method, PALETTE[i % len(PALETTE)], np.array(depths, float), np.array(rho)))
+        if not series:
+            continue
+        ylim = (math.floor(low * 4) / 4, 1.0)
+        chart = svg_chart(series, f"sanity check: {check.original} on {check.dataset}",
+                          "stages re-initialised from the top (k)", "rank correlation with the original maps",
+                          width=640, height=max(340, 60 + 16 * len(series)), xlim=(0, stages), ylim=ylim,
+                          xticks=[(k, str(k)) for k in range(stages + 1)], markers=True,
+                          yticks=np.arange(ylim[0], 1.0001, 0.25),
+                          hlines=[(threshold, f"pass below {threshold:g} at k = {stages}")])
+        charts.append(_figure(chart, "Mean Spearman rank correlation between each method's maps on the original "
+                              f"model and on the model with its top k of {stages} stages re-initialised (k = 0: the "
+                              "original itself). A method whose maps depend on the weights falls towards 0; one "
+                              "that stays high explains the input more than the model (Adebayo et al. 2018)."))
+    return "\n".join(charts)
+
+
+def roc_section(exp: Experiment) -> str:
+    """ROC curves of the adversarial detectors, one chart per attack: every method's map features and the
+    method-free baseline (dashed), from ``artifacts/<model>__<dataset>__adversarial_detection/*-roc.csv``."""
+    charts = []
+    for model, dataset, folder in _artifact_dirs(exp, "adversarial_detection"):
+        curves: dict[str, pd.DataFrame] = {}
+        for path in sorted(folder.glob("*-roc.csv")):
+            name = path.name[: -len("-roc.csv")]
+            if name.endswith("-baseline"):
+                continue
+            curves["baseline (no maps)" if name == "baseline" else name] = pd.read_csv(path)
+        order = [m for m in dict.fromkeys(exp.table["method"]) if m in curves] + \
+            [m for m in curves if m not in set(exp.table["method"])]
+        attacks = list(dict.fromkeys(a for df in curves.values() for a in df["attack"]))
+        for attack in attacks:
+            series = []
+            for i, name in enumerate(order):
+                part = curves[name][curves[name]["attack"] == attack]
+                if len(part) < 2:
+                    continue
+                colour = "#000" if name.startswith("baseline") else PALETTE[i % len(PALETTE)]
+                series.append((name, colour, part["fpr"].to_numpy(float), part["tpr"].to_numpy(float)))
+            if not series:
+                continue
+            chart = svg_chart(series, f"{attack}: {model} on {dataset}", "false positive rate", "true positive rate",
+                              height=max(320, 60 + 16 * len(series)), dashed=["baseline (no maps)"], diagonal=True)
+            charts.append(_figure(chart, f"ROC of the detector of {html.escape(attack)} examples from each method's "
+                                  "maps (cross-validated logistic regression on map features); dashed: the "
+                                  "method-free baseline; dotted: chance."))
+    return "\n".join(charts)
+
+
+DISSECTION_CATEGORIES = ("object", "part", "scene", "material", "texture", "color", "shape")  # Broden's and ours
+
+
+def dissection_section(exp: Experiment) -> str:
+    """Network dissection as Bau et al. (CVPR 2017, Fig. 5) show it: detectors per concept category and layer
+    (the number of unique concepts above each bar), then each layer's top units."""
+    import json
+
+    rows = exp.table[(exp.table["metric"] == "dissection") & (exp.table["status"] == "done")]
+    out = []
+    for (model, dataset), part in rows.groupby(GROUP, sort=False):
+        folder = Path(exp.directory) / "artifacts" / f"{slug(str(model))}__{dataset}__dissection"
+        categories = list(DISSECTION_CATEGORIES)
+        if (folder / "dissection.json").is_file():
+            categories = json.loads((folder / "dissection.json").read_text()).get("categories") or categories
+        values = dict(zip(part["value_name"].astype(str), part["mean"]))
+        layers: list[str] = []
+        counts, notes = {}, {}
+        for name, v in values.items():
+            for category in categories:
+                if name.endswith(f".{category}.detectors"):
+                    layer = name[: -len(f".{category}.detectors")]
+                    layers.append(layer)
+                    counts[(layer, category)] = float(v)
+                    unique = values.get(f"{layer}.{category}.unique")
+                    if unique is not None and not math.isnan(unique):
+                        notes[(layer, category)] = f"{int(unique)}"
+        layers = list(dict.fromkeys(layers))
+        used = [c for c in categories if any((layer, c) in counts for layer in layers)]
+        if layers:
+            chart = svg_bars(layers, used, counts, f"dissection: {model} on {dataset}", "detector units", notes)
+            out.append(_figure(chart, "Units whose top-quantile activation mask matches a concept of the category "
+                               "with IoU above the threshold; above each bar, the number of unique concepts they "
+                               "detect (Bau et al. 2017)."))
+        for path in sorted(folder.glob("*top-units.png")) if folder.is_dir() else []:
+            rel = path.relative_to(Path(exp.directory) / "artifacts").as_posix()
+            out.append(_figure(_png(path, rel), f"Top units of {html.escape(path.name.split('-top-units')[0])}: "
+                               f"{html.escape(str(model))} ({html.escape(rel)})"))
+    return "\n".join(out)
+
+
+def unit_drift_section(exp: Experiment) -> str:
+    """The concept switch matrix of each pair (artifacts/<pair>__<dataset>__unit_drift/*-switch.png)."""
+    out = []
+    for model, dataset, folder in _artifact_dirs(exp, "unit_drift"):
+        for path in sorted(folder.glob("*-switch.png")):
+            rel = path.relative_to(Path(exp.directory) / "artifacts").as_posix()
+            out.append(_figure(_png(path, rel), f"Concept switch matrix of {html.escape(path.name[:-len('-switch.png')])}"
+                               f", {html.escape(model)} on {html.escape(dataset)}: how many units detecting the row's "
+                               f"concept category in A detect the column's in B ({html.escape(rel)})."))
+    return "\n".join(out)
+
+
+FAMILY_IMAGES = ("*top-units.png", "*-switch.png")  # the PNGs the family sections show
+
+
 def gallery_section(exp: Experiment) -> str:
     cells = exp.table[exp.table["scope"] == "explanation"].drop_duplicates(["model", "dataset", "method"])
     out = []
@@ -301,23 +506,29 @@ def gallery_section(exp: Experiment) -> str:
             continue
         first = next(iter(snaps.values()))
         ids = [i for i in first["ids"] if all(i in s["ids"] for s in snaps.values())][:GALLERY_IMAGES]
-        body = []
-        for sample in ids:
-            k = first["ids"].index(sample)
-            image = first["images"][k].numpy()
-            target = int(first["targets"][k])
-            up = ' class="up"' if image.shape[-1] < THUMBNAIL else ""  # small images scale up without blurring
-            picture = png_data_uri(image.transpose(1, 2, 0), THUMBNAIL)
-            line = [f'<img{up} alt="{html.escape(sample)}" src="{picture}">'
-                    f'<span class=muted>{html.escape(sample)}<br>target {target}</span>']
-            for method, snap in snaps.items():
-                j = snap["ids"].index(sample)
-                rgb = overlay(snap["images"][j].numpy(), snap["maps"][j].float().numpy())
-                picture = png_data_uri(rgb, THUMBNAIL)
-                line.append(f'<img{up} alt="{html.escape(method)} on {html.escape(sample)}" src="{picture}">')
-            body.append(line)
-        caption = f"Maps: {html.escape(model)} on {html.escape(dataset)}"
-        out.append(_table(caption, ["image"] + [html.escape(m) for m in snaps], body, "gallery"))
+        methods = list(snaps)
+        for c in range(0, len(methods), GALLERY_METHODS):  # at most GALLERY_METHODS columns: no sideways scroll
+            chunk = methods[c:c + GALLERY_METHODS]
+            body = []
+            for sample in ids:
+                k = first["ids"].index(sample)
+                image = first["images"][k].numpy()
+                target = int(first["targets"][k])
+                up = ' class="up"' if image.shape[-1] < THUMBNAIL else ""  # small images scale up without blurring
+                picture = png_data_uri(image.transpose(1, 2, 0), THUMBNAIL)
+                line = [f'<img{up} alt="{html.escape(sample)}" src="{picture}">'
+                        f'<span class=muted>{html.escape(sample)}<br>target {target}</span>']
+                for method in chunk:
+                    snap = snaps[method]
+                    j = snap["ids"].index(sample)
+                    rgb = overlay(snap["images"][j].numpy(), snap["maps"][j].float().numpy())
+                    picture = png_data_uri(rgb, THUMBNAIL)
+                    line.append(f'<img{up} alt="{html.escape(method)} on {html.escape(sample)}" src="{picture}">')
+                body.append(line)
+            caption = f"Maps: {html.escape(model)} on {html.escape(dataset)}"
+            if len(methods) > GALLERY_METHODS:
+                caption += f" ({c // GALLERY_METHODS + 1} of {math.ceil(len(methods) / GALLERY_METHODS)})"
+            out.append(_table(caption, ["image"] + [html.escape(m) for m in chunk], body, "gallery"))
     if not out:
         return "<p>No map snapshots under artifacts/maps.</p>"
     return ("<p class=muted>The first images of the run; each map min-max normalised and drawn over the image "
@@ -331,14 +542,13 @@ def artifacts_section(directory: Path, max_images: int = MAX_ARTIFACT_IMAGES) ->
     groups: dict[str, list[Path]] = {}
     for path in sorted(root.rglob("*.png")):
         rel = path.relative_to(root)
-        if rel.parts[0] == "maps":
+        if rel.parts[0] == "maps" or any(path.match(p) for p in FAMILY_IMAGES):
             continue
         groups.setdefault(str(rel.parent), []).append(path)
     if not groups:
         return ""
-    out = ["<h2 id=artifacts>Artifacts</h2>",
-           "<p class=muted>Images the model-scope metrics wrote under <code>artifacts/</code> (dissection units, "
-           "drift heatmaps, ...).</p>"]
+    out = ["<h2 id=artifacts>Other artifacts</h2>",
+           "<p class=muted>Other images the metrics wrote under <code>artifacts/</code>.</p>"]
     shown = 0
     for folder, paths in groups.items():
         out.append(f"<h3>{html.escape(folder)}</h3>")
@@ -394,23 +604,42 @@ def environment_section(manifest: dict[str, Any]) -> str:
 
 def render_html(exp: Experiment, *, alpha: float = ALPHA, digits: int = 3,
                 max_images: int = MAX_ARTIFACT_IMAGES) -> str:
+    """The page: the end-of-run summary, one section per metric family with its plots, the map gallery, every
+    value (leaderboards with confidence intervals, bookkeeping columns, rankings, agreement) in a collapsed
+    block, and the environment."""
+    from .summary import render_html as summary_html
+
     tables = PaperTables.from_experiment(exp, alpha=alpha, digits=digits)
     name = html.escape(exp.name)
     command = html.escape(str(exp.manifest.get("command") or "interpbench.run(...)"))
     made = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sections = [
-        ("leaderboard", "Leaderboard", leaderboard_section(tables)),
-        ("ranking", "Ranking and paired significance", ranking_section(tables)),
-        ("agreement", "Agreement between metrics", agreement_section(tables)),
-        ("curves", "Deletion and insertion curves", curves_section(exp)),
+    families = [
+        ("summary", "Summary", summary_html(exp.table)),
+        ("curves", "Deletion and insertion curves", curves_section(exp) if
+         exp.table["metric"].isin(["deletion", "insertion"]).any() else ""),
+        ("sanity", "Sanity check: model randomisation", sanity_section(exp)),
+        ("adversarial", "Adversarial detection", roc_section(exp)),
+        ("dissection", "Network dissection", dissection_section(exp)),
+        ("drift", "Unit drift", unit_drift_section(exp)),
         ("maps", "Maps of every method on the same images", gallery_section(exp)),
     ]
-    extra = [s for s in (representations_section(exp.table, digits), artifacts_section(exp.directory, max_images),
-                         failures_section(exp.table)) if s]
+    families = [(a, title, body) for a, title, body in families if body and not body.startswith("<p>No ")]
+    everything = "\n".join([
+        "<h3>Leaderboard</h3>", leaderboard_section(tables),
+        "<h3>Ranking and paired significance</h3>", ranking_section(tables),
+        "<h3>Agreement between metrics</h3>", agreement_section(tables),
+        representations_section(exp.table, digits).replace("<h2 id=representations>", "<h3>").replace(
+            "Representations</h2>", "Representations</h3>"),
+        failures_section(exp.table).replace("<h2 id=failures>", "<h3>").replace("run</h2>", "run</h3>"),
+    ])
+    artifacts = artifacts_section(exp.directory, max_images)
+    sections = families + [("values", "Every value", "<details><summary>Leaderboards with 95% confidence intervals "
+                            "and bookkeeping columns, rankings with paired tests, agreement between metrics, "
+                            "representation values, cells that did not run</summary>\n<div class=wide>"
+                            f"{everything}</div></details>")]
     nav = "".join(f'<li><a href="#{anchor}">{title}</a></li>' for anchor, title, _ in sections)
-    nav += "".join(f'<li><a href="#{a}">{t}</a></li>' for a, t in
-                   (("representations", "Representations"), ("artifacts", "Artifacts"), ("failures", "Failures"))
-                   if any(f"id={a}>" in s for s in extra))
+    if artifacts:
+        nav += '<li><a href="#artifacts">Other artifacts</a></li>'
     nav += '<li><a href="#environment">Environment</a></li>'
     body = "\n".join(f"<h2 id={anchor}>{title}</h2>\n{content}" for anchor, title, content in sections)
     return f"""<!DOCTYPE html>
@@ -423,11 +652,11 @@ def render_html(exp: Experiment, *, alpha: float = ALPHA, digits: int = 3,
 </head>
 <body>
 <h1>{name}</h1>
-<p class=muted>Command: <code>{command}</code><br>Report written {made} by <code>interpbench report</code> from
-the experiment's store; every number is regenerated from it.</p>
+<p class=muted>Command: <code>{command}</code><br>Report written {made} from the experiment's store; every number
+is regenerated from it.</p>
 <nav><ul>{nav}</ul></nav>
 {body}
-{chr(10).join(extra)}
+{artifacts}
 <h2 id=environment>Environment</h2>
 {environment_section(exp.manifest)}
 </body>

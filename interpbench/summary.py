@@ -368,3 +368,67 @@ WRITTEN = ("methods.md", "methods.csv", "representations.md", "representations.c
 def written_files(out: str | Path) -> list[str]:
     """The files of an experiment directory a reader opens, those that exist, in reading order."""
     return [str(Path(out) / name) for name in WRITTEN if (Path(out) / name).is_file()]
+
+
+# --------------------------------------------------------------------------------------------- HTML
+
+
+def render_html(table: pd.DataFrame) -> str:
+    """The same summary as HTML (the top of ``report.html``): the method tables with full column names, best in
+    bold, then drift, the sanity check, model-scope values and the causes of cells that did not run."""
+    from html import escape as e
+
+    def head(name: str) -> str:  # long value names may break after a dot or an underscore
+        return e(name).replace(".", ".<wbr>").replace("_", "_<wbr>")
+
+    out = []
+    for block in method_blocks(table):
+        n = block.n
+        count = "" if not n[1] else f" (n = {n[0]})" if n[0] == n[1] else f" (n = {n[0]}–{n[1]})"
+        rows = []
+        for m in block.methods:
+            cells = [f"<td class=text>{e(m)}</td>"]
+            for j in range(len(block.columns)):
+                text = e(block.cells[(m, j)])
+                cells.append(f"<td><b>{text}</b></td>" if (m, j) in block.best else f"<td>{text}</td>")
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+        header = "<th class=text>method</th>" + "".join(f"<th>{head(c.full)}</th>" for c in block.columns)
+        out.append(f'<table class="summary"><caption>{e(block.model)} on {e(block.dataset)}{count}</caption>'
+                   f"<thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    if out:
+        out.append(f"<p class=muted>Means over samples; <b>bold</b>: best per column; {NA}: does not apply. "
+                   "Confidence intervals and every other value are in the tables below and in the files.</p>")
+    for model, dataset, lines in drift_rows(table):
+        rows = "".join(f"<tr><td class=text>{e(m)}</td><td>{e(v)}</td></tr>" for m, v in lines)
+        out.append(f'<table class="summary drift"><caption>Explanation drift ↑ (1 − rank correlation of the maps): '
+                   f"{e(model)} on {e(dataset)}</caption><thead><tr><th class=text>method</th>"
+                   f"<th>explanation_drift ↑</th></tr></thead><tbody>{rows}</tbody></table>")
+    for check in sanity_checks(table):
+        stages = check.stages or (max(check.depths) if check.depths else 0)
+        rows = []
+        for method, by_depth in check.rho.items():
+            verdict = ("failed to run" if method in check.failed else "pass" if check.verdict.get(method) == 1
+                       else "<b>FAIL</b>" if check.verdict.get(method) == 0 else NA)
+            full = fmt(by_depth[stages]) if stages in by_depth else NA
+            rows.append(f"<tr><td class=text>{e(method)}</td><td>{full}</td><td class=text>{verdict}</td></tr>")
+        out.append(f'<table class="summary sanity"><caption>Sanity check (model randomisation): {e(check.original)} '
+                   f"on {e(check.dataset)}</caption><thead><tr><th class=text>method</th><th>rank correlation, all "
+                   f"{stages} stages re-initialised</th><th class=text>verdict</th></tr></thead>"
+                   f"<tbody>{''.join(rows)}</tbody></table>")
+    values = model_values(table)
+    if values:
+        items = "".join(f"<li><b>{e(metric)}</b>: {e(model)} on {e(dataset)}: "
+                        + ", ".join(f"{e(k)}&nbsp;{e(v)}" for k, v in vals) + "</li>"
+                        for model, dataset, metric, vals in values)
+        out.append(f"<ul class=values>{items}</ul>")
+    causes = failure_causes(table)
+    if causes:
+        items = []
+        for cause in causes:
+            scope = "; ".join(f"{k} {', '.join(v)}" for k, v in (("models", cause["models"]),
+                                                                     ("methods", cause["methods"]),
+                                                                     ("metrics", cause["metrics"])) if v)
+            items.append(f"<li>{cause['cells']} cell(s) {e(cause['status'].replace('_', ' '))} ({e(scope)}): "
+                         f"{e(cause['error'] or '(no reason recorded)')}</li>")
+        out.append("<p>Cells that did not run, by cause:</p><ul class=causes>" + "".join(items) + "</ul>")
+    return "\n".join(out)

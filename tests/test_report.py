@@ -7,6 +7,7 @@ so the test needs no Python package and no browser download.
 """
 
 import argparse
+import base64
 import fcntl
 import json
 import os
@@ -14,8 +15,10 @@ import select
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -25,6 +28,7 @@ import interpbench as ib
 from interpbench import report
 from interpbench.tables import load_experiment
 
+ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
 METHODS = ["gradient", "center", "toy_noise", "toy_nan"]
@@ -115,33 +119,79 @@ class DevTools:
         os.close(self._from_browser)
 
 
-PAGE_STATE = """JSON.stringify({
+PAGE_STATE = """
+// the id of the <h2> an element comes under (sections are the body's children between two h2)
+function sectionOf(el) {
+  while (el.parentElement && el.parentElement !== document.body) el = el.parentElement;
+  while (el && el.tagName !== 'H2') el = el.previousElementSibling;
+  return el ? el.id : null;
+}
+JSON.stringify({
   tables: Array.from(document.querySelectorAll('table')).map(t => ({
     caption: t.caption ? t.caption.textContent : null, cls: t.className,
-    rows: t.tBodies.length ? t.tBodies[0].rows.length : 0, text: t.innerText})),
-  images: Array.from(document.images).map(i => ({
-    alt: i.alt, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight,
-    inline: i.src.startsWith('data:image/png;base64,')})),
+    rows: t.tBodies.length ? t.tBodies[0].rows.length : 0, text: t.textContent})),
+  images: Array.from(document.images).map(i => {
+    // blank: every pixel the same (drawn on a canvas; data: URIs are same-origin)
+    const c = document.createElement('canvas'); c.width = i.naturalWidth; c.height = i.naturalHeight;
+    let distinct = 0;
+    if (c.width && c.height) {
+      const g = c.getContext('2d'); g.drawImage(i, 0, 0);
+      const d = g.getImageData(0, 0, c.width, c.height).data; const seen = new Set();
+      for (let k = 0; k < d.length && seen.size < 3; k += 4) seen.add(d[k] * 65536 + d[k + 1] * 256 + d[k + 2]);
+      distinct = seen.size;
+    }
+    return {alt: i.alt, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight, colours: distinct,
+            inline: i.src.startsWith('data:image/png;base64,'), section: sectionOf(i)};
+  }),
   charts: Array.from(document.querySelectorAll('svg.chart')).map(s => ({
-    label: s.getAttribute('aria-label'),
+    label: s.getAttribute('aria-label'), shown: s.getBoundingClientRect().width,
+    section: sectionOf(s),
     curves: Array.from(s.querySelectorAll('polyline.curve')).map(p => p.getAttribute('data-label')),
-    points: Array.from(s.querySelectorAll('polyline.curve')).map(p => p.points.numberOfItems)})),
+    points: Array.from(s.querySelectorAll('polyline.curve')).map(p => p.points.numberOfItems),
+    last: Array.from(s.querySelectorAll('polyline.curve')).map(p => p.points.getItem(p.points.numberOfItems - 1).y),
+    heights: Array.from(s.querySelectorAll('polyline.curve')).map(p =>
+      new Set(Array.from({length: p.points.numberOfItems}, (_, k) => p.points.getItem(k).y)).size),
+    bars: Array.from(s.querySelectorAll('rect.bar')).map(r => [r.getAttribute('data-label'), r.height.baseVal.value])})),
   external: Array.from(document.querySelectorAll('[src],[href]')).map(e => e.getAttribute('src') || e.getAttribute('href'))
     .filter(u => !u.startsWith('data:') && !u.startsWith('#')),
+  sections: Array.from(document.querySelectorAll('h2')).map(h => h.id),
+  scroll: [document.documentElement.scrollWidth, window.innerWidth],
   scripts: document.scripts.length})"""
+# every <details> opened, then the page's width again
+OPEN_DETAILS = """document.querySelectorAll('details').forEach(d => d.open = true);
+JSON.stringify([document.documentElement.scrollWidth, window.innerWidth])"""
+WINDOW = 1280  # px: the report must not scroll sideways in a window this wide
 
 
-def load_in_chromium(path, profile):
+def load_in_chromium(path, profile, screenshots=None):
+    """Load ``path`` in a 1280 px wide window: the page's state (PAGE_STATE, plus ``open_scroll``, its width with
+    every details block open), console errors, requests and failed loads. ``screenshots`` {file: CSS selector or
+    None for the first screen} are written as PNGs."""
     browser = DevTools(profile)
     try:
         target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             browser.send(f"{domain}.enable", session=session)
+        browser.send("Emulation.setDeviceMetricsOverride", {"width": WINDOW, "height": 800, "deviceScaleFactor": 1,
+                                                           "mobile": False}, session=session)
         browser.send("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
         browser.wait_for("Page.loadEventFired", timeout=60)
         state = browser.send("Runtime.evaluate", {"expression": PAGE_STATE, "returnByValue": True}, session=session)
         page = json.loads(state["result"]["value"])
+        for out, selector in (screenshots or {}).items():
+            clip = {}
+            if selector:
+                box = browser.send("Runtime.evaluate", {"expression": "JSON.stringify((() => { const r = document."
+                                   f"querySelector({json.dumps(selector)}).getBoundingClientRect(); return [r.left + "
+                                   "scrollX, r.top + scrollY, r.width, r.height]; })())", "returnByValue": True},
+                                   session=session)
+                x, y, w, h = json.loads(box["result"]["value"])
+                clip = {"clip": {"x": x, "y": y, "width": w, "height": h, "scale": 1}, "captureBeyondViewport": True}
+            shot = browser.send("Page.captureScreenshot", {"format": "png", **clip}, session=session)
+            out.write_bytes(base64.b64decode(shot["data"]))
+        opened = browser.send("Runtime.evaluate", {"expression": OPEN_DETAILS, "returnByValue": True}, session=session)
+        page["open_scroll"] = json.loads(opened["result"]["value"])
         events = list(browser.events)
     finally:
         browser.close()
@@ -176,17 +226,21 @@ def test_the_report_loads_offline_with_every_table_and_image(experiment, tmp_pat
     assert page["external"] == [] and page["scripts"] == 0
 
     captions = [t["caption"] for t in page["tables"]]
-    expected = (["Leaderboard: toy:net on toy"]
+    expected = (["toy:net on toy (n = 12)", "Maps: toy:net on toy", "Leaderboard: toy:net on toy"]
                 + [f"Ranking: toy:net on toy, {c}" for c in ("deletion ↓", "insertion ↑", "toy_mean_map.mean_map ↑")]
-                + ["Rank agreement (Kendall's τb, 3 methods): toy:net on toy", "Maps: toy:net on toy",
-                   "Environment", "Models", "Datasets"])
+                + ["Rank agreement (Kendall's τb, 3 methods): toy:net on toy", "Environment", "Models", "Datasets"])
     assert captions == expected
-    board = page["tables"][0]
+    assert page["sections"][:3] == ["summary", "curves", "maps"]  # the summary leads
+    summary = page["tables"][0]  # means only; toy_nan's cells say "fail", the cause follows the summary
+    assert summary["rows"] == len(METHODS) and " ± " not in summary["text"] and "fail" in summary["text"]
+    board = next(t for t in page["tables"] if t["caption"] == "Leaderboard: toy:net on toy")
     assert board["rows"] == len(METHODS)
     exp = load_experiment(experiment)
     gradient = exp.table[(exp.table.method == "gradient") & (exp.table.metric == "deletion")].iloc[0]
     assert f"{gradient['mean']:.3f} ± {(gradient['ci_high'] - gradient['ci_low']) / 2:.3f}" in board["text"]
+    assert f"{gradient['mean']:.3f}" in summary["text"]
     assert "failed" in board["text"]  # toy_nan's row
+    assert page["scroll"][0] <= page["scroll"][1] and page["open_scroll"][0] <= page["open_scroll"][1]
 
     images = page["images"]
     snapshot = torch.load(experiment / "artifacts" / "maps" / "toy_net__toy__gradient.pt")
@@ -223,3 +277,89 @@ def test_a_missing_experiment_is_a_usage_error(tmp_path, capsys):
     args = argparse.Namespace(directory=str(tmp_path / "none"), out=None, alpha=0.05, digits=3, max_images=10)
     assert report.main(args, Console(stderr=True)) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- the default experiment
+
+
+def test_the_default_experiments_report_draws_every_family_and_fits_1280_px(tmp_path):
+    """The committed default experiment (copied: read-only), with the adversarial detectors' ROC points (made up
+    here where the committed run predates them): every plot present and drawn, nothing wider than the window."""
+    source = ROOT / "leaderboards" / "default"
+    directory = tmp_path / "default"
+    directory.mkdir()
+    shutil.copy(source / "store.sqlite", directory / "store.sqlite")
+    shutil.copytree(source / "artifacts", directory / "artifacts")
+    exp = load_experiment(directory)
+    table = exp.table
+    roc = directory / "artifacts" / "shapes_cnn__shapes__adversarial_detection"
+    if not list(roc.glob("*-roc.csv")):
+        roc.mkdir(exist_ok=True)
+        for name, bend in (("gradient", 0.2), ("gradcam", 0.1), ("baseline", 0.5)):
+            fpr = np.linspace(0, 1, 11)
+            rows = [f"{attack},{x},{min(1.0, x / bend)}" for attack in ("fgsm8", "pgd8") for x in fpr]
+            (roc / f"{name}-roc.csv").write_text("attack,fpr,tpr\n" + "\n".join(rows) + "\n")
+    curves = {p.name[:-len("-roc.csv")]: pd.read_csv(p) for p in roc.glob("*-roc.csv")
+              if not p.name.endswith("-baseline-roc.csv")}
+
+    path = report.write_report(directory)
+    shots = {tmp_path / "first-screen.png": None, tmp_path / "sanity.png": "#sanity + figure"}
+    page, errors, requests, failed = load_in_chromium(path, tmp_path / "profile", shots)
+    assert errors == [] and failed == [] and page["external"] == [] and page["scripts"] == 0
+    assert page["sections"] == ["summary", "curves", "sanity", "adversarial", "dissection", "drift", "values",
+                                "environment"]
+    assert page["scroll"][0] <= WINDOW and page["open_scroll"][0] <= WINDOW  # no sideways scrolling, details open too
+    charts = {c["label"]: c for c in page["charts"]}
+    assert all(c["shown"] > 100 for c in charts.values())
+
+    # the summary leads, means only, with every method of the shapes world
+    summary = page["tables"][0]
+    assert summary["caption"].startswith("shapes:cnn on shapes") and " ± " not in summary["text"]
+    assert summary["rows"] == table[(table.model == "shapes:cnn") & (table.scope == "explanation")].method.nunique()
+
+    # deletion and insertion curves of both models
+    for model, dataset in (("shapes:cnn", "shapes"), ("timm:tf_efficientnet_lite0", "photos")):
+        for metric in ("deletion", "insertion"):
+            chart = charts[f"{metric}: {model} on {dataset}"]
+            assert chart["section"] == "curves" and chart["curves"] and min(chart["heights"]) > 1
+
+    # the sanity check: one line per method from k = 0 (correlation 1) to full randomisation, ordered as the data
+    chart = charts["sanity check: shapes:cnn on shapes"]
+    full = table[(table.model == "shapes:cnn=>shapes:cnn~cascade:5") & (table.value_name == "rank_correlation")]
+    rho = dict(zip(full.method, full["mean"]))
+    assert chart["section"] == "sanity" and sorted(chart["curves"]) == sorted(rho)
+    assert set(chart["points"]) == {6} and max(chart["heights"]) > 1
+    last = dict(zip(chart["curves"], chart["last"]))  # the y of k = 5 on the page: higher correlation, smaller y
+    order = sorted(rho, key=rho.get)
+    assert all(last[a] >= last[b] for a, b in zip(order, order[1:]))
+    assert (tmp_path / "sanity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "first-screen.png").stat().st_size > 10_000
+
+    # adversarial detection: one ROC chart per attack, every method's points and the baseline's
+    for attack in ("fgsm8", "pgd8"):
+        chart = charts[f"{attack}: shapes:cnn on shapes"]
+        assert chart["section"] == "adversarial"
+        labels = {("baseline (no maps)" if n == "baseline" else n): len(df[df.attack == attack])
+                  for n, df in curves.items()}
+        assert dict(zip(chart["curves"], chart["points"])) == labels and max(chart["heights"]) > 1
+
+    # dissection: detectors per category and layer, bar heights in the table's proportions
+    for model in ("shapes:cnn", "shapes:cnn@random"):
+        chart = charts[f"dissection: {model} on shapes"]
+        assert chart["section"] == "dissection"
+        heights = dict(chart["bars"])
+        rows = table[(table.model == model) & (table.metric == "dissection")]
+        counts = {f"layer3 {c}": float(rows[rows.value_name == f"layer3.{c}.detectors"]["mean"].iloc[0])
+                  for c in ("color", "texture", "shape")}
+        assert set(heights) == set(counts) and max(heights.values()) > 0
+        top = max(counts, key=counts.get)
+        for label, count in counts.items():
+            assert heights[label] == pytest.approx(heights[top] * count / counts[top], abs=0.2)
+
+    # images: the top units of each dissected model and the unit-drift switch matrix, loaded and not blank
+    images = page["images"]
+    assert all(i["complete"] and i["inline"] and i["colours"] >= 2 for i in images)
+    assert sorted(i["alt"] for i in images if i["section"] == "dissection") == [
+        "shapes_cnn__shapes__dissection/layer3-top-units.png", "shapes_cnn_random__shapes__dissection/layer3-top-units.png"]
+    assert [i["alt"] for i in images if i["section"] == "drift"] == [
+        "shapes_cnn__shapes_cnn.shape2color__shapes__unit_drift/layer3-switch.png"]
