@@ -37,7 +37,8 @@ def write_voc_sizes(root: Path, classes: tuple[str, ...] = ("dog",)) -> Path:
         (base / "JPEGImages").mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(base / "JPEGImages" / f"{name}.jpg")
         (base / "Annotations").mkdir(parents=True, exist_ok=True)
-        (base / "Annotations" / f"{name}.xml").write_text(voc_xml(name, w, h, [(c, 0, (11, 11, 30, 30)) for c in classes]))
+        objects = [(c, 0, (11, 11, 30, 30)) for c in classes]
+        (base / "Annotations" / f"{name}.xml").write_text(voc_xml(name, w, h, objects))
     (base / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
     (base / "ImageSets" / "Main" / "test.txt").write_text("\n".join(SIZES) + "\n")
     return root

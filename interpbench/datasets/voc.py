@@ -158,9 +158,9 @@ class AnnotatedImages(torch.utils.data.Dataset):
         self.size = size_hw(size, who)
         self.difficult_flags = difficult_flags
         if protocol not in PROTOCOLS:
-            raise ComponentError(f"{who}: protocol {protocol!r} is not one of {list(PROTOCOLS)}: 'torchray' (TorchRay's "
-                                 "pointing-game benchmark: shorter side resized, aspect ratio kept) or 'square' (every "
-                                 "image squashed to the model's input size)")
+            raise ComponentError(f"{who}: protocol {protocol!r} is not one of {list(PROTOCOLS)}: 'torchray' "
+                                 "(TorchRay's pointing-game benchmark: shorter side resized, aspect ratio kept) or "
+                                 "'square' (every image squashed to the model's input size)")
         self.protocol = protocol
         torchray = protocol == "torchray"
         self.variable_size = torchray

@@ -553,7 +553,6 @@ class PointingGame(_LocalisationGame):
 
     name: ClassVar[str] = "pointing_game"
     headline_values: ClassVar[tuple[str, ...]] = ("pointing_game", "difficult")
-    # the inverted map's arg-max, (0, 0), lies 8.9 px from the kit's region on its 32 x 32 image: a hit at 15 px
     defaults: ClassVar[dict[str, Any]] = {"tolerance": "auto", "smooth": "auto",
                                           "smooth_methods": list(TORCHRAY_SMOOTHED), "region": "auto",
                                           "centre_point": True, "n_boot": 2000, "seed": 0}
@@ -672,6 +671,7 @@ class EnergyPointingGameMasks(EnergyPointingGame):
     """
 
     name: ClassVar[str] = "energy_pointing_game_masks"
+    headline_values: ClassVar[tuple[str, ...]] = ("energy_pointing_game_masks",)
     defaults: ClassVar[dict[str, Any]] = {"region": "auto", "map": "positive", "max_box_area": None,
                                           "n_boot": 2000, "seed": 0}
 

@@ -7,6 +7,7 @@
     report = check_method(MyMethod())       # a CheckReport: one result per check, every problem at once
     print(report)                           # ok / FAIL / n/a per check, with what it measured or what is wrong
     report.raise_if_failed()                # AssertionError listing the failed checks
+    check_rescaling(MyMetric())             # maps x 1e-9 and x 1e9 must score as the maps (interpbench.testing.rescaling)
 
 In a plugin's test suite (scikit-learn's ``parametrize_with_checks`` is the model)::
 
@@ -39,6 +40,7 @@ from interpbench.testing.components import (
 from interpbench.testing.methods import check_method, method_checks, oracle_images, oracle_model
 from interpbench.testing.pytest_helpers import CheckCase, parametrize_with_checks
 from interpbench.testing.report import Check, CheckReport, CheckResult, run_checks
+from interpbench.testing.rescaling import check_rescaling, rescaling_checks
 
 __all__ = [
     "Check",
@@ -51,6 +53,7 @@ __all__ = [
     "check_method",
     "check_metric",
     "check_model",
+    "check_rescaling",
     "dataset_checks",
     "method_checks",
     "metric_checks",
@@ -58,6 +61,7 @@ __all__ = [
     "oracle_images",
     "oracle_model",
     "parametrize_with_checks",
+    "rescaling_checks",
     "reference_batch",
     "reference_model",
     "run_checks",
