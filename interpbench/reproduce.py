@@ -235,9 +235,9 @@ def judge_measured(c: Comparison, values: list[float], samples: list[pd.Series |
 
     - a mean over samples (both stores hold the scores): different when ``|Δ|`` exceeds
       :func:`~interpbench.ops.rounding.sample_mean_tolerance` *and* the per-sample changes are larger than the
-      rounding runs' (:func:`~interpbench.ops.rounding.moved_beyond_rounding`, one-sided, p < ALPHA; with too few
-      samples for that test to reach ALPHA, the mean alone decides);
-    - any other value: different when ``|Δ|`` exceeds :func:`~interpbench.ops.rounding.scalar_tolerance`.
+      rounding runs' (:func:`~interpbench.ops.rounding.moved_beyond_rounding`, one-sided, p < ALPHA);
+    - any other value, and a mean over too few samples for that test ever to reach ALPHA: different when
+      ``|Δ|`` exceeds :func:`~interpbench.ops.rounding.scalar_tolerance`.
     """
     if not c.judged or c.identical:
         if c.judged:
@@ -252,23 +252,25 @@ def judge_measured(c: Comparison, values: list[float], samples: list[pd.Series |
     if per_sample:
         base = c.reproduced_samples.loc[c.sample_diffs.index]
         diffs = [(s.reindex(base.index) - base).dropna().to_numpy() for s in samples]
+        pooled = np.concatenate(diffs) if diffs else np.zeros(0)
+        per_sample = rnd.min_rank_test_p(len(base), len(pooled)) < rnd.ALPHA
+        if not per_sample:
+            c.note = f"{len(base)} sample(s): too few for the per-sample test, judged as a single value"
+    if per_sample:
         magnitude = max(abs(c.committed), abs(c.reproduced), float(base.abs().mean()))
         tol, scale = rnd.sample_mean_tolerance(diffs, len(base), magnitude)
-        pooled = np.concatenate(diffs) if diffs else np.zeros(0)
         p = rnd.moved_beyond_rounding(c.sample_diffs.to_numpy(), pooled)
-        testable = rnd.min_rank_test_p(len(base), len(pooled)) < rnd.ALPHA
         c.tolerance_value, c.rounding_scale = tol, scale
         c.tolerance = f"±{tol:.2g} ({rnd.K_MEAN:g} × rounding s.e. {scale:.2g}, {runs} runs)"
         if abs(c.delta) <= tol:
             c.value_level = WITHIN
-        elif testable and p >= rnd.ALPHA:
+        elif p >= rnd.ALPHA:
             c.value_level = WITHIN
             c.note = (f"the mean moved by more than rounding's standard error, but the per-sample changes are no "
                       f"larger than rounding's (one-sided rank test p = {p:.2g})")
         else:
-            why = (f"the per-sample scores moved more than rounding moves them (one-sided rank test p = {p:.2g})"
-                   if testable else f"too few samples ({len(base)}) for the per-sample test: the mean alone decides")
-            c.problems.append(f"Δ {c.delta:+.3g} beyond the rounding tolerance ±{tol:.2g}, and {why}")
+            c.problems.append(f"Δ {c.delta:+.3g} beyond the rounding tolerance ±{tol:.2g}, and the per-sample scores "
+                              f"moved more than rounding moves them (one-sided rank test p = {p:.2g})")
         return
     tol, scale = rnd.scalar_tolerance(values, c.reproduced, c.committed)
     c.tolerance_value, c.rounding_scale = tol, scale

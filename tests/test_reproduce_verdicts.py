@@ -211,3 +211,9 @@ def test_judge_measured_by_hand():
     c = _comparison(0.35, 0.36, old, flipped)
     rp.judge_measured(c, [0.36, 0.36], [pd.Series({k: v + 1e-7 for k, v in flipped.items()})] * 2)
     assert c.level == rp.WITHIN and "no larger than rounding's" in c.note
+    # two samples: too few for the rank test (its smallest p is 1/C(6, 2)), so the mean is judged as one value
+    c = _comparison(0.3, 0.3003, {"s0": 0.2, "s1": 0.4}, {"s0": 0.2003, "s1": 0.4003})
+    rp.judge_measured(c, [0.30031, 0.30028], [pd.Series({"s0": 0.20031, "s1": 0.40031}),
+                                              pd.Series({"s0": 0.20028, "s1": 0.40028})])
+    assert c.level == rp.WITHIN and "too few for the per-sample test" in c.note
+    assert c.tolerance_value == pytest.approx(20 * 2e-5 + 2.0 ** -20 * 0.3003 + 2.0 ** -30)
