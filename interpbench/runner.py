@@ -376,13 +376,18 @@ class Runner:
         }
         run_id = store.start_run(manifest)
         self.position = 0
-        started = time.time()
+        started = self.started = time.time()
         with self._progress() as progress:
+            self.live = progress  # None where no bar is shown: then one log line per finished cell
+            steps = [(grid, spec) for grid in grids(cfg) for spec in grid.models]
+            overall = progress.add_task(f"experiment {cfg.experiment or self.out.name}: {len(steps)} model runs",
+                                        total=len(steps)) if progress is not None else None
             try:
-                for grid in grids(cfg):
+                for grid, spec in steps:
                     self.config = grid
-                    for spec in grid.models:
-                        self._run_model(spec, store, run_id, manifest, progress)
+                    self._run_model(spec, store, run_id, manifest, progress)
+                    if overall is not None:
+                        progress.advance(overall)
             finally:
                 self.config = cfg
         manifest["wall_time"] = time.time() - started
@@ -399,12 +404,24 @@ class Runner:
         return table
 
     def _progress(self):
-        if not self.config.progress or not self.dist.is_main:
+        """Progress bars (what runs, elapsed, time left) on a terminal; nothing in a log or a pipe."""
+        if not self.config.progress or not self.dist.is_main or not self.console.is_terminal:
             return nullcontext(None)
         return Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(), console=self.console, transient=False,
         )
+
+    def _log_cell(self, store: Store, key: str, model: str, dataset: str, method: str, metric: str) -> None:
+        """Where no progress bar is shown (a log, a pipe, --no-progress): one line per finished cell, with the time
+        since the run started, its status and its own time."""
+        if getattr(self, "live", None) is not None or not self.dist.is_main:
+            return
+        row = store.cell(key)
+        what = metric if method == "-" else f"{method} / {metric}"
+        self.console.print(f"[{time.time() - self.started:6.0f} s] {row.get('status', '?'):<8} {model} on {dataset}: "
+                           f"{what} ({row.get('wall_time') or 0.0:.1f} s)", markup=False, highlight=False,
+                           soft_wrap=True)
 
     def _register_failed(self, store: Store, run_id: int, model: str, dataset: str, error: str) -> None:
         """A model or dataset that cannot load: one failed row per cell it would have had."""
@@ -498,6 +515,8 @@ class Runner:
             ctx = RunContext(device=self.device, batch_size=cfg.batch_size, seed=stable_hash([cfg.seed, key]),
                              out_dir=self.out / "artifacts" / f"{slug(spec)}__{ds_name}__{metric_name}"
                              if self.dist.is_main else None, limit=cfg.limit, workers=cfg.workers)
+            live = getattr(self, "live", None)
+            task = live.add_task(f"{metric_name}: {spec} on {ds_name}", total=None) if live is not None else None
             try:
                 values = distributed.evaluate_model_scope(self.dist, metric, model, dataset, ctx)
                 store.write_results(key, {k: float(v) for k, v in values.items()})
@@ -507,6 +526,9 @@ class Runner:
             except Exception as exc:  # noqa: BLE001
                 store.set_status(key, "failed", describe_error(exc), time.time() - t0)
                 self.ok = False
+            if task is not None:
+                live.update(task, total=1, completed=1)
+            self._log_cell(store, key, spec, ds_name, "-", metric_name)
 
     # ------------------------------------------------------------------ explanation-scope metrics
 
@@ -639,6 +661,9 @@ class Runner:
                 store.set_status(cell.key, status, error)
                 if status == "failed":
                     self.ok = False
+        for plan in plans:
+            for cell in plan.cells:
+                self._log_cell(store, cell.key, spec, ds_name, plan.name, cell.metric_name)
 
     def _memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.config.channels_last else torch.preserve_format

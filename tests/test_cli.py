@@ -166,7 +166,31 @@ def test_a_run_prints_the_summary_the_causes_once_and_writes_the_report(toy, tmp
     assert both.count("toy source has no model 'missing'") == 1  # six failed cells, one cause
     assert both.count("toy_na needs a model with attention layers") == 1
     assert re.search(r"^gradient\s+0\.\d{3}\s+0\.\d{3}\s*$", captured.out, flags=re.M)  # the toy net's row
+    # not a terminal: no progress bar, one log line per finished cell with its time
+    for metric in ("deletion", "insertion"):
+        assert re.search(rf"^\[ +\d+ s\] done +toy:net on toy: gradient / {metric} \(\d+\.\d s\)$", captured.err,
+                         flags=re.M)
+        assert re.search(rf"^\[ +\d+ s\] failed +toy:net on toy: toy_raises / {metric} ", captured.err, flags=re.M)
+    assert "━" not in captured.err
     assert (out / "report.html").is_file() and f"{out / 'report.html'}" in captured.out
     assert cli.main(["run", "--methods", "gradient", "--models", "toy:net", "--metrics", "deletion", "--limit", "8",
                      "--out", str(tmp_path / "quiet"), "--no-progress", "--no-report"]) == 0
     assert not (tmp_path / "quiet" / "report.html").exists() and (tmp_path / "quiet" / "methods.md").is_file()
+
+
+def test_on_a_terminal_progress_bars_say_what_runs_and_no_log_lines(toy, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from interpbench.runner import RunConfig, Runner
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    config = RunConfig(methods=["gradient"], models=["toy:net"], metrics=["deletion"], out=tmp_path / "exp", limit=8,
+                       experiment="mine")
+    Runner(config, console).run()
+    text = screen.getvalue()
+    assert "experiment mine: 1 model runs" in text and "toy:net on toy" in text  # what runs ...
+    assert re.search(r"0:00:\d\d", text)  # ... with elapsed and remaining time
+    assert "] done" not in text  # the log lines are for logs
