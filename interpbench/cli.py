@@ -31,7 +31,7 @@ DEFAULT_EXPERIMENT: dict[str, Any] = {
     "experiment": "default",
     "metric_params": {
         # RISE's batched evaluation granularity (28 steps: 1,792 px per step at 224 px) for every model; the
-        # metrics' own default is one image row per step.
+        # metrics' own default is H pixels (one image column) per step.
         "deletion": {"steps": 28}, "insertion": {"steps": 28},
         # the attacks of the detection table: one-step and iterative, at 8/255
         "adversarial_detection": {"attacks": ["fgsm8", "pgd8"]},

@@ -177,12 +177,12 @@ def test_all_equal_map_deletes_pixels_in_index_order():
     assert out["curve"][0].tolist() == pytest.approx([sigmoid(s / 4) for s in kept_sum], abs=1e-6)
 
 
-def test_default_step_is_one_image_row_and_oversized_step_gives_two_points():
+def test_default_step_is_h_pixels_and_oversized_step_gives_two_points():
     model = wrap(MeanLogit(a=4.0), size=(4, 6))
     image = torch.ones(1, 3, 4, 6)
     out = Deletion().score(model, batch_of(image, [0]), torch.rand(1, 4, 6))
-    assert out["step"].tolist() == [6] and out["curve"].shape == (1, 5)  # 24 pixels, 6 per step: 4 steps + start
-    assert out["curve"][0].tolist() == pytest.approx([sigmoid(4.0 * k / 4) for k in (4, 3, 2, 1, 0)], abs=1e-6)
+    assert out["step"].tolist() == [4] and out["curve"].shape == (1, 7)  # 24 pixels, H = 4 per step: 6 steps + start
+    assert out["curve"][0].tolist() == pytest.approx([sigmoid(4.0 * k / 6) for k in range(6, -1, -1)], abs=1e-6)
     out = Deletion(step=100).score(model, batch_of(image, [0]), torch.rand(1, 4, 6))
     assert out["curve"][0].tolist() == pytest.approx([sigmoid(4.0), 0.5], abs=1e-6)
 
@@ -346,8 +346,37 @@ def test_steps_gives_rise_batched_granularity_and_excludes_step():
 
     assert resolve_step(None, 224, 224, steps=28) == 1792  # RISE's batched evaluation: 28 steps + the start
     assert resolve_step(None, 64, 64, steps=28) == 147  # ceil(4096 / 28): the last step is partial
-    assert resolve_step(None, 4, 6) == 6 and resolve_step(5, 4, 6) == 5
+    assert resolve_step(5, 4, 6) == 5
     with pytest.raises(ComponentError, match="not both"):
         Deletion(step=3, steps=4)
     with pytest.raises(ComponentError, match="steps must be a positive int"):
         Deletion(steps=0)
+
+
+def test_default_step_is_h_pixels_on_a_non_square_image():
+    # the published protocol: H pixels per step, so a 4 x 6 image takes 6 steps (7 points); a map that ranks the
+    # pixels of the left column first deletes exactly one column per step
+    from interpbench.metrics.causal import Deletion, resolve_step
+
+    assert resolve_step(None, 4, 6) == 4 and resolve_step(None, 6, 4) == 6
+    maps = (6.0 - torch.arange(6.0)).expand(1, 4, 6).contiguous()  # column 0 most salient, then column 1, ...
+    images = torch.rand(1, 3, 4, 6, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    class Recorder(nn.Module):
+        def forward(self, z):
+            seen.append(z.detach().clone())
+            return torch.zeros(len(z), 2)
+
+    model = Model(Recorder(), spec="test:recorder", mean=(0.5, 0.5, 0.5), std=(1.0, 1.0, 1.0), input_size=(4, 6),
+                  class_names=["a", "b"], cam_layer="", label_space="test", default_dataset="none",
+                  weights={"tag": "test"}).eval()
+    batch = Batch(ids=["x"], images=images, targets=torch.zeros(1, dtype=torch.long), samples=[{}])
+    out = Deletion().score(model, batch, maps)
+    assert int(out["step"][0]) == 4 and out["curve"].shape == (1, 7)
+    inputs = torch.cat(seen)
+    changed = (inputs != images - 0.5).any(dim=1)  # 7 x 4 x 6: pixels that are the substrate (the model sees x - 0.5)
+    for i in range(7):
+        want = torch.zeros(4, 6, dtype=torch.bool)
+        want[:, :i] = True
+        assert torch.equal(changed[i], want)

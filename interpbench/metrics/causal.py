@@ -195,10 +195,11 @@ def causal_substrate(
 
 def resolve_step(step: int | None, height: int, width: int, steps: int | None = None) -> int:
     """Pixels per step: ``step``; or ``ceil(HW / steps)`` for a given number of steps (RISE's batched evaluation:
-    28 steps = 1,792 px at 224 x 224); or one image row (``width`` pixels; RISE's 224 at 224 x 224)."""
+    28 steps = 1,792 px at 224 x 224); or, by default, ``height`` pixels (RISE's demo: 224 at 224 x 224), so that
+    an ``H x W`` image takes ``W`` steps. RISE only runs square images, where ``H = W``."""
     if steps is not None:
         return -(-height * width // steps)
-    return width if step is None else step
+    return height if step is None else step
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -226,7 +227,7 @@ class _CausalMetric(Metric):
         step, chunk, size, sigma = p["step"], p["chunk"], p["blur_size"], p["blur_sigma"]
         if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 1):
             raise ComponentError(
-                f"{self.name}: step must be a positive int (pixels per step) or None (one image row), got {step!r}"
+                f"{self.name}: step must be a positive int (pixels per step) or None (H pixels), got {step!r}"
             )
         steps = p["steps"]
         if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
@@ -268,9 +269,8 @@ class _CausalMetric(Metric):
 class Deletion(_CausalMetric):
     """RISE deletion: remove pixels by decreasing saliency into the mean colour; AUC of the class probability.
 
-    Lower is better. Parameters: ``step`` pixels per step (None: one image row) or ``steps`` (a number of steps,
-    ``ceil(HW / steps)`` pixels each), ``substrate`` ``"mean"`` (RISE;
-    zero in normalised space) / ``"zero"`` (black) / ``"blur"``, ``blur_size`` / ``blur_sigma`` (for ``"blur"``),
+    Lower is better. Parameters: ``step`` pixels per step (None: ``H``, the image height) or ``steps`` (a number
+    of steps, ``ceil(HW / steps)`` pixels each), ``substrate`` ``"mean"`` (RISE; zero in normalised space) / ``"zero"`` (black) / ``"blur"``, ``blur_size`` / ``blur_sigma`` (for ``"blur"``),
     ``chunk`` images per forward pass (None: :func:`auto_chunk`, by device and image size).
     """
 
