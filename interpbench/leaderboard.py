@@ -147,7 +147,14 @@ def headline_table(table: pd.DataFrame, scope: str = "explanation") -> pd.DataFr
     if table.empty:
         return pd.DataFrame()
     keep = headline_mask(table)
-    return wide_table(table[keep], scope, directed=keep[keep])
+    from .tables import _value_order
+
+    part = table[keep]
+    metrics = list(dict.fromkeys(part["metric"]))
+    order = {m: _value_order(str(m), list(part.loc[part["metric"] == m, "value_name"].astype(str))) for m in metrics}
+    rank = [(metrics.index(m), order[m].index(str(v))) for m, v in zip(part["metric"], part["value_name"])]
+    part = part.iloc[sorted(range(len(part)), key=lambda i: rank[i])]
+    return wide_table(part, scope, directed=keep[part.index])
 
 
 def metric_sections(table: pd.DataFrame, scope: str = "explanation") -> str:
@@ -205,7 +212,8 @@ def write_leaderboard(store: Store, out: str | Path, run_id: int | None = None) 
     manifest = json.loads(store.db.execute("SELECT manifest FROM runs WHERE id = ?", (run_id,)).fetchone()[0])
     table = results_table(store, run_id)
     title = f"# {manifest.get('experiment', out.name)}\n\n"
-    note = ("Mean over samples, 95% bootstrap confidence interval in brackets; ↑ higher is better, ↓ lower is better. "
+    note = ("Below the headline table: mean over samples, 95% bootstrap confidence interval in brackets; ↑ higher is "
+            "better, ↓ lower is better. "
             f"n per cell in methods.csv. Command: `{manifest.get('command') or 'interpbench.run(...)'}`\n\n")
     summary = headline_table(table, "explanation")
     expl = table[(table["scope"] == "explanation") & (table["status"] == "done")]
@@ -213,7 +221,8 @@ def write_leaderboard(store: Store, out: str | Path, run_id: int | None = None) 
     if summary.empty and details:  # no metric with a headline value (e.g. shortcut_localization): sections only
         summary_md = ""
     else:
-        summary_md = to_markdown(summary)
+        summary_md = _headline_markdown(store, run_id, str(manifest.get("experiment") or out.name), table)
+        summary_md = summary_md or to_markdown(summary)
     (out / "methods.md").write_text(title + note + summary_md + details + _failures_md(table))
     table[table["scope"] == "explanation"].drop(columns=["scope"]).to_csv(out / "methods.csv", index=False)
     reps = wide_table(table, "model")
@@ -224,6 +233,31 @@ def write_leaderboard(store: Store, out: str | Path, run_id: int | None = None) 
     (out / "results.json").write_text(json.dumps({"experiment": manifest.get("experiment"), "results": records}, indent=1))
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
     return table
+
+
+def _headline_markdown(store: Store, run_id: int, experiment: str, table: pd.DataFrame) -> str | None:
+    """The headline table of ``interpbench table`` (methods as rows, per model and dataset each metric's headline
+    values, mean ± CI half-width, best in bold, ties by the paired test in italics), for the top of methods.md;
+    None when the run has no explanation-scope value or the table cannot be built (the plain summary then)."""
+    from .tables import PaperTables
+
+    if not (table["scope"] == "explanation").any():
+        return None
+    try:
+        scores = {}
+        for cell in store.run_cells(run_id):
+            rows = store.scores(cell["key"])
+            if rows:
+                scores[cell["key"]] = pd.Series(dict(rows), dtype=np.float64)
+        grid = PaperTables.build(experiment, table, scores).main_grid(display=False)
+    except Exception as exc:  # noqa: BLE001 - the leaderboard is written whatever a plugin's values look like
+        warnings.warn(f"methods.md: the headline table failed ({type(exc).__name__}: {exc}); the plain summary is "
+                      "used", stacklevel=2)
+        return None
+    if not grid.columns:
+        return None
+    grid.title = "Headline results"
+    return grid.markdown(level=2)
 
 
 def _failures_md(table: pd.DataFrame) -> str:

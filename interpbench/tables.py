@@ -618,9 +618,10 @@ class Grid:
 
     # ------------------------------------------------------------------ Markdown and CSV
 
-    def markdown(self) -> str:
-        """One pipe table per top-level header (Markdown has no spanning cells); sections as bold rows."""
-        out = [f"### {self.title}\n"] + ([_plain(self.note) + "\n"] if self.note else [])
+    def markdown(self, level: int = 3) -> str:
+        """One pipe table per top-level header (Markdown has no spanning cells); sections as bold rows; the title
+        a heading of ``level``."""
+        out = [f"{'#' * level} {self.title}\n"] + ([_plain(self.note) + "\n"] if self.note else [])
         top = [c[0].replace("\n", " ") if c else "" for c in self.columns]
         everything = [(0, len(self.columns))] if self.columns else []
         for start, stop in _spans(self.columns, list(range(len(self.columns))), 0) if self.split_markdown else everything:
@@ -628,7 +629,7 @@ class Grid:
             first = 1 if self.split_markdown else 0
             heads = [" ".join(x.replace("\n", " ") for x in self.columns[j][first:] if x) or top[j] for j in columns]
             if self.split_markdown and top[start]:
-                out.append(f"#### {top[start]}\n")
+                out.append(f"{'#' * (level + 1)} {top[start]}\n")
             out.append(f"| {self.corner} | " + " | ".join(heads) + " |")
             out.append("|---|" + "|".join("---:" for _ in columns) + "|")
             for title, rows in self.sections:
@@ -722,24 +723,26 @@ def _value_order(metric: str, names: list[str]) -> list[str]:
     return sorted(dict.fromkeys(names), key=key)
 
 
-def _value_labels(metric: str, names: list[str]) -> tuple[str, dict[str, str]]:
+def _value_labels(metric: str, names: list[str], display: bool = True) -> tuple[str, dict[str, str]]:
     """(metric header, value name -> sub-header) for the values of one metric shown side by side:
     ``pointing_game`` and ``difficult`` -> ("Pointing", All, Diff.); ``pgd8.auroc``, ``fgsm8.auroc`` ->
-    ("Adv. detection AUROC", pgd8, fgsm8)."""
-    header = _display(metric)
+    ("Adv. detection AUROC", pgd8, fgsm8); with ``display=False`` the names as recorded (``pointing_game``,
+    ``difficult``)."""
+    show = _display if display else str
+    header = show(metric)
     others = [n for n in names if n != metric]
     suffix = ""
     if others and metric not in names:
         last = {n.rsplit(".", 1)[-1] for n in others}
         if len(last) == 1 and all("." in n for n in others):
             suffix = last.pop()
-            header += " " + _display(suffix)
+            header += " " + show(suffix)
     subs = {}
     for n in names:
         if n == metric:
-            subs[n] = "All" if others else ""
+            subs[n] = ("All" if display else "all") if others else ""
         else:
-            subs[n] = _display(n[: -len(suffix) - 1] if suffix else n)
+            subs[n] = show(n[: -len(suffix) - 1] if suffix else n)
     return header, subs
 
 
@@ -808,9 +811,10 @@ class PaperTables:
             keep &= ~np.array(part["model"].map(_sanity_pair), dtype=bool)
         return part[keep]
 
-    def main_grid(self) -> Grid:
+    def main_grid(self, display: bool = True) -> Grid:
         """Methods as rows; per model and dataset, each metric's selected values (with ``transpose``: methods as
-        columns, one row per value)."""
+        columns, one row per value). ``display``: paper-style metric names (LaTeX), else the recorded names
+        (Markdown, which people grep)."""
         view = self.view()
         best, tied = self.marks()
         title = f"{self.experiment}: " + ("headline results" if self.selection.values == "headline" else "results")
@@ -820,7 +824,7 @@ class PaperTables:
         for (model, dataset), rows in view.groupby(GROUP, sort=False):
             for metric, mrows in rows.groupby("metric", sort=False):
                 names = _value_order(str(metric), list(mrows["value_name"].astype(str)))
-                header, subs = _value_labels(str(metric), names)
+                header, subs = _value_labels(str(metric), names, display)
                 directions = {n: _direction(mrows.loc[mrows["value_name"] == n, "direction"].iloc[0]) for n in names}
                 shared = set(directions.values())
                 for n in names:
@@ -861,8 +865,7 @@ class PaperTables:
 
     def markdown(self) -> str:
         """The main table in Markdown: one table per model; best in bold, tied-with-best in italics."""
-        grid = self.main_grid()
-        return f"# {self.experiment}\n\n" + grid.markdown()
+        return f"# {self.experiment}\n\n" + self.main_grid(display=False).markdown()
 
     def csv(self) -> str:
         """Long format: one row per (model, dataset, method, value) of the selection, with mean, CI, half-width,
