@@ -224,8 +224,8 @@ def best_methods(part: pd.DataFrame) -> set[tuple]:
     return best
 
 
-def ranking_tables(exp_table: pd.DataFrame, scores: dict[str, pd.Series], alpha: float = ALPHA
-                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def ranking_tables(exp_table: pd.DataFrame, scores: dict[str, pd.Series], alpha: float = ALPHA, *,
+                   part: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per (model, dataset, column) with a known direction: the methods ranked by mean (1 = best; equal means
     share the best rank) and every pair tested with :func:`wilcoxon_paired` on per-sample scores, Holm-corrected
     over the pairs of that (model, dataset, column).
@@ -233,7 +233,7 @@ def ranking_tables(exp_table: pd.DataFrame, scores: dict[str, pd.Series], alpha:
     Returns ``(ranking, pairwise)``. ``ranking`` has, per method, ``better_than`` and ``tied_with`` (methods it
     is significantly better than / not separated from at ``alpha``); ``pairwise`` one row per pair.
     """
-    part = explanation_rows(exp_table)
+    part = explanation_rows(exp_table) if part is None else part
     rank_rows: list[dict[str, Any]] = []
     pair_rows: list[dict[str, Any]] = []
     for (model, dataset, column), rows in part.groupby(GROUP + ["column"], sort=False):
@@ -291,11 +291,11 @@ def tied_with_best(ranking: pd.DataFrame, best: set[tuple]) -> set[tuple]:
     return out - best
 
 
-def rank_agreement(exp_table: pd.DataFrame) -> pd.DataFrame:
+def rank_agreement(exp_table: pd.DataFrame, *, part: pd.DataFrame | None = None) -> pd.DataFrame:
     """Kendall's tau-b between the method rankings of every pair of columns with a known direction, per
     (model, dataset); both scores oriented so that larger is better, so tau = 1 means the two metrics order the
     methods identically and tau = -1 in reverse. Rows: model, dataset, column_a, column_b, tau, n_methods."""
-    part = explanation_rows(exp_table)
+    part = explanation_rows(exp_table) if part is None else part
     part = part[part["direction"].notna()]
     rows: list[dict[str, Any]] = []
     for (model, dataset), group in part.groupby(GROUP, sort=False):
@@ -589,7 +589,7 @@ class Grid:
                 parts.append(r"\midrule")
                 if title:
                     parts.append(rf"\multicolumn{{{len(columns) + 1}}}{{l}}{{\textit{{{latex_escape(title)}}}}} \\")
-                for label_text, cells in rows:
+                for label_text, cells in _filled(rows, columns):
                     parts.append(" & ".join([latex_escape(label_text)] + [cells[j].latex() for j in columns]) + r" \\")
             if self.footer:
                 parts.append(r"\midrule")
@@ -635,7 +635,7 @@ class Grid:
             for title, rows in self.sections:
                 if title:
                     out.append(f"| **{title}** |" + " |" * len(columns))
-                for label, cells in rows:
+                for label, cells in _filled(rows, columns):
                     out.append(f"| {label} | " + " | ".join(cells[j].markdown() for j in columns) + " |")
             for name, texts in self.footer:
                 out.append(f"| {name} | " + " | ".join(texts[j] for j in columns) + " |")
@@ -659,6 +659,11 @@ class Grid:
 
     def csv(self) -> str:
         return pd.DataFrame(self.records()).to_csv(index=False, float_format="%.10g")
+
+
+def _filled(rows: list[tuple[str, list[Cell]]], columns: list[int]) -> list[tuple[str, list[Cell]]]:
+    """The rows with something in these columns (a method a model was not run with shows no row of dashes)."""
+    return [(label, cells) for label, cells in rows if any(cells[j].text != "–" for j in columns)]
 
 
 def _spans(columns: list[tuple[str, ...]], indices: list[int], level: int) -> list[tuple[int, int]]:
@@ -766,8 +771,11 @@ class PaperTables:
         paired tests and Holm's correction run over the methods kept)."""
         selection = selection or Selection()
         table = selection.rows(table).reset_index(drop=True)
-        ranking, pairwise = ranking_tables(table, scores, alpha)
-        return cls(experiment, table, ranking, pairwise, rank_agreement(table), alpha, digits, selection)
+        part = explanation_rows(table)
+        ranking, pairwise = ranking_tables(table, scores, alpha, part=part)
+        paper = cls(experiment, table, ranking, pairwise, rank_agreement(table, part=part), alpha, digits, selection)
+        paper.__dict__["part"] = part  # the cached_property's value, computed once
+        return paper
 
     @classmethod
     def from_experiment(cls, exp: Experiment, *, alpha: float = ALPHA, digits: int = 3,
