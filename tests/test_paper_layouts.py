@@ -281,3 +281,19 @@ def test_selection_options(tmp_path, default_experiment, capsys):
         tb.PaperTables.from_experiment(default_experiment, selection=tb.Selection(values=["no_such_value"])).csv()
     assert tb.main(parser.parse_args([str(directory), "--methods", "gradcam,nope"]), console) == 2
     assert "--methods nope: not in this experiment" in capsys.readouterr().err
+
+
+def test_methods_md_leads_with_the_headline_table(tmp_path):
+    from test_tables import make_store
+
+    from interpbench.leaderboard import regenerate
+
+    directory = make_store(tmp_path / "exp")
+    regenerate(directory)
+    md = (directory / "methods.md").read_text()
+    first_table = md[md.index("## Headline results"):].split("\n\n")
+    rows = [block for block in first_table if block.startswith("| Method |")][0].splitlines()
+    assert rows[0] == "| Method | deletion ↓ | insertion ↑ |" and md.index("## Headline results") < md.index("|")
+    # the test_tables scores: grad_cam and twin share the best deletion; close is tied with them by the paired test
+    assert rows[2].startswith("| grad_cam | **0.490 ± ") and rows[4].startswith("| close | _0.491 ± ")
+    assert rows[-1] == "| n | 20 | 20 |"
