@@ -91,10 +91,10 @@ def test_head_reinit_changes_the_class_yet_both_models_explain_the_class_chosen_
 
 
 def test_run_on_a_head_reinit_pair_compares_gradcam_maps_of_a_class(head_pair, shapes16, tmp_path):
-    table = ib.run(methods=["gradcam"], models=[HEAD_PAIR], metrics=["explanation_drift"], limit=16,
-                   batch_size=8, out=tmp_path / "run", progress=False)
+    table = ib.run(methods=["gradcam"], models=[HEAD_PAIR], metrics=["explanation_drift"], limit=8,
+                   batch_size=4, out=tmp_path / "run", progress=False)
     value = {r.value_name: r.mean for r in table.itertuples()}
-    pair, x = head_pair, shapes16["images"]
+    pair, x = head_pair, shapes16["images"][:8]
     gradcam = ib.load_method("gradcam")
     with torch.no_grad():
         class_a, class_b = pair.reference(x).argmax(1), pair(x).argmax(1)

@@ -92,8 +92,8 @@ def main(args: argparse.Namespace, console: Console) -> int:
                                           else []):
         first = group.iloc[0]
         shown = Table(title=f"unit drift {pair} on {dataset}, {layer}: detectors {first['detectors A→B']}, unique "
-                            f"concepts {first['unique A→B']}, CKA {first['CKA']}, concept overlap "
-                            f"{first['concept overlap']}")
+                            f"concepts {first['unique A→B']}, CKA {first['CKA']} (noise floor {first['CKA floor']}, "
+                            f"{first['CKA images']} images), concept overlap {first['concept overlap']}")
         columns = ["matching", "concept retention", "category retention", "iou change", "iou profile rho",
                    "activation correlation"]
         for col in columns:

@@ -1,17 +1,19 @@
-"""Unit drift and explanation drift between the two models of a pair ``A=>B`` (PROTOCOLS.md, "Unit drift under
+"""Unit drift and explanation drift between the two models of a pair ``A=>B`` (docs/protocols.md, "Unit drift under
 transfer, fine-tuning, distillation, compression"; :mod:`interpbench.pairs` builds the pairs).
 
 - ``unit_drift`` (model scope): dissect A and B on the same probe (Bau et al., CVPR 2017; thresholds recomputed
-  per model), then for each compared layer: linear CKA (Kornblith et al., ICML 2019), detector and unique-concept
+  per model), then for each compared layer: linear CKA (Kornblith et al., ICML 2019; debiased by default, Nguyen,
+  Raghu & Kornblith, ICLR 2021, with its noise floor, on a fixed number of images), detector and unique-concept
   counts and their change per category, the overlap of the detected concept sets, and for each matching of A's
   units to B's (``aligned``: unit k is unit k, when the layer has the same shape in both; ``hungarian``: one-to-one
   by activation correlation; ``best``: each unit to its most correlated partner, Li et al., ICLR 2016) the concept
   and category retention, the IoU change on A's concept, the IoU-profile rank correlation, the activation
   correlation with the partner and the category-switch matrix (with "none"). Writes the per-unit table, the switch
   matrices (CSV and a heatmap PNG) and both dissections under the run's artefact directory.
-- ``explanation_drift`` (explanation scope): the method's maps for the same images on A (computed here, with A's
-  own predictions and the same random draws as B's maps) against the runner's maps on B: Spearman rank
-  correlation and top-10% overlap per image, beside how much the predictions changed. On a sanity pair
+- ``explanation_drift`` (explanation scope): the method's maps for the same images on A (computed here, for the
+  class chosen from A where A and B share a label space, and with the same random draws as B's maps) against the
+  runner's maps on B: Spearman rank correlation of the maps and of their absolute values, SSIM and top-10% overlap
+  per image, beside how much the predictions changed. On a sanity pair
   ``A=>A~cascade:L`` (every stage re-initialised) it gives the verdict of the model-randomisation test (Adebayo et
   al., NeurIPS 2018).
 

@@ -1,6 +1,6 @@
 """Unit drift maths: how the units and the explanations of a model change from model A to model B.
 
-PROTOCOLS.md, "Unit drift under transfer, fine-tuning, distillation, compression". Plain tensor functions:
+docs/protocols.md, "Unit drift under transfer, fine-tuning, distillation, compression". Plain tensor functions:
 
 - :func:`linear_cka` / :func:`cka_from_grams`: linear centred kernel alignment of two representations of the same
   examples (Kornblith, Norouzi, Lee, Hinton, ICML 2019), invariant to orthogonal transforms (e.g. a rotation of the
@@ -398,7 +398,7 @@ def unit_drift_measures(iou_a: torch.Tensor, iou_b: torch.Tensor, label_a: torch
                         category_of: torch.Tensor, num_categories: int, iou_threshold: float, partner: torch.Tensor,
                         correlation: torch.Tensor | None = None, valid_a: torch.Tensor | None = None,
                         valid_b: torch.Tensor | None = None) -> UnitChanges:
-    """The measures of PROTOCOLS.md for A's units and their ``partner`` in B.
+    """The measures of docs/protocols.md ("Unit drift") for A's units and their ``partner`` in B.
 
     ``iou_a`` ``[U x C]``, ``iou_b`` ``[V x C]``: dissection IoUs (Bau et al. 2017) on the same probe and concepts;
     ``label_a`` / ``label_b``: each unit's arg-max concept (-1 none); ``category_of`` ``[C]``: each concept's
