@@ -650,7 +650,7 @@ class Grid:
                     if cell.text is not None and cell.text in ("–", ""):
                         continue
                     rows.append({"section": title, self.corner.lower() or "row": label,
-                                 **{f"level{k + 1}": x for k, x in enumerate(self.columns[j])},
+                                 **{f"level{k + 1}": x.replace("\n", " ") for k, x in enumerate(self.columns[j])},
                                  "mean": cell.mean * cell.scale if cell.text is None else math.nan,
                                  "ci_low": cell.ci_low * cell.scale, "ci_high": cell.ci_high * cell.scale,
                                  "n": cell.n, "status": cell.text or "done", "best": cell.mark == "best",

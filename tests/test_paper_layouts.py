@@ -134,6 +134,7 @@ def test_family_layouts_match_their_golden_files(paper):
         markdown = "\n".join(g.markdown() for g in grids)
         assert latex == (GOLDEN / f"{name}.tex").read_text(), name
         assert markdown == (GOLDEN / f"{name}.md").read_text(), name
+        assert "".join(g.csv() for g in grids) == (GOLDEN / f"{name}.csv").read_text(), name
 
 
 def _rows(latex: str) -> dict[str, list[str]]:
