@@ -47,9 +47,10 @@ def test_fixed_solve_solves_symmetric_positive_definite_systems():
 
 
 def detection_features(n: int = 120, d: int = 21, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    clean = torch.randn(n, d, dtype=torch.float64, generator=g)
-    adversarial = torch.randn(n, d, dtype=torch.float64, generator=g) + 0.35 * torch.linspace(-1, 1, d).double()
+    # numpy's generator: the same numbers on any CPU (torch.randn's vectorised transform is not)
+    rng = np.random.default_rng(seed)
+    clean = torch.from_numpy(rng.standard_normal((n, d)))
+    adversarial = torch.from_numpy(rng.standard_normal((n, d)) + 0.35 * np.linspace(-1, 1, d))
     return clean, adversarial
 
 
@@ -74,7 +75,7 @@ def test_the_fit_has_the_same_bits_whatever_the_row_order_or_the_thread_count():
 
 
 def test_cross_validated_auroc_is_unchanged_when_rows_are_permuted_within_folds():
-    clean, adversarial = detection_features(seed=4)
+    clean, adversarial = detection_features(n=60, seed=4)
     ids = [f"img{i}" for i in range(len(clean))]
     features = torch.cat([clean, adversarial])
     labels = torch.cat([torch.zeros(len(clean)), torch.ones(len(adversarial))]).double()
@@ -87,7 +88,7 @@ def test_cross_validated_auroc_is_unchanged_when_rows_are_permuted_within_folds(
     value = auroc(scores[:n].numpy(), scores[n:].numpy())
     inverse = torch.argsort(perm)
     again = auroc(permuted[inverse][:n].numpy(), permuted[inverse][n:].numpy())
-    assert abs(value - again) < 1e-9 and 0.6 < value < 0.95
+    assert abs(value - again) < 1e-9 and 0.6 < value < 0.97
     folds = torch.tensor([i % 5 for i in range(2 * n)])
     models = fold_models(features, labels, folds, 5, 1.0)
     assert all(m is not None for m in models)
@@ -99,3 +100,22 @@ def test_one_system_on_python_floats_equals_the_batched_tensor_solve():
     a = m @ m.T + torch.eye(9, dtype=torch.float64)
     b = torch.randn(9, dtype=torch.float64, generator=g)
     assert torch.allclose(fixed_solve(a, b), fixed_solve(a[None], b[None])[0], rtol=0, atol=1e-12)
+
+
+def test_the_fit_has_the_same_bits_with_another_cpus_vector_kernels():
+    # ATEN_CPU_CAPABILITY=default and ONEDNN_MAX_CPU_ISA=SSE41 make torch use the scalar / SSE kernels of a CPU
+    # without AVX: its exp and its sums round differently (a BLAS fit's coefficients move by about 2e-16 there)
+    import os
+    import subprocess
+    import sys
+
+    code = ("import torch, sys; sys.path.insert(0, %r); from test_detector_stats import detection_features; "
+            "from interpbench.metrics.adversarial import fit_logistic_regression as fit; c, a = detection_features(); "
+            "w, b = fit(torch.cat([c, a]), torch.cat([torch.zeros(len(c)), torch.ones(len(a))]).double()); "
+            "print(torch.cat([w, b[None]]).numpy().tobytes().hex())") % os.path.dirname(__file__)
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+    other = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    clean, adversarial = detection_features()
+    w, b = fit_logistic_regression(torch.cat([clean, adversarial]),
+                                   torch.cat([torch.zeros(len(clean)), torch.ones(len(adversarial))]).double())
+    assert other.stdout.strip() == torch.cat([w, b[None]]).numpy().tobytes().hex()

@@ -282,6 +282,19 @@ def canonical_order(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Ten
     return torch.from_numpy(np.lexsort(keys)) if keys else torch.arange(x.shape[0])
 
 
+def scalar_sigmoid(z: torch.Tensor) -> torch.Tensor:
+    """``1 / (1 + exp(-z))`` element by element with Python's ``math`` (the C library's scalar exp): torch's
+    vectorised exp differs from its scalar one by an ulp, so a CPU with other vector units would round otherwise."""
+    values = [1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v)) for v in z.tolist()]
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def scalar_softplus(z: torch.Tensor) -> torch.Tensor:
+    """``log(1 + exp(z))`` element by element with Python's ``math`` (see :func:`scalar_sigmoid`)."""
+    values = [v + math.log1p(math.exp(-v)) if v > 0 else math.log1p(math.exp(v)) for v in z.tolist()]
+    return torch.tensor(values, dtype=torch.float64)
+
+
 def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, C: float = 1.0, *, max_iter: int = 100,
                             tol: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
     """L2-regularised logistic regression ``min_w,b C sum_i log(1 + exp(-s_i (w.x_i + b))) + |w|^2 / 2`` (the
@@ -290,8 +303,9 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, C: float = 1.0, *,
 
     Reproducible to the bit: the rows are taken in :func:`canonical_order`, every sum over rows and every product
     is a fixed pairwise reduction of elementwise operations and the Newton system is solved by a Cholesky
-    factorisation written the same way (:mod:`interpbench.ops.stats`), so the coefficients do not depend on the
-    order of the samples, the CPU's vector width or BLAS, or the number of threads."""
+    factorisation written the same way (:mod:`interpbench.ops.stats`), and exp / log1p are the C library's scalar
+    ones, so the coefficients do not depend on the order of the samples, the CPU's vector units or BLAS, or the
+    number of threads."""
     from interpbench.ops.stats import fixed_matvec, fixed_solve, fixed_sum
 
     x = x.double()
@@ -306,11 +320,11 @@ def fit_logistic_regression(x: torch.Tensor, y: torch.Tensor, C: float = 1.0, *,
 
     def objective(b: torch.Tensor) -> torch.Tensor:
         z = fixed_matvec(design, b)
-        return C * fixed_sum(F.softplus(z) - y * z, 0) + 0.5 * fixed_sum(ridge * b * b, 0)
+        return C * fixed_sum(scalar_softplus(z) - y * z, 0) + 0.5 * fixed_sum(ridge * b * b, 0)
 
     value = objective(beta)
     for _ in range(max_iter):
-        p = torch.sigmoid(fixed_matvec(design, beta))
+        p = scalar_sigmoid(fixed_matvec(design, beta))
         grad = C * fixed_sum(design * (p - y)[:, None], 0) + ridge * beta
         if float(grad.abs().max()) < tol * max(1.0, n * C):
             break
