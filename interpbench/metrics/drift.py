@@ -527,8 +527,9 @@ class ExplanationDrift(Metric):
             got = tuple(maps.shape) if isinstance(maps, torch.Tensor) else type(maps).__name__
             raise ComponentError(f"{self.name}: maps must be B x H x W = {(b, h, w)}, got {got}")
         same_space = shares_label_space(reference, model)
-        with torch.no_grad():
-            logits_a, logits_b = reference(images).float(), model(images).float()
+        # full precision even under the runner's --precision autocast: the targets were chosen from A's fp32 logits
+        with torch.no_grad(), torch.autocast(device_type=images.device.type, enabled=False):
+            logits_a, logits_b = reference(images.float()).float(), model(images.float()).float()
         rule = self.params["reference_target"]
         if rule == "same" and not same_space:
             raise ComponentError(f"{self.name}: reference_target='same' needs one label space, but A predicts "
