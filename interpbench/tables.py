@@ -867,13 +867,18 @@ class PaperTables:
         """The main table as booktabs LaTeX (needs ``\\usepackage{booktabs}``), split into several tables where it
         is wider than ``\\textwidth``."""
         grid = self.main_grid()
+        if not grid.columns:
+            return f"% {self.experiment}: no method-scored value in this selection (see the family tables)\n"
         if label:
             grid.label = label
         return grid.latex(self.experiment)
 
     def markdown(self) -> str:
         """The main table in Markdown: one table per model; best in bold, tied-with-best in italics."""
-        return f"# {self.experiment}\n\n" + self.main_grid(display=False).markdown()
+        grid = self.main_grid(display=False)
+        if not grid.columns:
+            return f"# {self.experiment}\n\n_No method-scored value in this selection (see the family tables)._\n"
+        return f"# {self.experiment}\n\n" + grid.markdown()
 
     def csv(self) -> str:
         """Long format: one row per (model, dataset, method, value) of the selection, with mean, CI, half-width,
@@ -973,7 +978,6 @@ class PaperTables:
         if part.empty:
             return []
         values = {(r["model"], r["dataset"], r["method"], r["value_name"]): r for _, r in part.iterrows()}
-        best_of = {}
         # (header, value, with its CI): the intervals of the maps' AUROC and of the gain; TPR and the baseline bare
         columns = [(("Maps", "AUROC ↑"), "{a}.auroc", True), (("Maps", "TPR ↑"), "{a}.tpr5", False),
                    (("Logits", "AUROC"), "baseline.{a}.auroc", False), (("Logits", "TPR"), "baseline.{a}.tpr5", False),
@@ -1008,9 +1012,8 @@ class PaperTables:
                 for j in directed:
                     means = [c[j].mean for _, c in body if c[j].text is None]
                     if len(means) > 1:
-                        best_of[j] = max(means)
                         for _, c in body:
-                            if c[j].text is None and c[j].mean == best_of[j]:
+                            if c[j].text is None and c[j].mean == max(means):
                                 c[j].mark = "best"
                 sections.append((title, body))
         note = ("AUROC and true-positive rate at 5\\% false-positive rate (TPR) of a detector of adversarial "

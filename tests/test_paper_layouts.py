@@ -274,6 +274,8 @@ def test_selection_options(tmp_path, default_experiment, capsys):
     assert set(csv["method"]) == {"gradcam", "random"} and set(csv["model"]) == {"shapes:cnn"}
     assert sorted(set(zip(csv["metric"], csv["value"]))) == [("deletion", "deletion"), ("pointing_game", "difficult")]
     assert set((tmp_path / "a").glob("adversarial.*")) == set()  # no adversarial metric selected: no such table
+    only_units = tb.PaperTables.from_experiment(default_experiment, selection=tb.Selection(metrics=["dissection"]))
+    assert "tabular" not in only_units.latex() and list(only_units.families()) == ["dissection"]
     transposed = tb.PaperTables.from_experiment(default_experiment, selection=tb.Selection(
         methods=["gradcam", "rise"], metrics=["deletion"], transpose=True)).latex()
     assert "Value & gradcam & rise" in transposed  # methods as columns, one row per value with its n
