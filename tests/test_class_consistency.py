@@ -149,14 +149,22 @@ def test_only_successful_attacks_enter_the_probe_and_real_images_are_the_same_on
 
 
 def test_a_user_supplied_similarity_is_checked(tmp_path):
+    import json
+
     import numpy as np
 
     probe = ColourProbe(4, {0: 0.6, 1: 0.6, 2: 0.6}, A)
     path = tmp_path / "a.npy"
     np.save(path, np.eye(3))
+    ctx = RunContext(device=torch.device("cpu"), batch_size=5, seed=0, out_dir=tmp_path / "artifacts")
     out = AdversarialClassConsistency(attacks=["fgsm38"], layers=["feat"], top_k=4, bootstrap=20,
-                                      similarity=str(path)).evaluate(ChannelModel(), probe, CTX)
+                                      similarity=str(path)).evaluate(ChannelModel(), probe, ctx)
     assert out["feat.fgsm38.adversarial"] == pytest.approx(0.5, abs=1e-12)
+    record = json.loads((tmp_path / "artifacts" / "class-similarity.json").read_text())
+    assert record["source"] == "file a.npy" and record["matrix"] == np.eye(3).tolist()
+    units = (tmp_path / "artifacts" / "feat-fgsm38-class-consistency.csv").read_text().splitlines()
+    assert units[0] == "unit,real,adversarial,real_top_class,adversarial_top_class" and len(units) == 4
+    assert units[1].startswith("1,1.000000,0.500000,c0,")
     np.save(path, np.ones((2, 2)))
     with pytest.raises(ComponentError, match="3 x 3"):
         AdversarialClassConsistency(attacks=["fgsm38"], layers=["feat"], top_k=4,
@@ -166,4 +174,4 @@ def test_a_user_supplied_similarity_is_checked(tmp_path):
 def test_the_metric_passes_the_conformance_kit():
     from interpbench.testing import check_metric
 
-    check_metric("adversarial_class_consistency", params={"attacks": ["pgd8"], "bootstrap": 50}).raise_if_failed()
+    check_metric("adversarial_class_consistency", params={"attacks": ["fgsm8"], "bootstrap": 50}).raise_if_failed()

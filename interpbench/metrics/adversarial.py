@@ -1279,7 +1279,8 @@ class AdversarialClassConsistency(Metric):
     random from the same images: what a unit blind to the class scores), ``L.A.n`` (successful attacks),
     ``L.A.success`` (their share of the correctly classified images), ``L.A.units``; and ``n`` (correctly
     classified images), ``accuracy``. Attacks with fewer than ``2 * top_k`` successes report ``n`` and ``success``
-    only. Writes ``LAYER-ATTACK-class-consistency.csv`` (per unit) under the run's artefact directory.
+    only. Writes ``LAYER-ATTACK-class-consistency.csv`` (per unit) and ``class-similarity.json`` (the ``A`` used
+    and where it came from) under the run's artefact directory.
 
     Not the same measure as ``adversarial_consistency`` (the share of dissection detectors that keep their
     concept label under attack, with the concept masks reused): both are reported, each under its own name.
@@ -1325,7 +1326,14 @@ class AdversarialClassConsistency(Metric):
         if classes == 0:
             raise ComponentError(f"{self.name}: dataset {getattr(dataset, 'name', '?')!r} lists no classes; Dong et "
                                  "al.'s consistency needs the class of every image (dataset.classes)")
-        similarity, _ = class_similarity_matrix(dataset, p["similarity"], classes, self.name)
+        similarity, source = class_similarity_matrix(dataset, p["similarity"], classes, self.name)
+        if ctx.out_dir is not None:  # which A the numbers used
+            import json
+
+            Path(ctx.out_dir).mkdir(parents=True, exist_ok=True)
+            (Path(ctx.out_dir) / "class-similarity.json").write_text(json.dumps(
+                {"source": source, "classes": [str(c) for c in dataset.classes], "matrix": similarity.tolist()},
+                indent=1) + "\n")
         images, labels = [], []
         for start in range(0, len(dataset), batch_size):
             samples = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
