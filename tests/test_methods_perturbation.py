@@ -9,6 +9,7 @@ target depends only on a known region, that each method puts its evidence there.
 
 from __future__ import annotations
 
+import fractions
 import math
 
 import numpy as np
@@ -27,6 +28,8 @@ from interpbench.methods.perturbation import (
     MeaningfulPerturbation,
     circle_init,
     deletion_game_loss,
+    mask_grid,
+    perturbation_sigma,
 )
 from interpbench.methods.rise import RISE, draw_rise_grids, rise_saliency
 from interpbench.ops.masks import (
@@ -38,6 +41,7 @@ from interpbench.ops.masks import (
     gaussian_smooth,
     linear_resize_matrix,
     nearest_downsample,
+    nearest_upsample,
     occlusion_windows,
     pyramid_lookup,
     rise_masks,
@@ -89,9 +93,10 @@ def region_model(size: int, box: tuple[int, int, int, int], n: int = 2) -> tuple
     return model, images, region
 
 
-def top_share(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """Per map, the share of its |R| most salient pixels that lie inside R (1 = perfect, |R|/HW = chance)."""
-    k = int(region.sum())
+def top_share(maps: torch.Tensor, region: torch.Tensor, len_: int | None = None) -> torch.Tensor:
+    """Per map, the share of its |R| (or ``len_``) most salient pixels that lie inside R (1 = perfect, |R|/HW =
+    chance)."""
+    k = int(region.sum()) if len_ is None else len_
     top = maps.flatten(1).topk(k, dim=1).indices
     return region.flatten()[top].mean(dim=1)
 
@@ -431,7 +436,7 @@ def test_rise_draws_from_the_global_rng_and_finds_the_region():
 
 
 def test_mask_finds_the_region_and_leaves_the_model_alone():
-    model, images, region = region_model(64, (8, 32, 32, 56))  # 3 x 3 cells of the 8 x 8 mask
+    model, images, region = region_model(64, (8, 32, 32, 56))  # 24 x 24 px: 10.5 x 10.5 cells of the 28 x 28 mask
     params_before = [(p.requires_grad, p.grad) for p in model.parameters()]
     model.train()
     torch.manual_seed(0)
@@ -440,7 +445,89 @@ def test_mask_finds_the_region_and_leaves_the_model_alone():
     model.eval()
     assert [(p.requires_grad, p.grad) for p in model.parameters()] == params_before
     assert maps.shape == (2, 64, 64) and maps.min() >= 0 and maps.max() <= 1
-    assert (top_share(maps, region) > 0.8).all()  # chance: 0.14
+    # the model's probability falls once part of R is blurred, so the mask deletes part of R (about a third):
+    # its most salient |R| / 2 pixels lie in R (chance: 0.14)
+    assert (top_share(maps, region, len_=int(region.sum()) // 2) > 0.9).all()
+
+
+def test_perturbation_sigma_is_the_blur_of_the_photograph_before_resizing():
+    # the official code blurs the full-resolution photograph (sigma 10), then resizes it; blurring the resized
+    # image with the scaled sigma is the same image, for photographs of any size (a 10 x 10 checkerboard)
+    assert perturbation_sigma(10, 500, 224) == pytest.approx(4.48)
+    assert perturbation_sigma(10, 500, 228) == pytest.approx(4.56)  # the reference's 228 px canvas
+    assert perturbation_sigma(10, 224, 64) == pytest.approx(10 * 64 / 224)  # original_size=224: the old blur
+    for big in (375, 500, 1000):
+        u = torch.arange(big)
+        board = (((u[:, None] * 10) // big + (u[None, :] * 10) // big) % 2).float().expand(1, 3, big, big)
+
+        def shrink(x):
+            return F.interpolate(x, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+
+        reference = shrink(gaussian_smooth(board, 10.0, padding="replicate"))
+        ours = gaussian_smooth(shrink(board), perturbation_sigma(10, big, 224), padding="replicate")
+        unscaled = gaussian_smooth(shrink(board), 10.0, padding="replicate")
+        inner = (..., slice(40, -40), slice(40, -40))  # away from the edges, where the paddings differ
+        assert (ours - reference)[inner].abs().max() < 0.005
+        assert (unscaled - reference)[inner].abs().max() > 0.25
+
+
+def test_mask_grid_has_the_papers_28_x_28_cells_at_every_input_size():
+    assert mask_grid(224, 224, 8) == ((28, 28), 8)  # the official 8 px cells
+    assert mask_grid(224, 300, 8) == ((28, 38), 8)  # shorter side 224: 8 px cells, the last one cropped
+    assert mask_grid(64, 64, 8) == ((28, 28), fractions.Fraction(16, 7))
+    assert mask_grid(112, 112, 16) == ((14, 14), 8)
+    # nearest upsampling by a fraction: pixel u reads cell floor(u / cell); cells are 2 or 3 px, 64 px in all,
+    # and a cell's gradient is the sum over its pixels
+    cells = torch.rand(1, 1, 28, 28, requires_grad=True)
+    up = nearest_upsample(cells, fractions.Fraction(16, 7), (64, 64))
+    index = torch.tensor([u * 7 // 16 for u in range(64)])
+    assert torch.equal(up[0, 0], cells[0, 0][index][:, index])
+    (grad,) = torch.autograd.grad(up.sum(), cells)
+    widths = torch.bincount(index, minlength=28).float()
+    assert set(widths.tolist()) == {2.0, 3.0} and torch.equal(grad[0, 0], torch.outer(widths, widths))
+    # an integer factor is the official repeat-and-crop
+    small = torch.rand(2, 1, 4, 5)
+    want = small.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)[..., :30, :37]
+    assert torch.equal(nearest_upsample(small, 8, (30, 37)), want)
+
+
+class Constant(nn.Module):
+    """Logits (0, 0) for every image: the deletion game's probability term is 1/2 whatever the mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Identity()
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return 0 * self.body(z).mean(dim=(1, 2, 3))[:, None].expand(-1, 2)
+
+
+@pytest.mark.parametrize("size", [56, 64, 112, 224])
+def test_deletion_game_regularisers_weigh_the_same_at_every_input_size(size):
+    # deleting the central quarter of the image (cells 7-20 of 28) with a hard-edged mask: L1 = 1e-4 * 196 and
+    # TV = 1e-2 * (54 cells with one unit forward difference + cell (20, 20) with two: 2^(3/2)) at every input
+    # size; with 8 px cells at every size a 64 px input had an 8 x 8 mask and both terms were 12x smaller
+    (h, w), cell = mask_grid(size, size, 8)
+    m = torch.ones(1, 1, h, w)
+    m[..., 7:21, 7:21] = 0
+    images = torch.rand(1, 3, size, size)
+    loss = deletion_game_loss(wrap(Constant(), size), m, images, images, ZERO[:1], mask_scale=cell,
+                              mask_sigma=5 * size / 224, l1_coeff=1e-4, tv_coeff=1e-2, tv_beta=3.0)
+    want = 0.5 + 1e-4 * 196 + 1e-2 * (54 + 2**1.5)
+    assert loss.item() == pytest.approx(want, rel=1e-6)
+
+
+def test_mask_deletes_a_small_share_of_small_images_too():
+    # the same region (14% of the image) at 32 and 128 px; with 8 px cells at every size (a 4 x 4 mask at 32 px,
+    # 16 x 16 at 128) the optimised masks deleted 0.86 and 0.29 of the image, and at 32 px their most salient
+    # pixels missed the region (top-half share 0.50 and 0.28); with 28 x 28 cells at both, 0.27 and 0.08
+    for size, most in ((32, 0.4), (128, 0.15)):
+        f = size // 8
+        model, images, region = region_model(size, (f, 4 * f, 4 * f, 7 * f))
+        torch.manual_seed(0)
+        maps = MeaningfulPerturbation(iterations=40).explain(model, images, ZERO)
+        assert maps.mean() < most
+        assert (top_share(maps, region, len_=int(region.sum()) // 2) > 0.9).all()
 
 
 def test_mask_batch_equals_alone_without_jitter_and_seed_reproduces_with_it():
@@ -529,7 +616,8 @@ def test_extremal_leaves_the_model_alone():
 def test_published_defaults():
     assert MeaningfulPerturbation.defaults == {
         "iterations": 300, "lr": 0.1, "l1_coeff": 1e-4, "tv_coeff": 1e-2, "tv_beta": 3.0, "mask_scale": 8,
-        "blur_radius": 10.0, "mask_blur_radius": 5.0, "jitter": 4, "init": "circle", "chunk": None,
+        "blur_radius": 10.0, "original_size": 500.0, "mask_blur_radius": 5.0, "jitter": 4, "init": "circle",
+        "chunk": None,
     }
     assert ExtremalPerturbation.defaults == {
         "areas": [0.025, 0.05, 0.1, 0.2], "iterations": 800, "lr": 0.01, "momentum": 0.9, "step": 7,
@@ -545,6 +633,7 @@ def test_published_defaults():
 @pytest.mark.parametrize("cls,params,words", [
     (MeaningfulPerturbation, {"iterations": 0}, "iterations"),
     (MeaningfulPerturbation, {"init": "zeros"}, "init"),
+    (MeaningfulPerturbation, {"original_size": 0}, "original_size"),
     (ExtremalPerturbation, {"areas": [0.1, 1.5]}, "areas"),
     (ExtremalPerturbation, {"num_levels": 1}, "num_levels"),
     (RISE, {"p": 0}, "p"),

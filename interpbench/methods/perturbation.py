@@ -13,11 +13,15 @@ images do not interact in an eval-mode model, so each mask gets the gradient of 
 gradients (``torch.autograd.grad``): the model's parameters keep ``.grad`` untouched and its mode is not changed.
 
 Spatial hyper-parameters are stated in pixels at 224 px, the size of the papers, and scale with the shorter side
-of the input (:func:`interpbench.ops.masks.scaled`); at 224 px they are exactly the published values.
+of the input (:func:`interpbench.ops.masks.scaled`); at 224 px they are exactly the published values. Two of
+``mask``'s follow the image rather than the input's pixels (:func:`perturbation_sigma`, :func:`mask_grid`): its
+blur is stated in pixels of the original photograph, as the official code blurs before resizing, and its mask
+has the paper's 28 x 28 cells over the image at every input size, so that the L1 and TV sums weigh the same.
 """
 
 from __future__ import annotations
 
+import fractions
 import math
 from typing import Any
 
@@ -28,6 +32,7 @@ from interpbench.base import ComponentError, Method
 from interpbench.methods.gradients import check_batch, finite_maps, target_logits
 from interpbench.ops import batching
 from interpbench.ops.masks import (
+    REFERENCE_SIZE,
     area_loss,
     area_reference,
     blur_pyramid,
@@ -68,6 +73,34 @@ def target_probabilities(method: str, logits: torch.Tensor, targets: torch.Tenso
 
 
 # --------------------------------------------------------------------------------------------- meaningful perturbation
+
+DISC_SIGMA = 10.0  # blur of the initialisation's discs, px at 224 (official create_blurred_circular_mask, sigma=10)
+
+
+def perturbation_sigma(blur_radius: float, original_size: float, side: int) -> float:
+    """Std (input pixels) of the perturbation blur: ``blur_radius`` px of an ``original_size`` px photograph whose
+    side became the input's ``side`` px, i.e. ``blur_radius * side / original_size``.
+
+    Fong & Vedaldi's official code (``optimize_mask.py``, ``get_blurred_img``) blurs the photograph at full
+    resolution (PIL ``GaussianBlur(10)``) and only then resizes it to the 228 px jitter canvas; a Gaussian blur
+    commutes with the resize when sigma scales with it, so blurring the resized input with this sigma is the same
+    perturbation. A 500 px ImageNet photograph at 224 px: 4.48 px; on the 228 px canvas, 10 x 228 / 500 = 4.56 px,
+    the reference's value (the jitter canvas is the input enlarged to ``224 + jitter``, as there).
+    """
+    return float(blur_radius) * side / float(original_size)
+
+
+def mask_grid(height: int, width: int, mask_scale: int) -> tuple[tuple[int, int], fractions.Fraction]:
+    """Cells of the deletion mask for an ``height x width`` input: ``((h, w), cell side in input pixels)``.
+
+    The cell is ``mask_scale`` px at 224 px scaled with the shorter side (Fong & Vedaldi: a 28 x 28 mask for a
+    224 x 224 input, 8 px cells), an exact fraction: the mask has 28 x 28 cells over a square input of any size,
+    so its L1 and TV sums, and with them the weight of ``l1_coeff`` and ``tv_coeff`` against the class
+    probability, do not change with the input size. With 8 px cells at every size a 64 px input had an 8 x 8
+    mask whose sums weigh 12x less, and the optimised masks deleted most of the image.
+    """
+    cell = fractions.Fraction(mask_scale * min(height, width), REFERENCE_SIZE)
+    return (math.ceil(height / cell), math.ceil(width / cell)), cell
 
 
 def circle_init(
@@ -116,10 +149,11 @@ def jitter_crops(big: torch.Tensor, offsets: torch.Tensor, size: tuple[int, int]
 
 
 def deletion_game_loss(
-    model, m: torch.Tensor, images: torch.Tensor, null: torch.Tensor, targets: torch.Tensor, *, mask_scale: int,
-    mask_sigma: float, l1_coeff: float, tv_coeff: float, tv_beta: float,
+    model, m: torch.Tensor, images: torch.Tensor, null: torch.Tensor, targets: torch.Tensor, *,
+    mask_scale: int | fractions.Fraction, mask_sigma: float, l1_coeff: float, tv_coeff: float, tv_beta: float,
 ) -> torch.Tensor:
-    # Fong & Vedaldi 2017, eq. 3: sum over images of p_target(x(m)) + l1 ||1 - m||_1 + tv TV_beta(m) -> scalar
+    # Fong & Vedaldi 2017, eq. 3: sum over images of p_target(x(m)) + l1 ||1 - m||_1 + tv TV_beta(m) -> scalar;
+    # mask_scale: the side of a cell in input pixels (see mask_grid)
     h, w = images.shape[-2:]
     up = nearest_upsample(m, mask_scale, (h, w))
     smooth = up + (gaussian_smooth(up, mask_sigma, padding="replicate") - up).detach()  # straight-through blur
@@ -134,8 +168,8 @@ def deletion_game_loss(
 def meaningful_perturbation(
     model, images: torch.Tensor, targets: torch.Tensor, *, iterations: int = 300, lr: float = 0.1,
     l1_coeff: float = 1e-4, tv_coeff: float = 1e-2, tv_beta: float = 3.0, mask_scale: int = 8,
-    blur_radius: float = 10.0, mask_blur_radius: float = 5.0, jitter: int = 4, init: str = "circle",
-    chunk: int = 256,
+    blur_radius: float = 10.0, original_size: float = 500.0, mask_blur_radius: float = 5.0, jitter: int = 4,
+    init: str = "circle", chunk: int = 256,
 ) -> torch.Tensor:
     """Deletion-game masks ``B x H x W`` (1 keeps a pixel, 0 replaces it by the blurred image).
 
@@ -145,20 +179,23 @@ def meaningful_perturbation(
     ``M = blur_5(upsample_nearest(m))``; the official code blurs ``M`` with PIL, which has no gradient, so the
     gradient passes the mask blur unchanged (a straight-through step), as there. ``x_j``: a random crop of the
     image (and its blurred copy) resized to ``H + jitter``, a new offset in ``[0, jitter)`` per iteration and
-    image. The L1 and TV terms are sums over the ``h x w`` cells, not means. Radii are Gaussian standard deviations
-    (PIL's ``GaussianBlur(radius)``) in pixels at 224 px; edges are replicated, as PIL does.
+    image. The L1 and TV terms are sums over the ``h x w`` cells (:func:`mask_grid`: 28 x 28 for a square input of
+    any size), not means. Radii are Gaussian standard deviations (PIL's ``GaussianBlur(radius)``): ``blur_radius``
+    in pixels of an ``original_size`` px photograph (:func:`perturbation_sigma`), ``mask_blur_radius`` and
+    ``jitter`` in pixels at 224 px; edges are replicated, as PIL does.
     """
     b, _, h, w = images.shape
     side = min(h, w)
-    mask_size = (math.ceil(h / mask_scale), math.ceil(w / mask_scale))
-    blur_sigma = scaled(blur_radius, side)
+    mask_size, cell = mask_grid(h, w, mask_scale)
+    blur_sigma = perturbation_sigma(blur_radius, original_size, side)
     mask_sigma = scaled(mask_blur_radius, side)
     jitter_px = math.ceil(scaled(jitter, side)) if jitter > 0 else 0
     images = images.detach()
     null = gaussian_smooth(images, blur_sigma, padding="replicate")
     if init == "circle":
         radii = torch.arange(0, 175, 5, dtype=torch.float32, device=images.device) * side / 224
-        m = circle_init(model, images, null, targets, mask_size, radii=radii, sigma=blur_sigma, chunk=chunk)
+        m = circle_init(model, images, null, targets, mask_size, radii=radii, sigma=scaled(DISC_SIGMA, side),
+                        chunk=chunk)
     else:
         m = torch.rand(b, 1, *mask_size).to(images.device)  # global RNG, drawn on the CPU
     if jitter_px > 1:
@@ -174,7 +211,7 @@ def meaningful_perturbation(
                 img_j, null_j = jitter_crops(big_images, offsets, (h, w)), jitter_crops(big_null, offsets, (h, w))
             else:
                 img_j, null_j = images, null
-            loss = deletion_game_loss(model, m, img_j, null_j, targets, mask_scale=mask_scale, mask_sigma=mask_sigma,
+            loss = deletion_game_loss(model, m, img_j, null_j, targets, mask_scale=cell, mask_sigma=mask_sigma,
                                       l1_coeff=l1_coeff, tv_coeff=tv_coeff, tv_beta=tv_beta)
             (grad,) = torch.autograd.grad(loss, m)
             m.grad = grad
@@ -182,7 +219,7 @@ def meaningful_perturbation(
             with torch.no_grad():
                 m.clamp_(0, 1)
     with torch.no_grad():
-        up = nearest_upsample(m.detach(), mask_scale, (h, w))
+        up = nearest_upsample(m.detach(), cell, (h, w))
         return gaussian_smooth(up, mask_sigma, padding="replicate")[:, 0]
 
 
@@ -191,8 +228,12 @@ class MeaningfulPerturbation(Method):
 
     Parameters (spatial ones in pixels at 224 px, scaled with the input's shorter side): ``iterations`` 300,
     ``lr`` 0.1 (Adam), ``l1_coeff`` 1e-4 (on ``sum |1 - m|``), ``tv_coeff`` 1e-2 and ``tv_beta`` 3,
-    ``mask_scale`` 8 (a 28 x 28 mask at 224 px, ``input / 8`` in general), ``blur_radius`` 10 (the perturbation:
-    Gaussian blur of that standard deviation), ``mask_blur_radius`` 5 (blur of the upsampled mask), ``jitter`` 4
+    ``mask_scale`` 8 (8 px cells at 224 px: a 28 x 28 mask over a square input of any size, :func:`mask_grid`),
+    ``blur_radius`` 10 and ``original_size`` 500 (the perturbation: a Gaussian blur of std 10 px of a 500 px
+    photograph, as the official code blurs ImageNet photographs before resizing them; ``blur_radius * side /
+    original_size`` input pixels, 4.48 at 224 px, :func:`perturbation_sigma`; ``original_size=224`` gives the
+    std of 10 px at 224 px of interpbench before version 2), ``mask_blur_radius`` 5 (blur of the upsampled mask),
+    ``jitter`` 4
     (random crop offsets in ``[0, jitter)``; rounded up when scaled), ``init`` ``"circle"`` (the official
     initialisation, see :func:`circle_init`) or ``"random"`` (uniform), ``chunk`` (images per forward pass of
     the initialisation search; None: 256 on a GPU, by image size on a CPU,
@@ -200,7 +241,7 @@ class MeaningfulPerturbation(Method):
     """
 
     name = "mask"
-    version = "1"
+    version = "2"  # 2: blur of the original photograph (original_size), 28 x 28 cells at every input size
     requires_grad = True
     deterministic = False  # random jitter offsets each iteration (and the "random" initialisation)
     defaults = {
@@ -211,6 +252,7 @@ class MeaningfulPerturbation(Method):
         "tv_beta": 3.0,
         "mask_scale": 8,
         "blur_radius": 10.0,
+        "original_size": 500.0,
         "mask_blur_radius": 5.0,
         "jitter": 4,
         "init": "circle",
@@ -224,7 +266,7 @@ class MeaningfulPerturbation(Method):
             _positive(self.name, key, p[key], integer=True)
         batching.check_chunk(self.name, p["chunk"])
         _positive(self.name, "jitter", p["jitter"], integer=True, allow_zero=True)
-        for key in ("lr", "tv_beta"):
+        for key in ("lr", "tv_beta", "original_size"):
             _positive(self.name, key, p[key])
         for key in ("l1_coeff", "tv_coeff", "blur_radius", "mask_blur_radius"):
             _positive(self.name, key, p[key], allow_zero=True)
@@ -240,7 +282,7 @@ class MeaningfulPerturbation(Method):
             model, images.float(), targets, iterations=int(p["iterations"]), lr=float(p["lr"]),
             l1_coeff=float(p["l1_coeff"]), tv_coeff=float(p["tv_coeff"]), tv_beta=float(p["tv_beta"]),
             mask_scale=int(p["mask_scale"]), blur_radius=float(p["blur_radius"]),
-            mask_blur_radius=float(p["mask_blur_radius"]), jitter=int(p["jitter"]), init=p["init"],
+            original_size=float(p["original_size"]), mask_blur_radius=float(p["mask_blur_radius"]), jitter=int(p["jitter"]), init=p["init"],
             chunk=batching.resolve_chunk(p["chunk"], images, gpu=256),
         )
         return finite_maps(self.name, model, 1 - m)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fractions
 import functools
 import math
 
@@ -259,10 +260,22 @@ def area_loss(full_masks: torch.Tensor, reference: torch.Tensor) -> torch.Tensor
 # --------------------------------------------------------------------------------------------- meaningful perturbation
 
 
-def nearest_upsample(masks: torch.Tensor, factor: int, size: tuple[int, int]) -> torch.Tensor:
-    """Each cell of ``... x h x w`` repeated ``factor x factor`` times, cropped to ``size`` (official ``resize``)."""
-    up = masks.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
-    return up[..., : size[0], : size[1]]
+def nearest_upsample(masks: torch.Tensor, factor: int | fractions.Fraction, size: tuple[int, int]) -> torch.Tensor:
+    """``... x h x w`` cells of ``factor`` pixels each -> ``... x size``: pixel ``u`` reads cell ``floor(u / factor)``.
+
+    For an integer ``factor`` each cell is repeated ``factor x factor`` times and the result cropped to ``size``
+    (the official ``resize`` of Fong & Vedaldi's code); a :class:`fractions.Fraction` gives cells of uneven
+    integer widths with the same mean, in exact integer arithmetic. The gradient of a cell is the sum over its
+    pixels (``index_select``'s backward), as the official ``resize(..., diff=True)``.
+    """
+    factor = fractions.Fraction(factor)
+    if factor <= 0:
+        raise ValueError(f"nearest_upsample: factor must be > 0, got {factor}")
+    rows = torch.arange(size[0], device=masks.device) * factor.denominator // factor.numerator
+    cols = torch.arange(size[1], device=masks.device) * factor.denominator // factor.numerator
+    if rows[-1] >= masks.shape[-2] or cols[-1] >= masks.shape[-1]:
+        raise ValueError(f"nearest_upsample: {tuple(masks.shape[-2:])} cells of {factor} px do not cover {size}")
+    return masks.index_select(-2, rows).index_select(-1, cols)
 
 
 def nearest_downsample(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
