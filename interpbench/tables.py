@@ -913,7 +913,8 @@ class PaperTables:
 
     def _method_grid(self, metrics: dict[str, dict[str, str]], title: str, label: str, note: str, *,
                      scale: float = 1.0, digits: int | None = None) -> Grid | None:
-        """Methods as rows; per model and dataset, the given values (metric -> value name -> sub-header)."""
+        """Methods as rows; columns per architecture, then dataset, then the given values (metric -> value name
+        -> sub-header), as TorchRay's and RISE's tables nest them."""
         part = self.part
         part = part[part["metric"].isin(list(metrics))]
         if part.empty:
@@ -928,7 +929,7 @@ class PaperTables:
                     if here.empty:
                         continue
                     keys.append((model, dataset, metric, value))
-                    heads.append((_group_header(model, dataset), sub))
+                    heads.append((str(model).replace("=>", " ⇒\n"), str(dataset), sub))  # TorchRay's nesting
                     n_row.append(_n_text(here))
         if not keys:
             return None

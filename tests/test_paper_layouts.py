@@ -145,14 +145,14 @@ def _rows(latex: str) -> dict[str, list[str]]:
 def test_family_numbers_independently_of_the_golden_files(paper):
     # TorchRay: per architecture and dataset, All and Difficult, in percent with one decimal
     pointing = paper.pointing_grids()[0]
-    assert pointing.columns == [("net_a\non shapes", "All"), ("net_a\non shapes", "Diff.")]
+    assert pointing.columns == [("net_a", "shapes", "All"), ("net_a", "shapes", "Diff.")]
     rows = _rows(pointing.latex("x"))
     assert rows["gradcam"] == [r"87.5\textsubscript{$\pm$5.0}", r"75.0\textsubscript{$\pm$7.5}"]
     assert rows["occlusion"][0].startswith(r"\textbf{100.0}")
     # RISE: per model, deletion and insertion side by side
     causal = paper.causal_grids()[0]
-    assert [c[1] for c in causal.columns] == ["Deletion ↓", "Insertion ↑"] * 2
-    assert [c[0].split("\n")[0] for c in causal.columns] == ["net_a", "net_a", "net_b", "net_b"]
+    assert [c[2] for c in causal.columns] == ["Deletion ↓", "Insertion ↑"] * 2
+    assert [c[:2] for c in causal.columns] == [("net_a", "shapes")] * 2 + [("net_b", "photos")] * 2
     # adversarial detection: per attack, maps and logits AUROC / TPR, gain with its CI
     adv = _rows(paper.adversarial_grids()[0].latex("x"))
     assert adv["occlusion"] == [r"\textbf{0.990}\textsubscript{$\pm$0.015}", r"\textbf{0.890}", "0.900", "0.700",
@@ -300,3 +300,25 @@ def test_methods_md_leads_with_the_headline_table(tmp_path):
     # the test_tables scores: grad_cam and twin share the best deletion; close is tied with them by the paired test
     assert rows[2].startswith("| grad_cam | **0.490 ± ") and rows[4].startswith("| close | _0.491 ± ")
     assert rows[-1] == "| n | 20 | 20 |"
+
+
+def test_the_pointing_table_nests_architecture_dataset_and_subset_as_torchray(tmp_path):
+    rows = []
+    for model in ("vgg16", "resnet50"):
+        for dataset in ("voc07-test", "coco14-val"):
+            for k, method in enumerate(("center", "gradcam")):
+                hit = 0.5 + 0.25 * k
+                rows += [row(model, "pointing_game", "pointing_game", hit, hit - 0.01, hit + 0.01, method=method,
+                             dataset=dataset),
+                         row(model, "pointing_game", "difficult", hit - 0.1, hit - 0.12, hit - 0.08, method=method,
+                             dataset=dataset)]
+    grid = tb.PaperTables.build("torchray", pd.DataFrame(rows), {}).pointing_grids()[0]
+    assert grid.columns == [(m, d, s) for m in ("vgg16", "resnet50") for d in ("voc07-test", "coco14-val")
+                            for s in ("All", "Diff.")]
+    latex = grid.latex("torchray")
+    # one architecture per table where the eight columns do not fit, the datasets spanning All and Diff.
+    assert latex.count(r"\begin{tabular}") == 2 and r"\multicolumn{4}{c}{vgg16}" in latex
+    assert r"\multicolumn{2}{c}{voc07-test} & \multicolumn{2}{c}{coco14-val}" in latex
+    assert _rows(latex)["gradcam"] == [r"\textbf{75.0}\textsubscript{$\pm$1.0}", r"\textbf{65.0}\textsubscript{$\pm$2.0}"] * 2
+    (tmp_path / "p.tex").write_text(latex)
+    assert_fits(pdflatex(tmp_path, [tmp_path / "p.tex"]))
