@@ -1,8 +1,14 @@
 """``interpbench table DIR``: paper tables from an experiment's store.
 
-- the leaderboard as LaTeX (booktabs; best per column in bold; ``mean ± half-width of the 95% bootstrap CI``;
-  an arrow for the better direction; methods that no paired test separates from the best are underlined),
-  Markdown and CSV;
+- the headline table (``methods.*``) as LaTeX (booktabs; methods as rows; per model and dataset each metric's
+  declared ``headline_values``; the mean with the half-width of its 95% bootstrap CI as a subscript; an arrow for
+  the better direction; best per column in bold; methods that no paired test separates from the best underlined;
+  split into several tables where it would be wider than ``\textwidth``), Markdown and CSV, with
+  ``--metrics/--models/--datasets/--methods/--values/--transpose`` choosing what it shows;
+- the family tables in the layouts of the papers that defined them (:meth:`PaperTables.families`): the pointing
+  games as TorchRay's, deletion and insertion as RISE's, adversarial detection per attack against the logit
+  baseline, dissection counts as NetDissect's, the model-randomisation test per depth (Adebayo et al.), unit
+  drift per layer;
 - a ranking of the methods per (model, dataset, metric) with paired significance tests over samples: the
   Wilcoxon signed-rank test on the per-sample scores of the samples both methods scored, Holm's correction over
   all pairs of methods of that (model, dataset, metric), so a paper can say which differences are real;
