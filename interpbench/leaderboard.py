@@ -159,9 +159,9 @@ def headline_table(table: pd.DataFrame, scope: str = "explanation") -> pd.DataFr
 
 def metric_sections(table: pd.DataFrame, scope: str = "explanation") -> str:
     """One Markdown section per metric: the metric class's own ``leaderboard_markdown(rows)`` when it has one
-    (a metric with many values, e.g. unit drift, lays them out itself), else a table of all its values
-    (cross-attack values stay in the CSV / JSON)."""
-    part = table[(table["scope"] == scope) & ~table["value_name"].astype(str).str.startswith("cross.")]
+    (a metric with many values, e.g. unit drift or adversarial detection, lays them out itself), else a table of
+    all its values. What the headline shows is the metric's ``headline_values``, not a filter on names here."""
+    part = table[table["scope"] == scope]
     drop = ["method"] if scope == "model" else []
     out = []
     for metric in dict.fromkeys(part["metric"]):
