@@ -517,19 +517,22 @@ def probe():
 def test_consistency_with_a_null_attack_keeps_every_label(shapes_model, probe, tmp_path):
     # epsilon 0: the "adversarial" probe is the probe itself, so every measure is exactly at its null value (this
     # also checks that each adversarial image is matched with its own probe image)
-    metric = AdversarialConsistency(attacks=["fgsm0"], bootstrap=200, ci_blocks=12)
+    metric = AdversarialConsistency(attacks=["fgsm0"], bootstrap=200, ci_blocks=12, probe="all")
     ctx = RunContext(device=torch.device("cpu"), batch_size=16, seed=0, out_dir=tmp_path)
     out = metric.evaluate(shapes_model, probe, ctx)
     assert out["layer3.fgsm0.label_kept"] == 1.0 and out["layer3.fgsm0.label_kept_ci_low"] == 1.0
     assert out["layer3.fgsm0.iou_change"] == 0.0 and out["layer3.fgsm0.activation_change"] == 0.0
     assert out["layer3.fgsm0.success"] == 0.0 and out["layer3.fgsm0.detectors"] == out["layer3.detectors"] > 0
     assert (tmp_path / "layer3-fgsm0-units.csv").is_file()
+    # by default only successful attacks enter the probe: a null attack fools no image, so nothing is measured
+    out = AdversarialConsistency(attacks=["fgsm0"], bootstrap=20, ci_blocks=12).evaluate(shapes_model, probe, ctx)
+    assert out["layer3.fgsm0.n"] == 0 and out["layer3.fgsm0.success"] == 0 and "layer3.fgsm0.label_kept" not in out
 
 
 def test_consistency_under_pgd_matches_the_dissections(shapes_model, probe):
     from interpbench.metrics.dissection import dissect
 
-    metric = AdversarialConsistency(attacks=["pgd8"], bootstrap=200, ci_blocks=12)
+    metric = AdversarialConsistency(attacks=["pgd8"], bootstrap=200, ci_blocks=12, probe="all")
     out = metric.evaluate(shapes_model, probe, RunContext(device=torch.device("cpu"), batch_size=16, seed=0))
     clean = dissect(shapes_model, probe, ["layer3"], batch_size=16)
     spec = parse_attacks(["pgd8"], metric.params, "t")[0]
@@ -545,6 +548,30 @@ def test_consistency_under_pgd_matches_the_dissections(shapes_model, probe):
     assert out["layer3.pgd8.activation_change"] > 0.1 and out["layer3.pgd8.label_kept"] < 1.0
     for key in ("label_kept", "iou_change", "activation_change"):
         assert out[f"layer3.pgd8.{key}_ci_low"] <= out[f"layer3.pgd8.{key}_ci_high"]
+
+
+def test_consistency_on_successful_attacks_only_dissects_the_fooled_images(shapes_model, probe):
+    # PGD at 2/255 fools about two thirds of the probe: the clean and the adversarial dissections are those of the
+    # fooled images alone, and the failed attacks (clean images, unchanged) no longer count as labels kept
+    from interpbench.metrics.adversarial import _ProbeSubset
+    from interpbench.metrics.dissection import dissect
+
+    metric = AdversarialConsistency(attacks=["pgd2"], bootstrap=20, ci_blocks=12)
+    out = metric.evaluate(shapes_model, probe, RunContext(device=torch.device("cpu"), batch_size=16, seed=0))
+    spec = parse_attacks(["pgd2"], metric.params, "t")[0]
+    images, success = adv.adversarial_probe(shapes_model, probe, spec, batch_size=16, device=torch.device("cpu"))
+    keep = torch.nonzero(success).squeeze(1)
+    assert 0.3 < len(keep) / len(probe) < 0.95 and out["layer3.pgd2.n"] == len(keep)
+    subset = _ProbeSubset(probe, keep.tolist())
+    clean = dissect(shapes_model, subset, ["layer3"], batch_size=16)
+    attacked = dissect(shapes_model, subset, ["layer3"], batch_size=16,
+                       image_transform=lambda x, idx: images[keep][idx.cpu()])
+    expected = consistency_measures(clean.layers["layer3"].iou, attacked.layers["layer3"].iou, 0.04)
+    assert out["layer3.pgd2.clean_detectors"] == float(clean.detectors("layer3").sum())
+    assert out["layer3.pgd2.label_kept"] == pytest.approx(float(expected["label_kept"]))
+    everything = AdversarialConsistency(attacks=["pgd2"], bootstrap=20, ci_blocks=12, probe="all").evaluate(
+        shapes_model, probe, RunContext(device=torch.device("cpu"), batch_size=16, seed=0))
+    assert out["layer3.pgd2.label_kept"] < everything["layer3.pgd2.label_kept"]  # failed attacks inflated it
 
 
 def test_consistency_measures_by_hand():

@@ -969,6 +969,24 @@ class AdversarialDetection(Metric):
 # --------------------------------------------------------------------------------------------- metric: consistency
 
 
+class _ProbeSubset(torch.utils.data.Dataset):
+    """The probe images at ``indices`` (in that order), keeping the dataset's attributes (concept names...)."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[self.indices[i]]
+
+    def __getattr__(self, name: str) -> Any:
+        if "dataset" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["dataset"], name)
+
+
 def adversarial_probe(model: torch.nn.Module, dataset: Any, spec: AttackSpec, *, batch_size: int,
                       device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Every probe image attacked (labels: the model's clean top-1 class), on the CPU: ``(images N x C x H x W,
@@ -1100,6 +1118,11 @@ class AdversarialConsistency(Metric):
     class the attack changed), ``L.A.detectors`` (detectors on the adversarial probe), ``L.detectors`` (clean) and
     ``n`` (probe images).
 
+    ``probe``: ``"successful"`` (default; PROTOCOLS.md's "keep successful attacks only"): per attack, the probe is
+    the images whose top-1 class the attack changed, dissected clean and adversarial (``L.A.n`` images,
+    ``L.A.clean_detectors`` detectors on their clean versions; ``L.A.label_kept`` counts those); ``"all"``: every
+    probe image, the failed attacks (unchanged decisions) included, against the whole probe's clean dissection.
+
     ``thresholds``: ``"recompute"`` (default: the adversarial probe is dissected as a probe of its own, its
     ``T_k`` from its own activations) or ``"clean"`` (the clean probe's ``T_k``, so a unit's mask grows or shrinks
     with its activation). Attack names and settings as ``adversarial_detection`` (default: PGD at 2, 4, 8 / 255).
@@ -1108,7 +1131,7 @@ class AdversarialConsistency(Metric):
     """
 
     name: ClassVar[str] = "adversarial_consistency"
-    version: ClassVar[str] = "1"
+    version: ClassVar[str] = "2"
     scope: ClassVar[str] = "model"
     higher_is_better: ClassVar[bool] = True
     needs: ClassVar[frozenset[str]] = frozenset({"concepts"})
@@ -1122,6 +1145,7 @@ class AdversarialConsistency(Metric):
         "batch_size": None,
         "ci_blocks": 50,
         "bootstrap": 2000,
+        "probe": "successful",
         **ATTACK_DEFAULTS,
     }
 
@@ -1130,6 +1154,9 @@ class AdversarialConsistency(Metric):
         p = self.params
         _check_params(self.name, p)
         self.specs = parse_attacks(p["attacks"], p, self.name)
+        if p["probe"] not in ("successful", "all"):
+            raise ComponentError(f"{self.name}: probe must be 'successful' (only the images the attack fooled, "
+                                 f"clean and adversarial) or 'all', got {p['probe']!r}")
         if p["thresholds"] not in ("recompute", "clean"):
             raise ComponentError(f"{self.name}: thresholds must be 'recompute' or 'clean', got {p['thresholds']!r}")
         for name in ("ci_blocks", "bootstrap"):
@@ -1147,29 +1174,43 @@ class AdversarialConsistency(Metric):
                        batch_size=batch_size, device=device, top_images=1)
         clean = dissect(model, dataset, layers, **options)
         n = clean.n_images
-        conditions: dict[str, Any] = {"clean": None}
-        thresholds = {"clean": {layer: clean.layers[layer].thresholds for layer in layers}}
-        results, success = {}, {}
-        for spec in self.specs:
-            adversarial, ok = adversarial_probe(model, dataset, spec, batch_size=batch_size, device=device)
-            fixed = thresholds["clean"] if p["thresholds"] == "clean" else None
-            def replace(images: torch.Tensor, idx: torch.Tensor, adv: torch.Tensor = adversarial) -> torch.Tensor:
-                return adv[idx.cpu()].to(images.device)
-
-            results[spec.name] = dissect(model, dataset, layers, thresholds=fixed, image_transform=replace, **options)
-            conditions[spec.name] = adversarial
-            thresholds[spec.name] = {layer: results[spec.name].layers[layer].thresholds for layer in layers}
-            success[spec.name] = float(ok.float().mean())
-        blocks = min(p["ci_blocks"], n)
-        tallies, changes, clean_abs = block_tallies(model, dataset, layers, conditions, thresholds, clean.label_size,
-                                                    blocks, batch_size, device)
-        category_of = clean.concepts.category_of()
-        weights = torch.from_numpy(bootstrap_weights(blocks, p["bootstrap"], stable_hash([self.name, model.spec, n])))
-        ones = torch.ones(1, blocks, dtype=torch.float64)
+        weights_seed = stable_hash([self.name, model.spec, n])
         out: dict[str, float] = {"n": float(n)}
         for layer in layers:
             out[f"{layer}.detectors"] = float(clean.detectors(layer).sum())
-            for spec in self.specs:
+        for spec in self.specs:
+            adversarial, ok = adversarial_probe(model, dataset, spec, batch_size=batch_size, device=device)
+            success = float(ok.float().mean())
+            for layer in layers:
+                out[f"{layer}.{spec.name}.success"] = success
+            if p["probe"] == "successful":  # the attack's successes only, clean and adversarial
+                keep = torch.nonzero(ok).squeeze(1)
+                for layer in layers:
+                    out[f"{layer}.{spec.name}.n"] = float(len(keep))
+                if len(keep) < 2:
+                    continue
+                probe = _ProbeSubset(dataset, keep.tolist())
+                adversarial = adversarial[keep]
+                clean_probe = dissect(model, probe, layers, **options)
+                seed = stable_hash([self.name, model.spec, n, spec.name, len(keep)])
+            else:
+                probe, clean_probe, seed = dataset, clean, weights_seed
+            fixed = {layer: clean_probe.layers[layer].thresholds for layer in layers} if p["thresholds"] == "clean" \
+                else None
+
+            def replace(images: torch.Tensor, idx: torch.Tensor, adv: torch.Tensor = adversarial) -> torch.Tensor:
+                return adv[idx.cpu()].to(images.device)
+
+            result = dissect(model, probe, layers, thresholds=fixed, image_transform=replace, **options)
+            thresholds = {"clean": {layer: clean_probe.layers[layer].thresholds for layer in layers},
+                          spec.name: {layer: result.layers[layer].thresholds for layer in layers}}
+            blocks = min(p["ci_blocks"], clean_probe.n_images)
+            tallies, changes, clean_abs = block_tallies(model, probe, layers, {"clean": None, spec.name: adversarial},
+                                                        thresholds, clean_probe.label_size, blocks, batch_size, device)
+            category_of = clean_probe.concepts.category_of()
+            weights = torch.from_numpy(bootstrap_weights(blocks, p["bootstrap"], seed))
+            ones = torch.ones(1, blocks, dtype=torch.float64)
+            for layer in layers:
                 prefix = f"{layer}.{spec.name}"
                 boot: dict[str, list[torch.Tensor]] = collections.defaultdict(list)
                 for w in (ones, *weights.split(250)):
@@ -1185,10 +1226,11 @@ class AdversarialConsistency(Metric):
                     out[f"{prefix}.{key}"] = float(values[0])
                     low, high = percentile_interval(values[1:].numpy())
                     out[f"{prefix}.{key}_ci_low"], out[f"{prefix}.{key}_ci_high"] = low, high
-                out[f"{prefix}.detectors"] = float(results[spec.name].detectors(layer).sum())
-                out[f"{prefix}.success"] = success[spec.name]
+                out[f"{prefix}.detectors"] = float(result.detectors(layer).sum())
+                if p["probe"] == "successful":
+                    out[f"{prefix}.clean_detectors"] = float(clean_probe.detectors(layer).sum())
                 if ctx.out_dir is not None:
-                    self._write_units(Path(ctx.out_dir), layer, spec.name, clean, results[spec.name],
+                    self._write_units(Path(ctx.out_dir), layer, spec.name, clean_probe, result,
                                       changes[(spec.name, layer)].sum(0), clean_abs[layer].sum(0))
         out = {k: v for k, v in out.items() if not (isinstance(v, float) and math.isnan(v))}
         return out
