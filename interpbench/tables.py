@@ -392,7 +392,7 @@ TEXTWIDTH_PT = 345.0  # \textwidth of the standard one-column article class at 1
 TABCOLSEP_PT = 3.0  # \tabcolsep inside our tables (the article default is 6 pt)
 
 
-LATEX_UNICODE = {"–": "--", "⇒": r"$\Rightarrow$", "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$",
+LATEX_UNICODE = {"|": r"$|$", "–": "--", "⇒": r"$\Rightarrow$", "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$",
                  "×": r"$\times$", "α": r"$\alpha$", "τ": r"$\tau$"}
 
 
@@ -1031,10 +1031,14 @@ class PaperTables:
         return [Grid(f"{self.experiment}: adversarial detection from the maps", f"tab:{_label(self.experiment)}-adversarial",
                      "Method", [c[0] for c in columns], sections, note)]
 
+    SANITY_MEASURES = (("rank_correlation", "Spearman rank correlation"),
+                       ("rank_correlation_abs", "Spearman rank correlation of the absolute maps"), ("ssim", "SSIM"))
+
     def sanity_grids(self) -> list[Grid]:
-        """The model-randomisation test (Adebayo et al., NeurIPS 2018, Fig. 2 and 4): Spearman rank correlation of
-        each method's maps on the model with its top K stages re-initialised against the trained model's maps,
-        per K (methods as rows), and the verdict on the fully randomised model."""
+        """The model-randomisation test (Adebayo et al., NeurIPS 2018, Fig. 2 and 4): the similarity of each
+        method's maps on the model with its top K stages re-initialised to the trained model's maps, per K (methods
+        as rows), one section per measure the run recorded (Spearman rank correlation, of the absolute maps, SSIM),
+        and the verdict on the fully randomised model."""
         part = self.part
         part = part[(part["metric"] == "explanation_drift") & (part["status"] == "done")]
         stages = part[part["value_name"] == "randomized_stages"]
@@ -1043,33 +1047,34 @@ class PaperTables:
         depth = {r["key"]: (int(r["mean"]), r["model"]) for _, r in stages.iterrows()}
         total = {r["key"]: int(r["mean"]) for _, r in part[part["value_name"] == "stages"].iterrows()}
         part = part[part["key"].isin(depth)]
+        part = part.assign(_depth=part["key"].map(lambda key: depth[key][0]))
         grids = []
         base_of = {k: str(m).partition("=>")[0] for k, (_, m) in depth.items()}
         for (base, dataset), rows in part.groupby([part["key"].map(base_of), part["dataset"]], sort=False):
-            ks = sorted({depth[k][0] for k in rows["key"]})
+            ks = sorted(set(rows["_depth"]))
             n_stages = max((total.get(k, 0) for k in rows["key"]), default=0)
             heads = [("Stages re-initialised from the top", f"{k}/{n_stages}" if n_stages else str(k)) for k in ks]
             heads.append(("", "Pass"))
             methods = [m for m in dict.fromkeys(rows["method"]) if m != "-"]
-            body, n_row = [], ["" for _ in heads]
-            for method in methods:
-                mine = rows[rows["method"] == method]
-                cells = []
-                for j, k in enumerate(ks):
-                    hit = mine[(mine["key"].map(lambda key: depth[key][0]) == k) & (mine["value_name"] == "rank_correlation")]
-                    cells.append(Cell.of(None if hit.empty else hit.iloc[0], digits=2))
-                    if not hit.empty:
-                        n_row[j] = _n_text(rows[(rows["key"].map(lambda key: depth[key][0]) == k)
-                                                & (rows["value_name"] == "rank_correlation")])
-                verdict = mine[mine["value_name"] == "sanity_pass"]
-                cells.append(Cell(text="–" if verdict.empty else "yes" if verdict.iloc[0]["mean"] >= 0.5 else "no"))
-                body.append((method, cells))
-            note = ("Spearman rank correlation between the maps of the trained model and of the model with its top "
-                    "$K$ stages re-initialised (a map that depends on the weights decorrelates as $K$ grows), mean "
-                    "over images with the half-width of its 95\\% bootstrap interval as a subscript. Pass: the "
-                    "correlation on the fully randomised model is below the threshold the run recorded")
+            cells_of = {(r["method"], r["_depth"], r["value_name"]): r for _, r in rows.iterrows()}
+            sections, n_row = [], ["" for _ in heads]
+            for s_index, (value, title) in enumerate(m for m in self.SANITY_MEASURES if (rows["value_name"] == m[0]).any()):
+                body = []
+                for method in methods:
+                    cells = [Cell.of(cells_of.get((method, k, value)), digits=2) for k in ks]
+                    verdict = cells_of.get((method, ks[-1], "sanity_pass")) if value == "rank_correlation" else None
+                    cells.append(Cell(text="" if value != "rank_correlation" else "–" if verdict is None
+                                      else "yes" if verdict["mean"] >= 0.5 else "no"))
+                    body.append((method, cells))
+                sections.append((title, body))
+                if s_index == 0:
+                    n_row = [_n_text(rows[(rows["_depth"] == k) & (rows["value_name"] == value)]) for k in ks] + [""]
+            note = ("Similarity between the maps of the trained model and of the model with its top $K$ stages "
+                    "re-initialised (a map that depends on the weights decorrelates as $K$ grows), mean over images "
+                    "with the half-width of its 95\\% bootstrap interval as a subscript. Pass: the rank correlation on "
+                    "the fully randomised model is below the threshold the run recorded")
             grids.append(Grid(f"{self.experiment}: model-randomisation test of {base} on {dataset}",
-                              f"tab:{_label(self.experiment)}-sanity-{_label(base)}", "Method", heads, [("", body)],
+                              f"tab:{_label(self.experiment)}-sanity-{_label(base)}", "Method", heads, sections,
                               note, footer=[("n", n_row)]))
         return grids
 

@@ -64,6 +64,7 @@ def synthetic() -> pd.DataFrame:
             pair = f"net_a=>net_a~cascade:{depth}"
             rows += [row(pair, "explanation_drift", "explanation_drift", 1 - rho, 0.0, 1.0, method=method),
                      row(pair, "explanation_drift", "rank_correlation", rho, rho - 0.05, rho + 0.05, method=method),
+                     row(pair, "explanation_drift", "ssim", rho / 2, rho / 2 - 0.1, rho / 2 + 0.1, method=method),
                      row(pair, "explanation_drift", "randomized_stages", depth, method=method),
                      row(pair, "explanation_drift", "stages", 2, method=method)]
             if depth == 2:
@@ -168,9 +169,11 @@ def test_family_numbers_independently_of_the_golden_files(paper):
     sanity = paper.sanity_grids()[0]
     assert sanity.columns == [("Stages re-initialised from the top", "1/2"), ("Stages re-initialised from the top", "2/2"),
                               ("", "Pass")]
-    rows = _rows(sanity.latex("x"))
-    assert rows["gradcam"] == [r"0.60\textsubscript{$\pm$0.05}", r"0.20\textsubscript{$\pm$0.05}", "yes"]
-    assert rows["random"][-1] == "no"
+    assert [title for title, _ in sanity.sections] == ["Spearman rank correlation", "SSIM"]  # the measures recorded
+    rho, ssim = ({label: [c.latex() for c in cells] for label, cells in body} for _, body in sanity.sections)
+    assert rho["gradcam"] == [r"0.60\textsubscript{$\pm$0.05}", r"0.20\textsubscript{$\pm$0.05}", "yes"]
+    assert ssim["gradcam"] == [r"0.30\textsubscript{$\pm$0.10}", r"0.10\textsubscript{$\pm$0.10}", ""]
+    assert rho["random"][-1] == "no" and sanity.footer == [("n", ["16", "16", ""])]
     # unit drift: CKA variants, retained concepts per matching, detectors, n
     drift = paper.drift_grids()[0]
     assert drift.columns == [("CKA", "linear"), ("CKA", "floor"), ("Retained concepts", "aligned"),
