@@ -42,8 +42,8 @@ def _neighbour_sum(x: torch.Tensor) -> torch.Tensor:
     copy, minus the centre, which on a CPU runs several times faster than a 3 x 3 single-channel convolution.
     """
     xp = F.pad(x, (1, 1, 1, 1))
-    v = xp[..., :-2, :] + 2.0 * xp[..., 1:-1, :] + xp[..., 2:, :]
-    return (v[..., :-2] + 2.0 * v[..., 1:-1] + v[..., 2:] - 4.0 * x) * DIAGONAL_WEIGHT
+    v = torch.add(xp[..., :-2, :], xp[..., 2:, :]).add_(xp[..., 1:-1, :], alpha=2.0)
+    return torch.add(v[..., :-2], v[..., 2:]).add_(v[..., 1:-1], alpha=2.0).sub_(x, alpha=4.0).mul_(DIAGONAL_WEIGHT)
 
 
 def _cg(y: torch.Tensor, m: torch.Tensor, x: torch.Tensor, tol: float, max_iter: int, check_every: int):
@@ -56,12 +56,13 @@ def _cg(y: torch.Tensor, m: torch.Tensor, x: torch.Tensor, tol: float, max_iter:
     inv_diag = 1.0 / diag
 
     def apply(v: torch.Tensor) -> torch.Tensor:  # A v on the removed pixels (v is 0 elsewhere)
-        return m * (diag * v - _neighbour_sum(v))
+        return torch.addcmul(_neighbour_sum(v).neg_(), diag, v).mul_(m)
 
     b = m * _neighbour_sum(known * y)
     r = b - apply(x)
     z = inv_diag * r
-    p = z
+    p = z.clone()
+    x = x.clone()
     rz = (r * z).sum(dim=(1, 2, 3), keepdim=True)
     tiny = torch.finfo(dtype).tiny
     b_norm = b.flatten(1).norm(dim=1).clamp_min(tiny)
@@ -72,16 +73,16 @@ def _cg(y: torch.Tensor, m: torch.Tensor, x: torch.Tensor, tol: float, max_iter:
     while rel > tol and iterations < max_iter:
         iterations += 1
         ap = apply(p)
-        alpha = active * rz / (p * ap).sum(dim=(1, 2, 3), keepdim=True).clamp_min(tiny)
-        x = x + alpha * p
-        r = r - alpha * ap
+        alpha = active * rz / torch.linalg.vecdot(p.flatten(1), ap.flatten(1)).view_as(rz).clamp_min(tiny)
+        x.addcmul_(alpha, p)
+        r.addcmul_(alpha, ap, value=-1.0)
         if iterations % check_every == 0 or iterations == max_iter:
             rel_all = r.flatten(1).norm(dim=1) / b_norm
             active = (rel_all > tol).to(dtype).view_as(rz)
             rel = float(rel_all.max())
-        z = inv_diag * r
-        rz_new = (r * z).sum(dim=(1, 2, 3), keepdim=True)
-        p = z + (rz_new / rz.clamp_min(tiny)) * p
+        z = torch.mul(inv_diag, r, out=z)
+        rz_new = torch.linalg.vecdot(r.flatten(1), z.flatten(1)).view_as(rz)
+        p.mul_(rz_new / rz.clamp_min(tiny)).add_(z)
         rz = rz_new
     return x, iterations, rel
 
