@@ -49,7 +49,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steadier on shared cores; 0 = torch default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads (default 1: steadier on shared cores; 0: torch's default)")
     ap.add_argument("--skip-reference", action="store_true", help="do not time pytorch-grad-cam (e.g. large runs)")
     args = ap.parse_args()
     if args.threads:
