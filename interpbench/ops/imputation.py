@@ -20,6 +20,8 @@ ever built.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +29,8 @@ from interpbench.base import ComponentError
 
 EDGE_WEIGHT = 1.0 / 6.0  # ROAD's weights of the 4 edge neighbours (left, right, up, down)
 DIAGONAL_WEIGHT = 1.0 / 12.0  # and of the 4 diagonal ones; the 8 sum to 1
+
+log = logging.getLogger(__name__)
 
 
 def neighbour_weights() -> list[tuple[tuple[int, int], float]]:
@@ -152,6 +156,9 @@ def linear_imputation(
     m = removed.repeat_interleave(c, dim=0).view(n * c, 1, h, w).to(images.dtype)
     x = _start(y, m, tol, check_every)
     x, iterations, rel = _cg(y, m, x, tol, max_iter, check_every)
+    if rel > tol:
+        log.warning("linear_imputation: stopped after %d iterations at a relative residual of %.2g > tol %.2g; "
+                    "raise max_iter for an exact imputation", iterations, rel, tol)
     filled = ((1.0 - m) * y + m * x).view(n, c, h, w)
     return filled, {"iterations": float(iterations), "residual": rel}
 
