@@ -417,7 +417,7 @@ class Runner:
         since the run started, its status and its own time."""
         if getattr(self, "live", None) is not None or not self.dist.is_main:
             return
-        row = store.cell(key)
+        row = distributed.local_store(store).cell(key)  # rank 0's own file: DistStore.cell is a collective
         what = metric if method == "-" else f"{method} / {metric}"
         self.console.print(f"[{time.time() - self.started:6.0f} s] {row.get('status', '?'):<8} {model} on {dataset}: "
                            f"{what} ({row.get('wall_time') or 0.0:.1f} s)", markup=False, highlight=False,

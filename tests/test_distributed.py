@@ -174,8 +174,9 @@ def test_two_processes_give_the_numbers_and_tables_of_one(distprobe, tmp_path):
     assert manifest["config"]["workers"] == 0
     # rank 1 computed its batch; rank 0 its 2 batches and then rank 1's, for the metric that runs on rank 0 alone
     assert [r["batches"] for r in manifest["data_feeding"]["shapes:cnn on shapes"]["ranks"]] == [3, 1]
-    # rank 1 prints nothing but errors: one summary table, one "written" line
-    assert two.stdout.count("custom: ") == 1 and two.stderr.count("leaderboard written") == 1
+    # rank 1 prints nothing but errors: one summary, one list of the files written (the report's among them)
+    assert two.stdout.count("custom: ") == 1 and two.stdout.count("Files written:") == 1
+    assert two.stdout.count("report.html") == 1
 
 
 def test_a_distributed_run_resumes_and_skips_stored_samples_on_every_rank(tmp_path):
