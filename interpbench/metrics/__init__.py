@@ -5,6 +5,7 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_metrics():
+    from .ablation import UnitAblation
     from .adversarial import AdversarialClassConsistency, AdversarialConsistency, AdversarialDetection
     from .causal import Deletion, Insertion
     from .dissection import Dissection
@@ -18,4 +19,4 @@ def register_metrics():
             GridPointingGame,
             ShortcutLocalization, AdversarialDetection, AdversarialConsistency, AdversarialClassConsistency, UnitDrift,
             ExplanationDrift,
-            RoadMoRF, RoadLeRF]
+            RoadMoRF, RoadLeRF, UnitAblation]
