@@ -146,7 +146,8 @@ def method_blocks(table: pd.DataFrame) -> list[Block]:
                 target = max(means.values()) if col.higher_is_better else min(means.values())
                 shown = fmt(target, counts)
                 block.best |= {(m, j) for m, v in means.items() if fmt(v, counts) == shown}
-        ns = done.loc[done["value_name"] == done["metric"], "n"]
+        first = columns[0].metric  # its n: samples per method (other metrics may count other things, e.g. grids)
+        ns = done.loc[(done["metric"] == first) & (done["value_name"] == first), "n"]
         ns = ns[ns > 0]
         block.n = (int(ns.min()), int(ns.max())) if len(ns) else (0, 0)
         blocks.append(block)
@@ -280,7 +281,7 @@ def _block_lines(block: Block, width: int) -> list[str]:
     if legend:
         chunks = layout(headers)
     n = block.n
-    count = f"n = {n[0]}" if n[0] == n[1] else f"n = {n[0]}–{n[1]}"
+    count = f"n = {n[0]}" if n[0] == n[1] else f"n = {n[0]}–{n[1]} by method"
     lines = [f"{block.model} on {block.dataset}" + (f" ({count})" if n[1] else "")]
     for chunk in chunks:
         widths = {j: max(len(headers[j]), values[j] + len(BEST)) for j in chunk}
@@ -384,7 +385,7 @@ def render_html(table: pd.DataFrame) -> str:
     out = []
     for block in method_blocks(table):
         n = block.n
-        count = "" if not n[1] else f" (n = {n[0]})" if n[0] == n[1] else f" (n = {n[0]}–{n[1]})"
+        count = "" if not n[1] else f" (n = {n[0]})" if n[0] == n[1] else f" (n = {n[0]}–{n[1]} by method)"
         rows = []
         for m in block.methods:
             cells = [f"<td class=text>{e(m)}</td>"]
