@@ -158,22 +158,11 @@ def test_ci_runs_exactly_the_readme_test_command_and_it_installs_what_the_tests_
 
 
 def test_the_default_experiment_covers_every_builtin_and_records_its_budget(monkeypatch):
-    from interpbench import cli
+    from test_cli import captured_config
+
     from interpbench.runner import grids
 
-    captured = {}
-
-    class Capture:
-        def __init__(self, config, console):
-            captured["config"] = config
-
-        def run(self):
-            raise SystemExit(0)
-
-    monkeypatch.setattr("interpbench.runner.Runner", Capture)
-    with pytest.raises(SystemExit):
-        cli.main(["run", "--no-progress"])
-    config = captured["config"]
+    config = captured_config(monkeypatch, ["run", "--no-progress"])
     builtin = {n for n in ib.list_methods() if ":" not in n}  # plugins' methods carry their prefix
     parts = grids(config)
     cells = {(m, d, x) for g in parts for m in g.models for d in (g.methods or ["-"]) for x in g.metrics}
@@ -193,9 +182,7 @@ def test_the_default_experiment_covers_every_builtin_and_records_its_budget(monk
         assert all(k in ib.load_method(name).params for k in params)
         assert name in " ".join(config.notes)
     # --limit shrinks every part (and no method limit exceeds it)
-    with pytest.raises(SystemExit):
-        cli.main(["run", "--no-progress", "--limit", "8"])
-    small = grids(captured["config"])
+    small = grids(captured_config(monkeypatch, ["run", "--no-progress", "--limit", "8"]))
     assert all(g.limit == 8 and all(v <= 8 for v in g.method_limits.values()) for g in small)
 
 
