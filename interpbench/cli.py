@@ -47,7 +47,9 @@ DEFAULT_EXPERIMENT: dict[str, Any] = {
         {"models": ["shapes:cnn"], "methods": ALL_METHODS, "metrics": SHAPES_METRICS, "limit": 128,
          "method_limits": COSTLY},
         {"models": ["shapes:cnn", "shapes:cnn@random"], "metrics": ["dissection"], "limit": 256},
-        {"models": ["shapes:cnn"], "metrics": ["adversarial_consistency"], "limit": 128},
+        # units under attack: label retention (dissection) and Dong et al.'s class consistency, each its own number
+        {"models": ["shapes:cnn"], "metrics": ["adversarial_consistency", "adversarial_class_consistency"],
+         "limit": 128},
         {"models": ["timm:tf_efficientnet_lite0"], "methods": BASELINES, "metrics": ["deletion", "insertion"],
          "limit": 128},
         # unit and explanation drift: shapes:cnn fine-tuned from the shape task to the colour task

@@ -998,10 +998,22 @@ def adversarial_probe(model: torch.nn.Module, dataset: Any, spec: AttackSpec, *,
         images = images.to(device)
         with torch.no_grad():
             labels = model(images).argmax(dim=1)
-        result = run_attack(spec, model, images, labels, [f"probe:{int(i)}" for i in indices])
-        parts.append(result.images.detach().cpu())
-        successes.append(result.success.cpu())
+        adversarial, success = attack_probe_batch(spec, model, images, labels, [f"probe:{int(i)}" for i in indices])
+        parts.append(adversarial.cpu())
+        successes.append(success.cpu())
     return torch.cat(parts), torch.cat(successes)
+
+
+def attack_probe_batch(spec: AttackSpec, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                       ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(adversarial images, success)`` of a probe batch. FGSM and PGD go through :data:`ATTACK_CACHE` (their
+    success is the changed top-1 class), so the two model-scope metrics of a run, which attack the same probe
+    images with the same seeds, attack them once; CW (whose success may require a margin ``kappa``) runs as is."""
+    if spec.kind == "cw":
+        result = run_attack(spec, model, images, labels, ids)
+        return result.images.detach(), result.success
+    adversarial, logits = attack_batch(spec, model, images, labels, ids)
+    return adversarial, logits.argmax(dim=1) != labels
 
 
 def batched_iou(intersection: torch.Tensor, activation: torch.Tensor, ground_truth: torch.Tensor,
@@ -1403,9 +1415,8 @@ class AdversarialClassConsistency(Metric):
                 x = images_ok[start:start + batch_size].to(device)
                 y = labels_ok[start:start + batch_size].to(device)
                 ids = [f"probe:{int(i)}" for i in keep[start:start + batch_size]]
-                adversarial = run_attack(spec, model, x, y, ids).images.detach()
-                with torch.no_grad():
-                    success.append((model(adversarial).argmax(dim=1) != y).cpu())
+                adversarial, ok = attack_probe_batch(spec, model, x, y, ids)
+                success.append(ok.cpu())
                 for name, a in _pooled_activations(model, adversarial, layers, p["pool"]).items():
                     adv_acts[name].append(a)
             ok = torch.cat(success) if success else torch.zeros(0, dtype=torch.bool)
@@ -1494,6 +1505,7 @@ __all__ = [
     "LOGIT_FEATURES",
     "adversarial_probe",
     "attack_batch",
+    "attack_probe_batch",
     "auroc",
     "batched_iou",
     "bootstrap_auroc",
