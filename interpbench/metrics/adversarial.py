@@ -724,6 +724,7 @@ class AdversarialDetection(Metric):
     """
 
     name: ClassVar[str] = "adversarial_detection"
+    headline_values: ClassVar[tuple[str, ...]] = ("*.auroc",)
 
     @classmethod
     def leaderboard_markdown(cls, rows: Any) -> str | None:
@@ -1143,6 +1144,7 @@ class AdversarialConsistency(Metric):
     """
 
     name: ClassVar[str] = "adversarial_consistency"
+    headline_values: ClassVar[tuple[str, ...]] = ("**.label_kept",)
     version: ClassVar[str] = "2"
     scope: ClassVar[str] = "model"
     higher_is_better: ClassVar[bool] = True
