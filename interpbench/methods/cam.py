@@ -1,11 +1,13 @@
-"""Class activation maps at a convolutional layer (default: the model's ``cam_layer``).
+"""Class activation maps at a convolutional layer or a transformer's token layer (default: the model's ``cam_layer``).
 
 - ``gradcam``: Selvaraju et al., "Grad-CAM", ICCV 2017.
 - ``gradcam_pp``: Chattopadhay et al., "Grad-CAM++", WACV 2018.
 - ``scorecam``: Wang et al., "Score-CAM", CVPR-W 2020 (gradient-free).
 
 Each map is ReLU(sum_k w_k A^k) at the layer's resolution, bilinearly upsampled to the input (as
-pytorch-grad-cam does); the methods differ in the channel weights w_k.
+pytorch-grad-cam does); the methods differ in the channel weights w_k. A transformer layer's tokens are folded into
+its patch grid first (prefix tokens dropped; :mod:`interpbench.ops.tokens`), as pytorch-grad-cam's ViT
+``reshape_transform`` does, so A^k is channel k over the patches.
 """
 
 from __future__ import annotations
@@ -23,30 +25,32 @@ from interpbench.methods.gradients import (
 )
 from interpbench.ops import batching
 from interpbench.ops.hooks import OutputCapture, capture_outputs, named_module
+from interpbench.ops.tokens import feature_map_or_raise
 
 
-def feature_map(method: str, model, layer: str, captured: OutputCapture) -> torch.Tensor:
-    """The captured output of ``layer``: ComponentError unless it ran once and was not changed in place later;
-    NotApplicable unless it is a B x K x h x w feature map."""
+def feature_map(method: str, model, layer: str, captured: OutputCapture, module=None,
+                image_size: tuple[int, int] | None = None, output=None) -> torch.Tensor:
+    """The captured output of ``layer`` (or ``output``, e.g. its gradient) as a B x K x h x w map.
+
+    ComponentError unless the layer ran once and was not changed in place later; NotApplicable unless it is a
+    feature map or a token grid (a transformer's ``B x (P + h*w) x C`` tokens or Swin's ``B x h x w x C``, folded
+    by :func:`interpbench.ops.tokens.as_feature_map`).
+    """
     act = captured[layer]
     if captured.calls[layer] != 1:
         raise ComponentError(
             f"{method}: layer {layer!r} ran {captured.calls[layer]} times in one forward pass, so its activation "
             "is ambiguous; choose a layer that runs once (parameter layer=...)"
         )
-    if not isinstance(act, torch.Tensor) or act.dim() != 4:
-        shape = tuple(act.shape) if isinstance(act, torch.Tensor) else type(act).__name__
-        raise NotApplicable(
-            f"{method}: layer {layer!r} of {getattr(model, 'spec', type(model).__name__)!r} outputs {shape}, "
-            "not a B x K x h x w feature map; choose a convolutional layer (parameter layer=...)"
-        )
+    folded = feature_map_or_raise(method, layer, model, act if output is None else output, module, image_size,
+                                  "choose a convolutional layer or a transformer block (parameter layer=...)")
     if captured.modified_in_place(layer):
         raise ComponentError(
             f"{method}: the output of layer {layer!r} is modified in place later in the forward pass (e.g. by "
             "ReLU(inplace=True)), so its recorded values are not the layer's output; choose the module that "
             "does the in-place operation instead (parameter layer=...)"
         )
-    return act
+    return folded
 
 
 def layer_activations_and_gradients(
@@ -54,18 +58,22 @@ def layer_activations_and_gradients(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Activations A (B x K x h x w) of ``layer`` and d(target logit)/dA, from one forward and one backward.
 
-    The sum of the batch's target logits is differentiated w.r.t. A only (parameters get no ``.grad``).
+    The sum of the batch's target logits is differentiated w.r.t. A only (parameters get no ``.grad``). A token
+    layer is differentiated as recorded and both A and its gradient are folded the same way, so the prefix
+    tokens' gradients are dropped with them.
     """
     module = model.module(layer) if isinstance(model, Model) else named_module(model, layer)
     # The input requires grad so that A is in the graph even when the model's parameters are frozen.
     x = images.detach().clone().requires_grad_(True)
+    size = tuple(images.shape[-2:])
     with torch.enable_grad(), capture_outputs({layer: module}) as captured:
         logits = model(x)
-    act = feature_map(method, model, layer, captured)
+    act = feature_map(method, model, layer, captured, module, size)
     selected = target_logits(method, logits, targets)
-    (grad,) = torch.autograd.grad(selected.sum(), act, allow_unused=True)
+    (grad,) = torch.autograd.grad(selected.sum(), captured[layer], allow_unused=True)
     if grad is None:
         raise ComponentError(f"{method}: the logits do not depend on layer {layer!r}; choose another layer")
+    grad = feature_map(method, model, layer, captured, module, size, output=grad)
     return act.detach(), grad
 
 
@@ -98,7 +106,7 @@ def layer_activations(method: str, model, layer: str, images: torch.Tensor) -> t
     module = model.module(layer) if isinstance(model, Model) else named_module(model, layer)
     with torch.no_grad(), capture_outputs({layer: module}, detach=True) as captured:
         model(images)
-    return feature_map(method, model, layer, captured)
+    return feature_map(method, model, layer, captured, module, tuple(images.shape[-2:]))
 
 
 def normalized_upsampled(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -59,6 +59,7 @@ from interpbench.ops.dissect import (
     upsample_maps,
 )
 from interpbench.ops.hooks import capture_outputs, named_module
+from interpbench.ops.tokens import feature_map_or_raise
 
 ImageTransform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -153,25 +154,24 @@ def iter_probe(dataset: Any, batch_size: int, workers: int = 0,
 
 @torch.no_grad()
 def layer_activations(model: nn.Module, images: torch.Tensor, layers: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Float32 ``B x U x h x w`` outputs of ``layers`` on ``images`` (one forward pass, no gradient)."""
+    """Float32 ``B x U x h x w`` outputs of ``layers`` on ``images`` (one forward pass, no gradient).
+
+    A transformer's token layer is folded into its patch grid (a unit is a channel over the patches; prefix tokens
+    dropped): :func:`interpbench.ops.tokens.as_feature_map`."""
     modules = _modules(model, layers)
     with capture_outputs(modules, detach=True) as capture:
         model(images)
     out = {}
     for name in layers:
-        value = capture[name]
-        if not isinstance(value, torch.Tensor) or value.dim() != 4:
-            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise NotApplicable(
-                f"dissection: layer {name!r} outputs {shape}, not a B x U x h x w feature map; dissect a "
-                "convolutional stage (e.g. the model's cam_layer)"
-            )
+        value = feature_map_or_raise("dissection", name, model, capture[name], modules[name],
+                                     tuple(images.shape[-2:]),
+                                     "dissect a convolutional stage or a transformer block (e.g. the model's cam_layer)")
         if capture.modified_in_place(name):
             raise ComponentError(
                 f"dissection: the output of layer {name!r} was changed in place by a later operation (e.g. "
                 "ReLU(inplace=True)); dissect the module that produces the final value (e.g. that ReLU)"
             )
-        out[name] = value.float()
+        out[name] = value.float().contiguous()
     return out
 
 

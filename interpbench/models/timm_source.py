@@ -95,12 +95,26 @@ def timm_cam_layer(net: nn.Module) -> str:
     EfficientNet / MobileNetV2 / MnasNet family: ``bn2`` (conv_head + BN + activation, the 1x1-conv head that
     precedes pooling). Everything else: the last ``feature_info`` stage (ResNet ``layer4``, ConvNeXt
     ``stages.3``, DenseNet ``features.norm5``), stepping back over a trailing max-pool (VGG: the last conv's ReLU).
+    Vision transformers with a class token (ViT, DeiT, ...): the last block's first norm ``blocks.{L-1}.norm1``
+    (pytorch-grad-cam's choice): the classifier reads only the class token of the last block's output, so the
+    patch tokens there get no gradient, while the last block's attention still mixes them into the class token.
+    Swin (``B x h x w x C`` stages): the last stage. Token layers are folded by
+    :func:`interpbench.ops.tokens.as_feature_map`.
     """
     from timm.models.efficientnet import EfficientNet
+
+    from interpbench.ops.tokens import token_grid_of
 
     modules = dict(net.named_modules())
     if isinstance(net, EfficientNet) and "bn2" in modules and "conv_head" in modules:
         return "bn2"
+    layout = token_grid_of(net)
+    blocks = getattr(net, "blocks", None)
+    if layout is not None and not layout.channels_last and isinstance(blocks, nn.Sequential) and len(blocks):
+        last = f"blocks.{len(blocks) - 1}"
+        if layout.pool == "token" and layout.prefix > 0 and f"{last}.norm1" in modules:
+            return f"{last}.norm1"
+        return last
     return _before_pool(net, _stage_names(net)[-1])
 
 
@@ -125,12 +139,16 @@ def wrap_timm(net: nn.Module, spec: str, weights: dict[str, Any]) -> Model:
     else:
         class_names, label_space = [f"class_{i}" for i in range(num_classes)], f"unknown-{num_classes}"
     cam_layer = timm_cam_layer(net)
-    return Model(
+    input_size = tuple(config["input_size"][-2:])
+    fixed = getattr(getattr(net, "patch_embed", None), "img_size", None)  # a transformer built for another size
+    if fixed is not None and not getattr(net.patch_embed, "dynamic_img_size", False):
+        input_size = tuple(int(s) for s in fixed)
+    model = Model(
         net,
         spec=spec,
         mean=config["mean"],
         std=config["std"],
-        input_size=tuple(config["input_size"][-2:]),
+        input_size=input_size,
         class_names=class_names,
         cam_layer=cam_layer,
         label_space=label_space,
@@ -138,6 +156,10 @@ def wrap_timm(net: nn.Module, spec: str, weights: dict[str, Any]) -> Model:
         weights=weights,
         layers=timm_layers(net, cam_layer),
     ).eval()
+    from interpbench.ops.tokens import token_grid_of
+
+    model.token_grid = token_grid_of(net)  # None for CNNs; how token layers fold into B x C x h x w maps
+    return model
 
 
 def _no_pretrained_error(name: str, net_cfg: dict, error: Exception) -> ComponentError:

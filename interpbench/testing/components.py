@@ -566,7 +566,11 @@ def model_checks(model: Model) -> list[Check]:
         x = images().clone().requires_grad_(True)
         with torch.enable_grad(), capture_outputs({model.cam_layer: module}) as cap:
             out = model(x)
-        act = cap[model.cam_layer]
+        raw = cap[model.cam_layer]
+        from interpbench.ops.tokens import as_feature_map, token_grid_of
+
+        folded = as_feature_map(raw, token_grid_of(model), module=module, image_size=tuple(x.shape[-2:]))
+        act = raw if folded is None else folded  # a transformer's tokens, folded into their patch grid
         calls = cap.calls[model.cam_layer]
         assert calls == 1, (f"model {label!r}: cam_layer {model.cam_layer!r} ran "
                                                  f"{cap.calls[model.cam_layer]} times in one forward pass; choose a "
@@ -574,7 +578,7 @@ def model_checks(model: Model) -> list[Check]:
         assert isinstance(act, torch.Tensor) and act.dim() == 4 and act.shape[0] == x.shape[0], (
             f"model {label!r}: cam_layer {model.cam_layer!r} outputs "
             f"{tuple(act.shape) if isinstance(act, torch.Tensor) else type(act).__name__}, not a B x K x h x w map")
-        (grad,) = torch.autograd.grad(out.gather(1, out.argmax(1, keepdim=True)).sum(), act, allow_unused=True)
+        (grad,) = torch.autograd.grad(out.gather(1, out.argmax(1, keepdim=True)).sum(), raw, allow_unused=True)
         assert grad is not None and float(grad.abs().sum()) > 0, (
             f"model {label!r}: the logits do not depend on cam_layer {model.cam_layer!r}; choose the last "
             "convolutional stage")
