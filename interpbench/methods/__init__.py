@@ -5,6 +5,7 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_methods():
+    from .attention import AttentionRollout, TransformerAttribution
     from .baselines import CenterMap, RandomMap
     from .cam import GradCAM, GradCAMPlusPlus, ScoreCAM
     from .gradients import Gradient, GuidedBackprop, InputXGradient, IntegratedGradients, SmoothGrad
@@ -13,4 +14,5 @@ def register_methods():
     from .rise import RISE
 
     return [Gradient, GradCAM, RandomMap, CenterMap, InputXGradient, IntegratedGradients, SmoothGrad, GuidedBackprop,
-            GradCAMPlusPlus, ScoreCAM, MeaningfulPerturbation, ExtremalPerturbation, RISE, Occlusion]
+            GradCAMPlusPlus, ScoreCAM, MeaningfulPerturbation, ExtremalPerturbation, RISE, Occlusion,
+            AttentionRollout, TransformerAttribution]

@@ -193,3 +193,50 @@ def record_nonlinearities(root: nn.Module) -> Iterator[NonlinearityLog]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+# --------------------------------------------------------------------------------------------- attention weights
+
+
+def attention_modules(root: nn.Module) -> dict[str, nn.Module]:
+    """The self-attention modules of ``root`` whose weights can be read: timm's ``Attention`` convention, a
+    ``fused_attn`` switch and an ``attn_drop`` dropout applied to the softmax-normalised weights (ViT, DeiT, BEiT,
+    EVA, ...), in module order."""
+    return {name: m for name, m in root.named_modules()
+            if hasattr(m, "fused_attn") and isinstance(getattr(m, "attn_drop", None), nn.Module)}
+
+
+@contextlib.contextmanager
+def capture_attention(root: nn.Module, *, detach: bool = False) -> Iterator[list[torch.Tensor]]:
+    """While open, each forward pass of ``root`` appends every block's attention weights ``B x heads x N x N`` to
+    the yielded list, in the order the blocks run.
+
+    The fused path (``scaled_dot_product_attention``, which never materialises the weights) is switched off on
+    each attention module, and a forward hook on its ``attn_drop`` (the identity in eval mode) records its input,
+    the softmax output; ``detach=False`` keeps the autograd graph so gradients w.r.t. the weights can be taken.
+    The switches are restored and the hooks removed on exit, also when the body raises.
+    """
+    modules = attention_modules(root)
+    if not modules:
+        raise ComponentError(
+            f"{type(root).__name__} has no readable self-attention modules (timm's Attention: fused_attn and "
+            "attn_drop); attention methods need a ViT-style transformer"
+        )
+    weights: list[torch.Tensor] = []
+    saved = {name: m.fused_attn for name, m in modules.items()}
+    handles = []
+
+    def record(_module, inputs, _output):
+        attn = inputs[0]
+        weights.append(attn.detach() if detach else attn)
+
+    try:
+        for module in modules.values():
+            module.fused_attn = False
+            handles.append(module.attn_drop.register_forward_hook(record))
+        yield weights
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, module in modules.items():
+            module.fused_attn = saved[name]
