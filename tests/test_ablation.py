@@ -209,3 +209,64 @@ def test_metric_writes_tables_and_plot(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     rows = (tmp_path / "feat-ablation-units.csv").read_text().splitlines()
     assert rows[0].startswith("unit,importance,selectivity") and len(rows) == 1 + 8
+
+
+def test_shards_of_the_probe_give_the_one_process_numbers(monkeypatch):
+    """Three ranks (threads standing in for processes), each with a block of the probe's batches and summed counts,
+    return what one process does."""
+    import copy
+    import threading
+
+    import interpbench.metrics.ablation as module
+    from interpbench.distributed import Dist
+
+    world = 3
+    barrier = threading.Barrier(world)
+    slots: list = [None] * world
+    lock, traced = threading.Lock(), threading.Barrier(world)
+
+    class SerialRunner(TailRunner):  # torch.fx patches nn.Module globally while it traces: one thread at a time,
+        def __init__(self, *args, **kwargs):  # and no forward pass before every thread has traced
+            with lock:
+                super().__init__(*args, **kwargs)
+            traced.wait()
+
+
+    class ThreadDist(Dist):
+        def all_gather_objects(self, obj):
+            slots[self.rank] = obj
+            barrier.wait()
+            out = list(slots)
+            barrier.wait()
+            return out
+
+        def all_reduce_sum(self, tensor):
+            parts = self.all_gather_objects(tensor.clone())
+            tensor.copy_(sum(parts[1:], parts[0]))
+            return tensor
+
+    probe = Probe(per_class=5)
+    single = unit_ablation(spread_class(), probe, "feat", seed=4, random_draws=2, batch_size=4)
+    results: list = [None] * world
+    monkeypatch.setattr(module, "TailRunner", SerialRunner)
+
+    def rank(r: int) -> None:
+        results[r] = unit_ablation(copy.deepcopy(spread_class()), probe, "feat", seed=4, random_draws=2, batch_size=4,
+                                   dist=ThreadDist(rank=r, world=world))
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for result in results:
+        assert result is not None
+        torch.testing.assert_close(result.single_probability, single.single_probability, equal_nan=True)
+        assert torch.equal(result.single_accuracy, single.single_accuracy) and torch.equal(result.order, single.order)
+        assert torch.equal(result.class_images, single.class_images)
+        torch.testing.assert_close(result.selectivity, single.selectivity)
+        assert _rows(result.cumulative) == _rows(single.cumulative) and _rows(result.curve) == _rows(single.curve)
+
+
+def _rows(rows: list) -> list:
+    return [{k: ("nan" if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]

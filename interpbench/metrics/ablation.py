@@ -119,7 +119,7 @@ def unit_ablation(model: torch.nn.Module, dataset: Any, layer: str, *, fill: str
     """Remove units of ``layer`` and measure every class's accuracy (Bau et al. 2020; Morcos et al. 2018).
 
     ``fill``: what a removed unit outputs, ``"zero"`` (the papers) or ``"mean"`` (its mean over the probe's images
-    and positions). The probe is split in two halves by a permutation seeded with ``seed``: units are ranked per
+    and positions). The probe is split in two halves, per class, seeded with ``seed`` (:func:`split_halves`): units are ranked per
     class on the first (the drop of the class's accuracy when the unit alone is removed, ties broken by the drop of
     its mean true-class probability) and the removal of several units is measured on the second. ``ks``: the numbers
     of units removed per class (default 1, 2, 4, ... up to all), each against ``random_draws`` random sets of ``k``
@@ -142,9 +142,6 @@ def unit_ablation(model: torch.nn.Module, dataset: Any, layer: str, *, fill: str
     n_images = len(dataset)
     if n_images < 4:
         raise ComponentError(f"unit ablation: the probe has {n_images} images; it needs at least 4 (two per half)")
-    generator = torch.Generator().manual_seed(int(seed) % (2**63))
-    split_of = torch.zeros(n_images, dtype=torch.long)
-    split_of[torch.randperm(n_images, generator=generator)[n_images // 2:]] = 1
 
     # pass 1: the layer's activations, labels and logits of this rank's block
     n_batches = math.ceil(n_images / batch_size)
@@ -154,7 +151,11 @@ def unit_ablation(model: torch.nn.Module, dataset: Any, layer: str, *, fill: str
     budget, used = cache_mb * 2**20, 0.0
     module = dict(root.named_modules())[layer]
     units = None
-    if sampler:
+
+    def first_pass() -> None:
+        nonlocal units, used
+        if not sampler:
+            return
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=_collate)
         for rows, (images, labels) in zip(sampler, loader):
             images, labels = images.to(device), labels.to(device)
@@ -175,12 +176,18 @@ def unit_ablation(model: torch.nn.Module, dataset: Any, layer: str, *, fill: str
             if used > budget:
                 raise ComponentError(f"unit ablation: the cached activations of layer {layer!r} exceed cache_mb "
                                      f"{cache_mb}; raise cache_mb or use a smaller probe (--limit)")
-            cache.append((acts, keep_images, labels, split_of[list(rows)].to(device)))
+            cache.append((acts, keep_images, labels, torch.as_tensor(list(rows), device=device)))
+
+    dist.agree(first_pass)  # an error on one rank fails every rank here, before the collectives below
     units = _agreed_units(dist, units, layer)
+    mine = torch.cat([l.cpu() for _, _, l, _ in cache]) if cache else torch.zeros(0, dtype=torch.long)
+    every = torch.cat(dist.all_gather_objects(mine)) if dist.world > 1 else mine  # rank blocks in dataset order
+    split_of = split_halves(every, seed).to(device)
+    cache = [(a, i, l, split_of[rows]) for a, i, l, rows in cache]
     num_classes = len(class_names) if class_names else None
     if num_classes is None:
-        num_classes = int(dist.all_reduce_sum(torch.tensor(
-            [max((int(l.max()) + 1 for _, _, l, _ in cache), default=0)], device=device)).max())
+        largest = max((int(l.max()) + 1 for _, _, l, _ in cache), default=0)
+        num_classes = max(dist.all_gather_objects(largest)) if dist.world > 1 else largest
     if num_classes < 2:
         raise ComponentError("unit ablation: the model has fewer than two classes")
 
@@ -290,6 +297,18 @@ def unit_ablation(model: torch.nn.Module, dataset: Any, layer: str, *, fill: str
                           single_accuracy=whole_acc, single_probability=whole_prob, order=order,
                           selectivity=selectivity, class_means=class_means.cpu(), importance=importance,
                           cumulative=cumulative, curve=curve, baseline=baseline)
+
+
+def split_halves(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Long ``[N]``: 0 (ranking half) or 1 (measurement half) per image, stratified: each class's images in a
+    permutation seeded with ``seed``, the first ``ceil(n_c / 2)`` ranking, the rest measuring."""
+    generator = torch.Generator().manual_seed(int(seed) % (2**63))
+    split = torch.ones(len(labels), dtype=torch.long)
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        split[members[: (len(members) + 1) // 2]] = 0
+    return split
 
 
 def _agreed_units(dist: Any, units: int | None, layer: str) -> int:
