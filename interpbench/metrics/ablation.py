@@ -84,7 +84,7 @@ class AblationResult:
         """Float64 ``U x C``: the fall of each class's accuracy when the unit alone is removed (whole probe)."""
         return self.single_accuracy[0:1] - self.single_accuracy[1:]
 
-    def summary(self, ks: Sequence[int] = (1, 2, 4, 8)) -> dict[str, float]:
+    def summary(self, ks: Sequence[int] = (1, 2, 4, 8, 16, 32)) -> dict[str, float]:
         out: dict[str, float] = {}
         p = self.layer
         out[f"{p}.baseline_accuracy"] = float(self.baseline.nanmean())
@@ -96,6 +96,7 @@ class AblationResult:
                     continue
                 out[f"{p}.k{k}.{kind}.class_accuracy"] = _mean(r["class_accuracy"] for r in rows)
                 out[f"{p}.k{k}.{kind}.rest_accuracy"] = _mean(r["rest_accuracy"] for r in rows)
+                out[f"{p}.k{k}.{kind}.class_probability"] = _mean(r["class_probability"] for r in rows)
         for order in ("importance", "random", "selectivity"):
             rows = [r for r in self.curve if r["order"] == order and abs(r["fraction"] - 0.5) < 1e-9]
             if rows:
@@ -266,10 +267,12 @@ def unit_ablation(model: torch.nn.Module, dataset: Any, layer: str, *, fill: str
             for d, o in enumerate(orders):
                 removed.append(o[:n])
                 meta.append({"curve": name, "fraction": float(f), "removed": n, "draw": d})
-    correct, _ = run(removal_masks(units, removed, device), 1)
+    correct, probability = run(removal_masks(units, removed, device), 1)
     measure_n = class_images[1].cpu()
     acc = (correct.cpu() / measure_n.clamp(min=1))
     acc[:, measure_n == 0] = float("nan")
+    prob = (probability.cpu() / measure_n.clamp(min=1))
+    prob[:, measure_n == 0] = float("nan")
     baseline = acc[0]
 
     cumulative: list[dict[str, Any]] = []
@@ -281,7 +284,8 @@ def unit_ablation(model: torch.nn.Module, dataset: Any, layer: str, *, fill: str
         class_acc = [float(acc[m, c]) for m in rows]
         rest = [float(acc[m, [j for j in range(num_classes) if j != c]].nanmean()) for m in rows]
         cumulative.append({"class": c, "k": k, "kind": kind, "class_accuracy": _mean(class_acc),
-                           "rest_accuracy": _mean(rest), "baseline_class_accuracy": float(baseline[c]),
+                           "rest_accuracy": _mean(rest), "class_probability": _mean(float(prob[m, c]) for m in rows),
+                           "baseline_class_accuracy": float(baseline[c]),
                            "baseline_rest_accuracy": float(baseline[[j for j in range(num_classes) if j != c]].nanmean()),
                            "units": removed[rows[0]] if kind != "random" else []})
     curve: list[dict[str, Any]] = []
@@ -377,11 +381,11 @@ def write_tables(result: AblationResult, out_dir: str | Path, class_units: list[
     path = out / f"{slug}-ablation-classes.csv"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["class", "k", "kind", "class_accuracy", "rest_accuracy", "baseline_class_accuracy",
-                    "baseline_rest_accuracy", "units"])
+        w.writerow(["class", "k", "kind", "class_accuracy", "rest_accuracy", "class_probability",
+                    "baseline_class_accuracy", "baseline_rest_accuracy", "units"])
         for r in sorted(result.cumulative, key=lambda r: (r["class"], r["k"], r["kind"])):
             w.writerow([result.class_names[r["class"]], r["k"], r["kind"], r["class_accuracy"], r["rest_accuracy"],
-                        r["baseline_class_accuracy"], r["baseline_rest_accuracy"],
+                        r["class_probability"], r["baseline_class_accuracy"], r["baseline_rest_accuracy"],
                         " ".join(str(u + 1) for u in r["units"])])
     written.append(path)
     path = out / f"{slug}-ablation-curve.csv"
@@ -459,13 +463,14 @@ class UnitAblation(Metric):
     ``quantile`` / ``iou_threshold`` (that dissection's), ``class_units`` (units per class in the join table).
     Results per layer: ``baseline_accuracy``; ``kK.{top,other,random}.{class,rest}_accuracy`` (mean over classes of
     the class's accuracy, and of the other classes' mean accuracy, after removing ``k`` units, on the measurement
-    half) for k = 1, 2, 4, 8; ``single.max_class_drop``; ``half_removed.{importance,selectivity,random}.accuracy``;
+    half) and ``kK.{top,other,random}.class_probability`` (the class's mean true-class probability) for k = 1, 2,
+    4, 8, 16, 32; ``single.max_class_drop``; ``half_removed.{importance,selectivity,random}.accuracy``;
     ``rho_selectivity_importance`` and, with a dissection, ``rho_iou_importance``, ``rho_iou_selectivity`` and
     ``top1_detects_class``.
     """
 
     name: ClassVar[str] = "unit_ablation"
-    headline_values: ClassVar[tuple[str, ...]] = ("**.k4.top.class_accuracy", "**.k4.random.class_accuracy",
+    headline_values: ClassVar[tuple[str, ...]] = ("**.k8.top.class_accuracy", "**.k8.random.class_accuracy",
                                                   "**.rho_iou_importance", "**.rho_selectivity_importance")
     version: ClassVar[str] = "1"
     scope: ClassVar[str] = "model"
