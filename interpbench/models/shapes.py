@@ -62,6 +62,18 @@ TRANSFER_DEFAULTS: dict[str, Any] = {"n_train": 2048, "epochs": 2, "batch_size":
                                      "weight_decay": 1e-4, "n_test": 512, "augment": "hflip", "head": "new"}
 # Architectures: ``cnn`` and a half-width student for distillation (``cnn-small``: @random or a checkpoint only).
 ARCHS = {"cnn": WIDTHS, "cnn-small": (12, 16, 32, 64)}
+# ``shapes:vit``: a small vision transformer on the same world (timm's VisionTransformer: 8 px patches on 64 px, an
+# 8 x 8 patch grid and a class token, pre-norm blocks), trained by the same loop with its own recipe.
+VIT_ARCH_VERSION = "shapes-vit-1"
+VIT_CONFIG: dict[str, Any] = {"patch_size": 8, "embed_dim": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0}
+VIT_TRAIN_DEFAULTS: dict[str, Any] = {
+    "n_train": 8192,
+    "epochs": 24,
+    "batch_size": 64,
+    "lr": 2e-3,
+    "weight_decay": 0.05,
+    "n_test": 512,
+}
 
 
 def label_task(task: str) -> str:
@@ -107,6 +119,22 @@ def build_shapes_cnn(num_classes: int, widths: tuple[int, ...] = WIDTHS) -> nn.S
     ))
 
 
+def build_shapes_vit(num_classes: int) -> nn.Module:
+    """timm's VisionTransformer with :data:`VIT_CONFIG` at 64 px: patch embedding (8 px, 8 x 8 grid), class token,
+    ``depth`` pre-norm blocks, final norm, linear head on the class token. The CAM layer is the last block's
+    ``norm1`` (:func:`interpbench.models.timm_source.timm_cam_layer`)."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    return VisionTransformer(img_size=INPUT_SIZE, num_classes=num_classes, **VIT_CONFIG)
+
+
+def seeded_vit(task: str, seed: int) -> nn.Module:
+    """A freshly initialised ``shapes:vit`` for ``task``; the same ``seed`` gives the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_shapes_vit(len(TASKS[label_task(task)]))
+
+
 def seeded_net(task: str, seed: int, widths: tuple[int, ...] = WIDTHS) -> nn.Sequential:
     """A freshly initialised network for ``task``; the same ``seed`` gives the same weights."""
     with torch.random.fork_rng(devices=[]):
@@ -123,6 +151,17 @@ def recipe(task: str, seed: int, **overrides: Any) -> dict[str, Any]:
     return {"arch": ARCH_VERSION, "widths": list(WIDTHS), "world": GENERATOR_VERSION, "size": list(INPUT_SIZE),
             "task": task, "seed": int(seed), "mean": list(MEAN), "std": list(STD), "optimizer": "adamw+onecycle",
             "augment": "hflip", **_variant_recipe(task), **TRAIN_DEFAULTS, **overrides}
+
+
+def vit_recipe(task: str, seed: int, **overrides: Any) -> dict[str, Any]:
+    """Everything that determines the trained ``shapes:vit`` weights; its hash names the cached checkpoint."""
+    unknown = set(overrides) - set(VIT_TRAIN_DEFAULTS)
+    if unknown:
+        raise ComponentError(f"shapes:vit training: unknown option(s) {sorted(unknown)}; "
+                             f"known: {sorted(VIT_TRAIN_DEFAULTS)}")
+    return {"arch": VIT_ARCH_VERSION, **VIT_CONFIG, "world": GENERATOR_VERSION, "size": list(INPUT_SIZE),
+            "task": task, "seed": int(seed), "mean": list(MEAN), "std": list(STD), "optimizer": "adamw+onecycle",
+            "augment": "hflip", **_variant_recipe(task), **VIT_TRAIN_DEFAULTS, **overrides}
 
 
 def recipe_hash(rec: dict[str, Any]) -> str:
@@ -185,17 +224,31 @@ def train_shapes_cnn(task: str = "shape", seed: int = 0, *, show_progress: bool 
     """
     if task not in TASKS and task not in VARIANTS:
         raise ComponentError(f"shapes:cnn: task {task!r} is not one of {sorted(TASKS) + sorted(VARIANTS)}")
-    rec = recipe(task, seed, **overrides)
+    return _fit(seeded_net(task, seed), recipe(task, seed, **overrides), task, seed, "cnn", show_progress)
+
+
+def train_shapes_vit(task: str = "shape", seed: int = 0, *, show_progress: bool | None = None,
+                     **overrides: Any) -> tuple[nn.Module, float]:
+    """Train ``shapes:vit`` for ``task`` from ``seed`` (:data:`VIT_TRAIN_DEFAULTS`: twice the data and six times
+    the epochs of ``shapes:cnn``, as a transformer without convolutional priors needs); the same loop and data as
+    :func:`train_shapes_cnn`. Returns the network (eval mode) and its test accuracy."""
+    if task not in TASKS and task not in VARIANTS:
+        raise ComponentError(f"shapes:vit: task {task!r} is not one of {sorted(TASKS) + sorted(VARIANTS)}")
+    return _fit(seeded_vit(task, seed), vit_recipe(task, seed, **overrides), task, seed, "vit", show_progress)
+
+
+def _fit(net: nn.Module, rec: dict[str, Any], task: str, seed: int, arch: str,
+         show_progress: bool | None) -> tuple[nn.Module, float]:
+    """The training loop of the shapes models: AdamW with a one-cycle schedule, seeded data order and flips."""
     images, labels = _world(task, "train", rec["n_train"]).tensors()
     test_images, test_labels = _world(task, "test", rec["n_test"]).tensors()
-    net = seeded_net(task, seed)
     steps_per_epoch = len(images) // rec["batch_size"]
     optimizer = torch.optim.AdamW(net.parameters(), lr=rec["lr"], weight_decay=rec["weight_decay"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=rec["lr"], epochs=rec["epochs"],
                                                    steps_per_epoch=steps_per_epoch)
     order_rng = torch.Generator().manual_seed(seed)
-    progress = _progress(rec["epochs"] * steps_per_epoch, f"training shapes:cnn.{task}", show_progress)
-    bar = progress.add_task(f"training shapes:cnn.{task}", total=rec["epochs"] * steps_per_epoch, status="") \
+    progress = _progress(rec["epochs"] * steps_per_epoch, f"training shapes:{arch}.{task}", show_progress)
+    bar = progress.add_task(f"training shapes:{arch}.{task}", total=rec["epochs"] * steps_per_epoch, status="") \
         if progress else None
     with _deterministic(), (progress or contextlib.nullcontext()):
         for epoch in range(rec["epochs"]):
@@ -215,10 +268,10 @@ def train_shapes_cnn(task: str = "shape", seed: int = 0, *, show_progress: bool 
                 total_loss += loss.item()
                 if progress:
                     progress.update(bar, advance=1, status=f"epoch {epoch + 1} loss {loss.item():.3f}")
-            log.info("shapes:cnn.%s epoch %d/%d: mean loss %.4f", task, epoch + 1, rec["epochs"],
+            log.info("shapes:%s.%s epoch %d/%d: mean loss %.4f", arch, task, epoch + 1, rec["epochs"],
                      total_loss / steps_per_epoch)
     acc = accuracy(net, test_images, test_labels)
-    log.info("shapes:cnn.%s: test accuracy %.4f on %d images", task, acc, len(test_images))
+    log.info("shapes:%s.%s: test accuracy %.4f on %d images", arch, task, acc, len(test_images))
     return net.eval(), acc
 
 
@@ -260,6 +313,7 @@ def _file_lock(path: Path):
 # trains on first use as before.
 PACKAGED_DIR = Path(__file__).with_name("packaged")
 PACKAGED = ("shape", "shape2color", "shortcut")
+PACKAGED_VIT = ("shape",)  # shapes:vit
 
 
 def packaged_checkpoint(name: str) -> Path | None:
@@ -267,21 +321,24 @@ def packaged_checkpoint(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def cached_checkpoint(task: str = "shape", seed: int = 0, *, show_progress: bool | None = None) -> Path:
-    """The path of the trained checkpoint for (task, seed): the packaged one, or the cached one, training and
-    caching it first if needed."""
-    rec = recipe(task, seed)
+def cached_checkpoint(task: str = "shape", seed: int = 0, *, show_progress: bool | None = None,
+                      arch: str = "cnn") -> Path:
+    """The path of the trained checkpoint for (task, seed) of ``arch`` (``cnn`` or ``vit``): the packaged one, or
+    the cached one, training and caching it first if needed."""
+    rec = vit_recipe(task, seed) if arch == "vit" else recipe(task, seed)
+    train = train_shapes_vit if arch == "vit" else train_shapes_cnn
 
     def make(path: Path) -> None:
-        log.warning("shapes:cnn.%s: no cached weights at %s; training them now (about a minute on a CPU)", task, path)
+        log.warning("shapes:%s.%s: no cached weights at %s; training them now (%s on a CPU)", arch, task, path,
+                    "several minutes" if arch == "vit" else "about a minute")
         start = time.perf_counter()
-        net, acc = train_shapes_cnn(task, seed, show_progress=show_progress)
+        net, acc = train(task, seed, show_progress=show_progress)
         seconds = time.perf_counter() - start
         _atomic_save({"state_dict": net.state_dict(), "recipe": rec, "test_accuracy": acc,
                       "train_seconds": seconds}, path)
-        log.info("shapes:cnn.%s: trained in %.1f s, test accuracy %.4f, saved to %s", task, seconds, acc, path)
+        log.info("shapes:%s.%s: trained in %.1f s, test accuracy %.4f, saved to %s", arch, task, seconds, acc, path)
 
-    return _packaged_or_cached(f"shapes-cnn-{task}-seed{seed}-{recipe_hash(rec)}.pt", make)
+    return _packaged_or_cached(f"shapes-{arch}-{task}-seed{seed}-{recipe_hash(rec)}.pt", make)
 
 
 def _packaged_or_cached(name: str, make: Callable[[Path], None]) -> Path:
@@ -357,30 +414,30 @@ def load_checkpoint(path: str | os.PathLike, spec: str) -> tuple[dict[str, torch
 
 class ShapesModelSource(ModelSource):
     """Model source ``shapes``: ``shapes:cnn`` / ``shapes:cnn.color`` / ``shapes:cnn.texture`` /
-    ``shapes:cnn.shortcut``."""
+    ``shapes:cnn.shortcut``, and the vision transformer ``shapes:vit`` (same tasks and variants)."""
 
     name = "shapes"
     defaults = {"seed": 0}
 
     def available(self) -> list[str]:
         return ["cnn", "cnn.shape", "cnn.color", "cnn.texture", "cnn.shortcut", *[f"cnn.{t}" for t in TRANSFERS],
-                "cnn-small@random"]
+                "cnn-small@random", "vit", "vit.shape", "vit.color", "vit.texture", "vit.shortcut"]
 
     def load(self, name: str, weights: str | None, resolve_weights: Callable[..., Any] | None = None) -> Model:
         arch, _, task = name.partition(".")
         task = task or "shape"
-        if arch not in ARCHS or (task not in TASKS and task not in VARIANTS and task not in TRANSFERS) \
-                or (arch != "cnn" and task not in TASKS):
+        if (arch not in ARCHS and arch != "vit") or (task not in TASKS and task not in VARIANTS and task not in TRANSFERS) \
+                or (arch == "cnn-small" and task not in TASKS) or (arch == "vit" and task in TRANSFERS):
             raise ComponentError(f"model 'shapes:{name}': unknown name {name!r}; the shapes source has "
                                  f"{self.available()} (e.g. 'shapes:cnn')")
         tag = arch if task == "shape" else f"{arch}.{task}"
         spec = f"shapes:{tag}" + (f"@{weights}" if weights else "")
-        if arch != "cnn" and weights is None:
+        if arch == "cnn-small" and weights is None:
             raise ComponentError(f"model {spec!r} has no default weights: {arch} is a student architecture for "
                                  f"`interpbench distil`; use shapes:{tag}@random or "
                                  f"shapes:{tag}@/path/to/checkpoint.pt")
         seed = int(self.params["seed"])
-        net = seeded_net(task, seed, ARCHS[arch])
+        net = seeded_vit(task, seed) if arch == "vit" else seeded_net(task, seed, ARCHS[arch])
         info: dict[str, Any] = {"source": "shapes", "tag": tag}
         if weights == "random":
             info.update(tag=f"{tag}@random", path=None, sha256=state_dict_sha256(net.state_dict()),
@@ -391,7 +448,8 @@ class ShapesModelSource(ModelSource):
             else:  # a plugin may serve the weights; else train-or-load the cached ones
                 path = resolve_weights(source="shapes", name=name, tag=None) if resolve_weights else None
                 if path is None:
-                    path = cached_transfer(task, seed) if task in TRANSFERS else cached_checkpoint(task, seed)
+                    path = cached_transfer(task, seed) if task in TRANSFERS else cached_checkpoint(task, seed,
+                                                                                                   arch=arch)
             state, meta = load_checkpoint(path, spec)
             try:
                 net.load_state_dict(state)
@@ -404,17 +462,28 @@ class ShapesModelSource(ModelSource):
                         file_sha256=file_sha256(Path(path)), recipe=meta.get("recipe"),
                         test_accuracy=meta.get("test_accuracy"))
         labels = label_task(task)
-        return Model(net.eval(), spec=spec, mean=MEAN, std=STD, input_size=INPUT_SIZE, class_names=list(TASKS[labels]),
-                     cam_layer="layer3", label_space=f"shapes:{labels}",
-                     default_dataset=DEFAULT_DATASET[task if task in DEFAULT_DATASET else labels],
-                     weights=info, layers=["stem", "layer1", "layer2", "layer3"])
+        if arch == "vit":
+            from interpbench.models.timm_source import timm_cam_layer
+            from interpbench.ops.tokens import token_grid_of
+
+            cam_layer = timm_cam_layer(net)  # blocks.3.norm1
+            layers = ["patch_embed", *[f"blocks.{i}" for i in range(len(net.blocks))], cam_layer]
+        else:
+            cam_layer, layers = "layer3", ["stem", "layer1", "layer2", "layer3"]
+        model = Model(net.eval(), spec=spec, mean=MEAN, std=STD, input_size=INPUT_SIZE,
+                      class_names=list(TASKS[labels]), cam_layer=cam_layer, label_space=f"shapes:{labels}",
+                      default_dataset=DEFAULT_DATASET[task if task in DEFAULT_DATASET else labels],
+                      weights=info, layers=layers)
+        if arch == "vit":
+            model.token_grid = token_grid_of(net)  # 8 x 8 patches after one class token
+        return model
 
 
 def write_packaged(directory: Path = PACKAGED_DIR, seed: int = 0) -> list[Path]:
     """Train the ``PACKAGED`` models from their recipes (one thread, so that the bits do not depend on the
     machine's thread count) and write them to ``directory``; stale packaged files are removed."""
     directory.mkdir(parents=True, exist_ok=True)
-    for old in directory.glob("shapes-cnn-*.pt"):
+    for old in [*directory.glob("shapes-cnn-*.pt"), *directory.glob("shapes-vit-*.pt")]:
         old.unlink()
     previous, cache = torch.get_num_threads(), os.environ.get("INTERPBENCH_CACHE")
     torch.set_num_threads(1)
@@ -424,6 +493,11 @@ def write_packaged(directory: Path = PACKAGED_DIR, seed: int = 0) -> list[Path]:
             os.environ["INTERPBENCH_CACHE"] = tmp  # train into an empty cache, never reuse a stale file
             for task in PACKAGED:
                 made = cached_transfer(task, seed) if task in TRANSFERS else cached_checkpoint(task, seed)
+                target = directory / made.name
+                shutil.copyfile(made, target)
+                written.append(target)
+            for task in PACKAGED_VIT:
+                made = cached_checkpoint(task, seed, arch="vit")
                 target = directory / made.name
                 shutil.copyfile(made, target)
                 written.append(target)
