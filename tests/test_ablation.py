@@ -270,3 +270,31 @@ def test_shards_of_the_probe_give_the_one_process_numbers(monkeypatch):
 
 def _rows(rows: list) -> list:
     return [{k: ("nan" if isinstance(v, float) and v != v else v) for k, v in r.items()} for r in rows]
+
+
+class ConceptProbe(Probe):
+    """The probe with a concept map per image: every pixel carries concept ``c{label}`` of category ``cls``."""
+
+    classes = [f"c{c}" for c in range(CLASSES)]
+
+    def __getitem__(self, i: int) -> dict:
+        sample = super().__getitem__(i)
+        sample["concepts"] = {"cls": torch.full((2, 2), sample["label"] + 1, dtype=torch.long)}
+        return sample
+
+    def concept_names(self) -> dict:
+        return {"cls": ["-", *self.classes]}
+
+
+def test_join_with_dissection_names_the_concept_of_each_class_unit(tmp_path):
+    from interpbench.base import RunContext
+
+    metric = UnitAblation(layers="feat", random_draws=1, class_units=2, quantile=0.2)  # a tiny probe: 128 pixels
+    ctx = RunContext(device=torch.device("cpu"), batch_size=8, seed=0, out_dir=tmp_path)
+    values = metric.evaluate(one_unit_per_class(), ConceptProbe(), ctx)
+    assert values["feat.top1_detects_class"] == 1.0  # each class's most important unit detects that class's concept
+    assert values["feat.rho_iou_importance"] > 0.5  # the detectors are the units that matter; the noise units are not
+    lines = (tmp_path / "feat-ablation-class-units.csv").read_text().splitlines()
+    assert lines[0].startswith("class,rank,unit,accuracy_drop,concept")
+    first = [line.split(",") for line in lines[1:] if line.split(",")[1] == "1"]
+    assert [(row[0], row[2], row[4]) for row in first] == [(f"c{c}", str(c + 1), f"c{c}") for c in range(CLASSES)]

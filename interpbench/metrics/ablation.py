@@ -453,6 +453,21 @@ def plot_k(result: AblationResult, path: Path) -> Path | None:
 # --------------------------------------------------------------------------------------------- metric
 
 
+class MemoryProbe(torch.utils.data.Dataset):
+    """A probe's samples read once and held in memory, with its ``concept_names()`` and ``classes``."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.samples = [dataset[i] for i in range(len(dataset))]
+        self.concept_names = dataset.concept_names
+        self.classes = getattr(dataset, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.samples[i]
+
+
 class UnitAblation(Metric):
     """Unit ablation (Bau et al., PNAS 2020; Morcos et al., ICLR 2018): what each class loses when units of a layer
     are removed, beside what dissection says the units detect.
@@ -460,7 +475,8 @@ class UnitAblation(Metric):
     Parameters: ``layers`` (None: the model's ``cam_layer``), ``fill`` (``"zero"`` or ``"mean"``), ``ks`` (None:
     1, 2, 4, ... all units), ``random_draws`` (4), ``batch_size`` (None: the run's), ``max_rows`` (rows per tail
     pass), ``cache_mb``, ``dissect`` (join with the dissection of the layer when the probe has concepts),
-    ``quantile`` / ``iou_threshold`` (that dissection's), ``class_units`` (units per class in the join table).
+    ``quantile`` / ``iou_threshold`` (that dissection's), ``class_units`` (units per class in the join table),
+    ``memory_probe`` (with the join in one process, probes up to this many images are read into memory once).
     Results per layer: ``baseline_accuracy``; ``kK.{top,other,random}.{class,rest}_accuracy`` (mean over classes of
     the class's accuracy, and of the other classes' mean accuracy, after removing ``k`` units, on the measurement
     half) and ``kK.{top,other,random}.class_probability`` (the class's mean true-class probability) for k = 1, 2,
@@ -489,6 +505,7 @@ class UnitAblation(Metric):
         "quantile": 0.005,
         "iou_threshold": 0.04,
         "class_units": 4,
+        "memory_probe": 1024,  # probes up to this many images are read once into memory (one process)
     }
 
     def evaluate(self, model: Model, dataset: Any, ctx: RunContext) -> dict[str, float]:
@@ -498,7 +515,10 @@ class UnitAblation(Metric):
         out: dict[str, float] = {}
         names = resolve_layers(model, p["layers"])
         dissection = None
-        if p["dissect"] and callable(getattr(dataset, "concept_names", None)):
+        joined = p["dissect"] and callable(getattr(dataset, "concept_names", None))
+        if joined and (ctx.dist is None or ctx.dist.world == 1) and len(dataset) <= p["memory_probe"]:
+            dataset = MemoryProbe(dataset)  # the dissection and the ablation read the probe once, not twice
+        if joined:
             dissection = dissect(model, dataset, names, quantile=p["quantile"], iou_threshold=p["iou_threshold"],
                                  batch_size=p["batch_size"] or ctx.batch_size, device=ctx.device,
                                  workers=ctx.workers, dist=ctx.dist, top_images=1)
