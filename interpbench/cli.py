@@ -47,6 +47,8 @@ DEFAULT_EXPERIMENT: dict[str, Any] = {
         {"models": ["shapes:cnn"], "methods": ALL_METHODS, "metrics": SHAPES_METRICS, "limit": 128,
          "method_limits": COSTLY},
         {"models": ["shapes:cnn", "shapes:cnn@random"], "metrics": ["dissection"], "limit": 256},
+        # unit ablation at the cam_layer (layer3), joined with its dissection on the same probe
+        {"models": ["shapes:cnn", "shapes:cnn@random"], "metrics": ["unit_ablation"], "limit": 256},
         # units under attack: label retention (dissection) and Dong et al.'s class consistency, each its own number
         {"models": ["shapes:cnn"], "metrics": ["adversarial_consistency", "adversarial_class_consistency"],
          "limit": 128},
