@@ -298,3 +298,25 @@ def test_join_with_dissection_names_the_concept_of_each_class_unit(tmp_path):
     assert lines[0].startswith("class,rank,unit,accuracy_drop,concept")
     first = [line.split(",") for line in lines[1:] if line.split(",")[1] == "1"]
     assert [(row[0], row[2], row[4]) for row in first] == [(f"c{c}", str(c + 1), f"c{c}") for c in range(CLASSES)]
+
+
+def test_torchvision_and_timm_networks_are_cut_after_the_layer():
+    """ResNet-18 (torchvision) after layer3 and EfficientNet-Lite0 (timm, whose opaque modules stay single calls)
+    after blocks.5: the tail reproduces the logits. Inside a residual block the cut falls back (a skip path)."""
+    import timm
+    import torchvision
+
+    from interpbench.ops.hooks import capture_outputs
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64)
+    resnet = torchvision.models.resnet18(num_classes=5).eval()
+    lite0 = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=5).eval()
+    for net, layer in ((resnet, "layer3"), (lite0, "blocks.5")):
+        tail, why = tail_module(net, layer)
+        assert tail is not None, why
+        with torch.no_grad(), capture_outputs({layer: dict(net.named_modules())[layer]}, detach=True) as capture:
+            logits = net(x)
+        torch.testing.assert_close(tail(capture[layer].clone()), logits, rtol=1e-5, atol=1e-5)
+    tail, why = tail_module(resnet, "layer4.1.conv2")
+    assert tail is None and "skip path" in why

@@ -36,16 +36,18 @@ def tail_module(root: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
     later operation reads a value computed before the layer, e.g. a residual connection around it)."""
     import torch.fx as fx
 
+    leaves, functions = _notrace()
+
     class _Tracer(fx.Tracer):
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
             if qualname == layer:
                 return True
             if layer.startswith(qualname + ".") or qualname == "":
                 return False  # trace into the layer's ancestors so that the layer is one node
-            return super().is_leaf_module(m, qualname)
+            return isinstance(m, leaves) or super().is_leaf_module(m, qualname)
 
     try:
-        graph = _Tracer().trace(root)
+        graph = _Tracer(autowrap_functions=functions).trace(root)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means: no tail, use the hook fallback
         return None, f"torch.fx cannot trace the model ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
     nodes = list(graph.nodes)
@@ -66,6 +68,16 @@ def tail_module(root: nn.Module, layer: str) -> tuple[nn.Module | None, str]:
         env[node] = tail_graph.node_copy(node, lambda n: env[n])
     tail_graph.lint()
     return fx.GraphModule(root, tail_graph), "fx tail"
+
+
+def _notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
+    """The modules and functions timm keeps opaque to torch.fx (data-dependent control flow inside), if timm is
+    installed: traced as single calls, so timm models can be cut after a layer too."""
+    try:
+        from timm.layers import _fx
+    except Exception:  # noqa: BLE001 - timm absent or without fx helpers
+        return (), ()
+    return tuple(_fx.get_notrace_modules()), tuple(_fx.get_notrace_functions())
 
 
 class TailRunner:
