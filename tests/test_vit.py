@@ -251,3 +251,38 @@ def test_vit_passes_the_model_conformance_checks(vit):
     report = check_model(vit)
     cam = [r for r in report.results if r.name == "cam_layer"]
     assert cam and cam[0].status == "passed", str(report)
+
+
+# --------------------------------------------------------------------------------------------- shapes:vit
+
+
+def test_shapes_vit_packaged_weights_follow_the_recipe_and_classify_held_out_images():
+    import json
+
+    from interpbench.datasets.shapes import SHAPES, ShapesWorld
+    from interpbench.models import shapes as shapes_model
+
+    rec = shapes_model.vit_recipe("shape", 0)
+    name = f"shapes-vit-shape-seed0-{shapes_model.recipe_hash(rec)}.pt"
+    path = shapes_model.packaged_checkpoint(name)
+    assert path is not None, f"no packaged {name}: run python -m interpbench.models.shapes"
+    stored = torch.load(path, weights_only=True)
+    assert stored["recipe"] == json.loads(json.dumps(rec)) and stored["test_accuracy"] >= SHAPES_VIT_ACCURACY
+    model = ib.load_model("shapes:vit")
+    assert model.weights["path"] == str(path) and model.class_names == list(SHAPES)
+    assert model.cam_layer == "blocks.3.norm1" and model.token_grid == TokenGrid(grid=(8, 8), prefix=1)
+    # test images 512..767 were used by nobody (the recorded accuracy uses 0..511)
+    images, labels = ShapesWorld("test", 64, n=768, task="shape").tensors(512, 768)
+    with torch.no_grad():
+        acc = float((model(images).argmax(1) == labels).float().mean())
+    assert acc >= SHAPES_VIT_ACCURACY, acc
+    # every map family runs on it: a layer method, the attention methods; dissection reads its token layers
+    x, t = images[:2], labels[:2]
+    for method in ("gradcam", "attention_rollout", "transformer_attribution"):
+        maps = ib.load_method(method)(model, x, t)
+        assert maps.shape == (2, 64, 64) and float(maps.std()) > 0
+    acts = layer_activations(model, x, ["patch_embed", "blocks.1"])
+    assert acts["patch_embed"].shape == acts["blocks.1"].shape == (2, 64, 8, 8)
+
+
+SHAPES_VIT_ACCURACY = 0.9
