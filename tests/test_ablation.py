@@ -294,6 +294,7 @@ def test_join_with_dissection_names_the_concept_of_each_class_unit(tmp_path):
     values = metric.evaluate(one_unit_per_class(), ConceptProbe(), ctx)
     assert values["feat.top1_detects_class"] == 1.0  # each class's most important unit detects that class's concept
     assert values["feat.rho_iou_importance"] > 0.5  # the detectors are the units that matter; the noise units are not
+    assert (tmp_path / "feat-ablation-class-units.png").stat().st_size > 0
     lines = (tmp_path / "feat-ablation-class-units.csv").read_text().splitlines()
     assert lines[0].startswith("class,rank,unit,accuracy_drop,concept")
     first = [line.split(",") for line in lines[1:] if line.split(",")[1] == "1"]

@@ -354,6 +354,52 @@ def join_dissection(result: AblationResult, dissection: Any, top: int = 4) -> tu
     return rows, values
 
 
+@in_eval_mode
+def class_units_figure(model: torch.nn.Module, dataset: Any, result: AblationResult, dissection: Any, path: str | Path,
+                       *, units: int = 2, images: int = 3, device: torch.device | str | None = None) -> Path:
+    """A PNG with one row per (class, one of its ``units`` most important units): the unit's dissection label and
+    IoU, its accuracy drop for the class, and its top-activating probe images with the unit's mask (``A_k > T_k``)
+    bright and the rest dimmed, as dissection's unit images."""
+    from PIL import Image, ImageDraw
+
+    from interpbench.metrics.dissection import layer_activations
+    from interpbench.ops.dissect import upsample_maps
+
+    dis = dissection.layers[result.layer]
+    drop = result.accuracy_drop()
+    rows = [(c, int(result.order[c, r])) for c in range(len(result.class_names)) for r in range(min(units, result.units))]
+    picks = {u: [int(i) for i in dis.top_images[u, :images]] for _, u in rows}
+    needed = sorted({i for chosen in picks.values() for i in chosen})
+    device = _device(model, device)
+    batch = torch.stack([dataset[i]["image"] for i in needed]).to(device)
+    acts = layer_activations(model, batch, [result.layer])[result.layer]
+    height, width = batch.shape[-2:]
+    scale = max(1, math.ceil(96 / max(height, width)))
+    tile_h, tile_w, header, pad = height * scale, width * scale, 14, 4
+    columns = max(len(p) for p in picks.values())
+    canvas = Image.new("RGB", (max(pad + columns * (tile_w + pad), 420), pad + len(rows) * (header + tile_h + pad)),
+                       "white")
+    draw = ImageDraw.Draw(canvas)
+    for row, (c, u) in enumerate(rows):
+        top = pad + row * (header + tile_h + pad)
+        category, concept = dissection.concepts.describe(int(dis.labels.label[u]))
+        iou = float(dis.labels.score[u])
+        draw.text((pad, top), f"{result.class_names[c]}: unit {u + 1}, {concept} ({category}) IoU {iou:.3f}, "
+                              f"accuracy drop {float(drop[u, c]):+.2f}", fill="black")
+        for col, index in enumerate(picks[u]):
+            j = needed.index(index)
+            mask = upsample_maps(acts[j, u][None], (height, width), torch.float64)[0] > float(dis.thresholds[u])
+            shown = batch[j].float().clamp(0, 1).cpu()
+            shown = torch.where(mask.cpu()[None], shown, 0.3 * shown)
+            pixels = (shown.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+            tile = Image.fromarray(pixels).resize((tile_w, tile_h), Image.NEAREST)
+            canvas.paste(tile, (pad + col * (tile_w + pad), top + header))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
 # --------------------------------------------------------------------------------------------- artefacts
 
 
@@ -476,7 +522,8 @@ class UnitAblation(Metric):
     1, 2, 4, ... all units), ``random_draws`` (4), ``batch_size`` (None: the run's), ``max_rows`` (rows per tail
     pass), ``cache_mb``, ``dissect`` (join with the dissection of the layer when the probe has concepts),
     ``quantile`` / ``iou_threshold`` (that dissection's), ``class_units`` (units per class in the join table),
-    ``memory_probe`` (with the join in one process, probes up to this many images are read into memory once).
+    ``memory_probe`` (with the join in one process, probes up to this many images are read into memory once),
+    ``figure_units`` / ``figure_images`` (the PNG of each class's top units, with a dissection).
     Results per layer: ``baseline_accuracy``; ``kK.{top,other,random}.{class,rest}_accuracy`` (mean over classes of
     the class's accuracy, and of the other classes' mean accuracy, after removing ``k`` units, on the measurement
     half) and ``kK.{top,other,random}.class_probability`` (the class's mean true-class probability) for k = 1, 2,
@@ -506,6 +553,8 @@ class UnitAblation(Metric):
         "iou_threshold": 0.04,
         "class_units": 4,
         "memory_probe": 1024,  # probes up to this many images are read once into memory (one process)
+        "figure_units": 2,  # units per class in LAYER-ablation-class-units.png
+        "figure_images": 3,  # top-activating images per unit there
     }
 
     def evaluate(self, model: Model, dataset: Any, ctx: RunContext) -> dict[str, float]:
@@ -521,7 +570,7 @@ class UnitAblation(Metric):
         if joined:
             dissection = dissect(model, dataset, names, quantile=p["quantile"], iou_threshold=p["iou_threshold"],
                                  batch_size=p["batch_size"] or ctx.batch_size, device=ctx.device,
-                                 workers=ctx.workers, dist=ctx.dist, top_images=1)
+                                 workers=ctx.workers, dist=ctx.dist, top_images=p["figure_images"])
         for layer in names:
             result = unit_ablation(model, dataset, layer, fill=p["fill"], ks=p["ks"], random_draws=p["random_draws"],
                                    seed=ctx.seed % (2**31), batch_size=p["batch_size"] or ctx.batch_size,
@@ -537,6 +586,10 @@ class UnitAblation(Metric):
                           for u in range(dis.units)}
             if ctx.out_dir is not None:
                 write_tables(result, ctx.out_dir, class_units, labels)
+                if dissection is not None:
+                    class_units_figure(model, dataset, result, dissection,
+                                       Path(ctx.out_dir) / f"{_slug(layer)}-ablation-class-units.png",
+                                       units=p["figure_units"], images=p["figure_images"], device=ctx.device)
         out["n"] = float(len(dataset))
         return out
 
@@ -544,6 +597,7 @@ class UnitAblation(Metric):
 __all__ = [
     "AblationResult",
     "UnitAblation",
+    "class_units_figure",
     "join_dissection",
     "plot_k",
     "unit_ablation",
