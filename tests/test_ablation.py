@@ -221,9 +221,9 @@ def test_shards_of_the_probe_give_the_one_process_numbers(monkeypatch):
     from interpbench.distributed import Dist
 
     world = 3
-    barrier = threading.Barrier(world)
+    barrier = threading.Barrier(world, timeout=120)  # a rank that fails breaks the barrier: no hang
     slots: list = [None] * world
-    lock, traced = threading.Lock(), threading.Barrier(world)
+    lock, traced = threading.Lock(), threading.Barrier(world, timeout=120)
 
     class SerialRunner(TailRunner):  # torch.fx patches nn.Module globally while it traces: one thread at a time,
         def __init__(self, *args, **kwargs):  # and no forward pass before every thread has traced
