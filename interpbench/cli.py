@@ -46,6 +46,10 @@ DEFAULT_EXPERIMENT: dict[str, Any] = {
     "parts": [
         {"models": ["shapes:cnn"], "methods": ALL_METHODS, "metrics": SHAPES_METRICS, "limit": 128,
          "method_limits": COSTLY},
+        # the same world explained in a vision transformer: layer, gradient and attention methods
+        {"models": ["shapes:vit"], "methods": ["gradcam", "gradient", "attention_rollout", "transformer_attribution",
+                                               "random"], "metrics": ["deletion", "insertion", "pointing_game"],
+         "limit": 64},
         {"models": ["shapes:cnn", "shapes:cnn@random"], "metrics": ["dissection"], "limit": 256},
         # unit ablation at the cam_layer (layer3), joined with its dissection on the same probe
         {"models": ["shapes:cnn", "shapes:cnn@random"], "metrics": ["unit_ablation"], "limit": 256},

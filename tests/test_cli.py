@@ -74,7 +74,7 @@ def captured_config(monkeypatch, argv):
 
 def test_a_half_given_run_takes_the_rest_from_the_defaults(monkeypatch, capsys):
     config = captured_config(monkeypatch, ["run", "--methods", "gradcam", "--limit", "8", "--no-progress"])
-    assert config.models == ["shapes:cnn", "timm:tf_efficientnet_lite0"]  # the default models ...
+    assert config.models == ["shapes:cnn", "shapes:vit", "timm:tf_efficientnet_lite0"]  # the default models ...
     assert config.datasets is None  # ... each on its embedded dataset
     assert config.methods == ["gradcam"] and config.metrics == ["deletion", "insertion"] and config.limit == 8
     assert "the default models" in capsys.readouterr().err
