@@ -164,13 +164,17 @@ def test_the_default_experiment_covers_every_builtin_and_records_its_budget(monk
 
     config = captured_config(monkeypatch, ["run", "--no-progress"])
     builtin = {n for n in ib.list_methods() if ":" not in n}  # plugins' methods carry their prefix
-    builtin -= {"attention_rollout", "transformer_attribution"}  # transformer-only: not applicable to the CNN
+    transformer_only = {"attention_rollout", "transformer_attribution"}  # not applicable to the CNN
+    builtin -= transformer_only
     parts = grids(config)
     cells = {(m, d, x) for g in parts for m in g.models for d in (g.methods or ["-"]) for x in g.metrics}
     for method in builtin:  # every built-in method on the shapes world with every explanation metric
         for metric in ("deletion", "insertion", "pointing_game", "energy_pointing_game", "grid_pointing_game",
                        "adversarial_detection"):
             assert ("shapes:cnn", method, metric) in cells, (method, metric)
+    for method in [*sorted(transformer_only), "gradcam", "random"]:  # the same world in a vision transformer
+        for metric in ("deletion", "insertion", "pointing_game"):
+            assert ("shapes:vit", method, metric) in cells, (method, metric)
     for model in ("shapes:cnn", "shapes:cnn@random"):
         assert (model, "-", "dissection") in cells
     assert ("shapes:cnn", "-", "adversarial_consistency") in cells
