@@ -3,7 +3,7 @@
 On the same model and batch (images held in memory):
 
 - raw forward+backward: the model's logits and the gradient of a loss with respect to the images (``autograd.grad``
-  on the images only), the unit of work of a gradient attack (DESIGN.md section 6);
+  on the images only), the unit of work of a gradient attack (docs/scale.md);
 - FGSM (1 forward+backward + 1 forward), PGD-Linf (``steps`` forward+backward + 1 forward), CW-L2 (``cw_steps``
   iterations of forward+backward and an Adam step, one binary-search step, no early abort, + 1 forward):
   each printed as its time per forward+backward it needs, relative to the raw one (1.0 = no overhead);

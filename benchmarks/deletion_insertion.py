@@ -1,7 +1,7 @@
 """Efficiency of the deletion and insertion metrics against the raw forward throughput of the same model.
 
 The metric needs ``images * (n_steps + 1)`` forward passes. Efficiency = time of that many raw batched forward
-passes (same chunks, same precision, ``no_grad``) / time of the metric; 1.0 is the limit (DESIGN.md section 6).
+passes (same chunks, same precision, ``no_grad``) / time of the metric; 1.0 is the limit (docs/scale.md).
 
     PYTHONPATH=. python benchmarks/deletion_insertion.py                     # 4 images, step 1792 (28 steps + 1)
     PYTHONPATH=. python benchmarks/deletion_insertion.py --step 224          # RISE's demo setting (224 steps + 1)

@@ -2,7 +2,7 @@
 
 On the same probe (held in memory, so data generation is not timed) and the same activations:
 
-- raw forward: the model over the probe images in batches (``no_grad``), the reference point (DESIGN.md section 6);
+- raw forward: the model over the probe images in batches (``no_grad``), the reference point (docs/scale.md);
 - our tally: the exact thresholds (running top-k) and the tally (the tiles of the masks that can exceed the
   threshold, counted per label region; :func:`interpbench.ops.dissect.count_mask_pixels`) on the device;
 - numpy tally: the straightforward per-image, per-unit loop of NetDissect-Lite's ``tally_job``

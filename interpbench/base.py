@@ -1,6 +1,6 @@
 """The contracts every component follows: Model, Method, Metric, Batch, Sample, DatasetSource.
 
-Data conventions (DESIGN.md section 2):
+Data conventions (interpbench/base.py):
 
 - images: float ``B x 3 x H x W`` in ``[0, 1]``, RGB, on the model's device. Normalisation lives in the model.
 - targets: ``LongTensor[B]``, the class being explained.

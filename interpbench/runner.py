@@ -1,4 +1,4 @@
-"""The experiment grid: models x datasets x methods x metrics (DESIGN.md section 5).
+"""The experiment grid: models x datasets x methods x metrics.
 
 For each model (loaded once) and each dataset it runs on, the model-scope metrics run once, then every batch is
 loaded once, its targets computed once, and each method's maps computed once and fed to every explanation-scope

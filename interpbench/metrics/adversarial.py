@@ -1,4 +1,4 @@
-"""Adversarial examples and explanations (PROTOCOLS.md, "Adversarial detection with explanations").
+"""Adversarial examples and explanations (docs/protocols.md, "Adversarial detection with explanations").
 
 Two metrics:
 
@@ -699,7 +699,7 @@ class AdversarialDetection(Metric):
     """Detect adversarial images from a method's maps: AUROC / TPR at 5% FPR per attack, against a logit baseline.
 
     Parameters: ``attacks`` (names ``fgsmE``, ``pgdE`` with epsilon ``E/255``, ``cw``; default FGSM and PGD at 2,
-    4, 8 and CW L2, PROTOCOLS.md), ``pgd_steps`` (10), ``pgd_step_ratio`` (step = 0.25 eps), ``pgd_random_start``
+    4, 8 and CW L2, docs/protocols.md), ``pgd_steps`` (10), ``pgd_step_ratio`` (step = 0.25 eps), ``pgd_random_start``
     (True); CW L2 as in the detection benchmark of Ma et al. (LID, ICLR 2018; Carlini's ``l2_attack.py`` with
     1,000 iterations): ``cw_binary_search_steps`` 9, ``cw_steps`` 1000, ``cw_lr`` 0.01, ``cw_initial_const`` 1e-3,
     ``cw_kappa`` 0, ``cw_abort_early`` True; ``grid`` (4: the map's mass on a 4 x 4 grid), ``folds`` (5), ``C``
@@ -1119,7 +1119,7 @@ def block_tallies(model: torch.nn.Module, dataset: Any, layers: Sequence[str], c
 
 
 class AdversarialConsistency(Metric):
-    """Concept consistency of units under attack (Bau et al., PNAS 2020; Dong et al. 2017; PROTOCOLS.md).
+    """Concept consistency of units under attack (Bau et al., PNAS 2020; Dong et al. 2017; docs/protocols.md).
 
     Dissect ``layers`` (default: the model's ``cam_layer``) on the probe and on its adversarial version (every
     probe image attacked against the model's clean top-1 class; the concept masks reused). Per layer ``L`` and
@@ -1131,7 +1131,7 @@ class AdversarialConsistency(Metric):
     class the attack changed), ``L.A.detectors`` (detectors on the adversarial probe), ``L.detectors`` (clean) and
     ``n`` (probe images).
 
-    ``probe``: ``"successful"`` (default; PROTOCOLS.md's "keep successful attacks only"): per attack, the probe is
+    ``probe``: ``"successful"`` (default; docs/protocols.md's "keep successful attacks only"): per attack, the probe is
     the images whose top-1 class the attack changed, dissected clean and adversarial (``L.A.n`` images,
     ``L.A.clean_detectors`` detectors on their clean versions; ``L.A.label_kept`` counts those); ``"all"``: every
     probe image, the failed attacks (unchanged decisions) included, against the whole probe's clean dissection.

@@ -1,6 +1,6 @@
 """Causal metrics: deletion and insertion (Petsiuk, Das, Saenko, "RISE", BMVC 2018; eclique/RISE ``evaluation.py``).
 
-Protocol (PROTOCOLS.md, "Deletion and insertion"): order the pixels by decreasing saliency (ties by pixel index),
+Protocol (docs/protocols.md, "Deletion and insertion"): order the pixels by decreasing saliency (ties by pixel index),
 change ``step`` pixels per step (all three channels) from a ``start`` image to a ``finish`` image, record the
 softmax probability of the explained class before the first and after every step, and score the curve by its
 normalised trapezoid area. Deletion goes from the image to the substrate (the model's mean colour, i.e. zero in

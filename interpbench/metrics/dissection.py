@@ -347,7 +347,7 @@ def dissect(
     workers: int = 0,
     dist: Any = None,
 ) -> DissectionResult:
-    """Dissect ``layers`` of ``model`` on the probe ``dataset`` (Bau et al. 2017; PROTOCOLS.md).
+    """Dissect ``layers`` of ``model`` on the probe ``dataset`` (Bau et al. 2017; docs/protocols.md).
 
     ``label_size``: the label resolution (None: the probe's own concept maps, e.g. 112 x 112 for Broden at 224);
     ``thresholds``: fixed ``T_k`` per layer (float ``[U]``) instead of the probe's quantile; ``image_transform``:

@@ -2,7 +2,7 @@
 filters in deep neural networks", CVPR 2018): how much better a concept is segmented by a learned linear
 combination of a layer's units than by its best single unit.
 
-Protocol (PROTOCOLS.md, "Concept embeddings over several units"):
+Protocol (docs/protocols.md, "Concept embeddings over several units"):
 
 - the probe is split (seeded) into a training and a held-out part;
 - per concept ``c``: weights ``w_c`` (one per unit) and a bias ``b_c``; the predicted mask is

@@ -1,6 +1,6 @@
 """Adversarial attacks in pixel space: FGSM, PGD-Linf and Carlini-Wagner L2 (untargeted).
 
-Images live in ``[0, 1]`` and the model normalises them itself (DESIGN.md section 2), so an epsilon means the same
+Images live in ``[0, 1]`` and the model normalises them itself (interpbench/base.py), so an epsilon means the same
 thing for every model: ``8/255`` is eight grey levels of an 8-bit image. Every attack is batched and runs on the
 images' device; the gradient is taken with respect to the images only (no parameter gradients are computed or
 accumulated). Each returns an :class:`Adversarial` ``(images, success)``: the adversarial images and a bool mask,
@@ -133,7 +133,7 @@ def pgd_linf(
     """Projected gradient descent in the L-inf ball (Madry et al., ICLR 2018), untargeted, cross-entropy loss.
 
     Start at ``x + U(-eps, eps)`` (``random_start``) or at ``x``; ``steps`` times step ``step_size * sign(grad)``
-    (default ``eps / 4``, PROTOCOLS.md) and project onto the ball and the box ``[0, 1]``. Returns the last iterate
+    (default ``eps / 4``, docs/protocols.md) and project onto the ball and the box ``[0, 1]``. Returns the last iterate
     (as Madry et al. and torchattacks' ``PGD``).
     """
     labels = _check_inputs("pgd_linf", images, labels)

@@ -1,7 +1,7 @@
 """Network dissection maths (Bau, Zhou, Khosla, Oliva, Torralba, "Network Dissection", CVPR 2017).
 
 Reference code: CSAILVision/NetDissect (``src/labelprobe.py``, ``src/makeresult.py``) and NetDissect-Lite
-(``feature_operation.py``). The protocol (PROTOCOLS.md, "Network dissection"):
+(``feature_operation.py``). The protocol (docs/protocols.md, "Network dissection"):
 
 - threshold of unit ``k``: ``T_k``, the ``1 - quantile`` quantile (linear interpolation, ``numpy.percentile``'s
   default, as NetDissect-Lite's ``quantile_threshold``) of the unit's activations over all probe images and all
@@ -684,7 +684,7 @@ def count_detectors(labels: UnitLabels, concepts: ConceptSet, iou_threshold: flo
 
     - one label per unit (``detectors``, ``unique``): a unit is a detector of its arg-max concept when that IoU
       exceeds ``iou_threshold``; per category, the detectors whose label falls in it;
-    - every category (``*_multi``, the paper's count, PROTOCOLS.md): a unit is a detector in each
+    - every category (``*_multi``, the paper's count, docs/protocols.md): a unit is a detector in each
       category where its best concept of that category exceeds the threshold, so it may count in several;
       ``unique_multi`` is the number of distinct concepts so detected (summed over categories).
     """

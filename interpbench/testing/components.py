@@ -26,7 +26,7 @@ from torch import nn
 from interpbench.base import Batch, ComponentError, DatasetSource, Method, Metric, Model, RunContext, collate
 from interpbench.testing.report import Check, CheckReport, apply_expected_failures, run_checks
 
-# The ground-truth fields the built-in datasets and the runner know (base.py, DESIGN.md section 2).
+# The ground-truth fields the built-in datasets and the runner know (base.py).
 KNOWN_FIELDS = frozenset({"id", "image", "label", "labels", "boxes", "masks", "difficult", "concepts", "objects"})
 SCOPES = ("explanation", "model")
 

@@ -80,7 +80,7 @@ PUBLISHED: dict[str, dict[str, Any]] = {
 # module, and a trailing nonlinearity (which LRP passes relevance through unchanged) by the module before it.
 LEAF_LAYER = frozenset({"LayerLRP"})
 # captum evaluates one perturbation per forward pass by default; several per pass give the same numbers faster
-# (DESIGN.md section 6). LayerFeatureAblation keeps 1: captum 0.9 mis-expands tensor targets there.
+# (docs/scale.md). LayerFeatureAblation keeps 1: captum 0.9 mis-expands tensor targets there.
 PERTURBATIONS_PER_EVAL = 16
 # SmoothGrad (Smilkov et al. 2017, sec. 3): about 50 samples, noise of 10-20% of the input range ([0, 1] here).
 NOISE_TUNNEL_DEFAULTS = {"nt_type": None, "nt_samples": 50, "nt_stdevs": 0.15}
