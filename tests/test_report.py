@@ -289,7 +289,8 @@ def test_the_default_experiments_report_draws_every_family_and_fits_1280_px(tmp_
     directory = tmp_path / "default"
     directory.mkdir()
     shutil.copy(source / "store.sqlite", directory / "store.sqlite")
-    shutil.copytree(source / "artifacts", directory / "artifacts")
+    # as a clone has it: the map snapshots are not committed (a local run may have left them)
+    shutil.copytree(source / "artifacts", directory / "artifacts", ignore=shutil.ignore_patterns("maps"))
     exp = load_experiment(directory)
     table = exp.table
     roc = directory / "artifacts" / "shapes_cnn__shapes__adversarial_detection"
@@ -306,8 +307,11 @@ def test_the_default_experiments_report_draws_every_family_and_fits_1280_px(tmp_
     shots = {tmp_path / "first-screen.png": None, tmp_path / "sanity.png": "#sanity + figure"}
     page, errors, requests, failed = load_in_chromium(path, tmp_path / "profile", shots)
     assert errors == [] and failed == [] and page["external"] == [] and page["scripts"] == 0
+    # "artifacts": the other PNGs the run left (unit ablation's accuracy against k and its top units)
     assert page["sections"] == ["summary", "curves", "sanity", "adversarial", "dissection", "drift", "values",
-                                "environment"]
+                                "artifacts", "environment"]
+    other = path.read_text().split("<h2 id=artifacts>", 1)[1].split("<h2 ", 1)[0]
+    assert 'alt="shapes_cnn__shapes__unit_ablation/' in other  # unit ablation's accuracy against k is shown
     assert page["scroll"][0] <= WINDOW and page["open_scroll"][0] <= WINDOW  # no sideways scrolling, details open too
     charts = {c["label"]: c for c in page["charts"]}
     assert all(c["shown"] > 100 for c in charts.values())
@@ -340,7 +344,7 @@ def test_the_default_experiments_report_draws_every_family_and_fits_1280_px(tmp_
         chart = charts[f"{attack}: shapes:cnn on shapes"]
         assert chart["section"] == "adversarial"
         labels = {("baseline (no maps)" if n == "baseline" else n): len(df[df.attack == attack])
-                  for n, df in curves.items()}
+                  for n, df in curves.items() if (df.attack == attack).any()}  # rise/mask/extremal: pgd8 only
         assert dict(zip(chart["curves"], chart["points"])) == labels and max(chart["heights"]) > 1
 
     # dissection: detectors per category and layer, bar heights in the table's proportions
