@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from interpbench.base import ComponentError
+from interpbench.ops.drift import rank_correlation_rows
 
 # --------------------------------------------------------------------------------------------- tail of a network
 
@@ -240,18 +241,6 @@ def others_order(order: torch.Tensor, c: int) -> list[int]:
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant."""
-    def ranks(v: torch.Tensor) -> torch.Tensor:
-        v = v.double().flatten()
-        order = torch.argsort(v, stable=True)
-        r = torch.empty_like(v)
-        r[order] = torch.arange(len(v), dtype=torch.float64)
-        for value in torch.unique(v):  # ties share the mean of their ranks
-            same = v == value
-            r[same] = r[same].mean()
-        return r
-
-    rx, ry = ranks(x), ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = float((rx.square().sum() * ry.square().sum()).sqrt())
-    return float((rx * ry).sum()) / denominator if denominator > 0 else float("nan")
+    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant
+    (:func:`interpbench.ops.drift.rank_correlation_rows` on one row)."""
+    return float(rank_correlation_rows(x.reshape(1, -1), y.reshape(1, -1))[0])
