@@ -676,20 +676,22 @@ def detection_table(results: "Any", value: str = "auroc") -> "Any":
 # --------------------------------------------------------------------------------------------- metric: detection
 
 
-def _check_params(who: str, p: Mapping[str, Any]) -> None:
-    def positive_int(name: str) -> None:
+def _positive_ints(who: str, p: Mapping[str, Any], names: Sequence[str]) -> None:
+    """Each of ``p[name]`` an int >= 1, else ComponentError naming the metric and the parameter."""
+    for name in names:
         v = p[name]
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ComponentError(f"{who}: {name} must be a positive int, got {v!r}")
 
+
+def _check_params(who: str, p: Mapping[str, Any]) -> None:
     def positive_number(name: str, allow_zero: bool = False) -> None:
         v = p[name]
         bad_type = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
         if bad_type or v < 0 or (v == 0 and not allow_zero):
             raise ComponentError(f"{who}: {name} must be a number {'>=' if allow_zero else '>'} 0, got {v!r}")
 
-    for name in ("pgd_steps", "cw_steps", "cw_binary_search_steps"):
-        positive_int(name)
+    _positive_ints(who, p, ("pgd_steps", "cw_steps", "cw_binary_search_steps"))
     for name in ("pgd_step_ratio", "cw_lr", "cw_initial_const"):
         positive_number(name)
     positive_number("cw_kappa", allow_zero=True)
@@ -781,9 +783,7 @@ class AdversarialDetection(Metric):
         p = self.params
         _check_params(self.name, p)
         self.specs = parse_attacks(p["attacks"], p, self.name)
-        for name in ("grid", "bootstrap"):
-            if isinstance(p[name], bool) or not isinstance(p[name], int) or p[name] < 1:
-                raise ComponentError(f"{self.name}: {name} must be a positive int, got {p[name]!r}")
+        _positive_ints(self.name, p, ("grid", "bootstrap"))
         if isinstance(p["folds"], bool) or not isinstance(p["folds"], int) or p["folds"] < 2:
             raise ComponentError(f"{self.name}: folds must be an int >= 2 (cross-validation), got {p['folds']!r}")
         if isinstance(p["C"], bool) or not isinstance(p["C"], (int, float)) or not p["C"] > 0:
@@ -1173,9 +1173,7 @@ class AdversarialConsistency(Metric):
                                  f"clean and adversarial) or 'all', got {p['probe']!r}")
         if p["thresholds"] not in ("recompute", "clean"):
             raise ComponentError(f"{self.name}: thresholds must be 'recompute' or 'clean', got {p['thresholds']!r}")
-        for name in ("ci_blocks", "bootstrap"):
-            if isinstance(p[name], bool) or not isinstance(p[name], int) or p[name] < 1:
-                raise ComponentError(f"{self.name}: {name} must be a positive int, got {p[name]!r}")
+        _positive_ints(self.name, p, ("ci_blocks", "bootstrap"))
 
     def evaluate(self, model: Model, dataset: Any, ctx: RunContext) -> dict[str, float]:
         from interpbench.metrics.dissection import dissect, resolve_layers
@@ -1364,9 +1362,7 @@ class AdversarialClassConsistency(Metric):
         p = self.params
         _check_params(self.name, p)
         self.specs = parse_attacks(p["attacks"], p, self.name)
-        for name in ("top_k", "bootstrap"):
-            if isinstance(p[name], bool) or not isinstance(p[name], int) or p[name] < 1:
-                raise ComponentError(f"{self.name}: {name} must be a positive int, got {p[name]!r}")
+        _positive_ints(self.name, p, ("top_k", "bootstrap"))
         if p["pool"] not in ("max", "mean"):
             raise ComponentError(f"{self.name}: pool must be 'max' (spatial maximum) or 'mean', got {p['pool']!r}")
 
