@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import interpbench
-    from interpbench.base import Batch
+    from interpbench.core.base import Batch
     from interpbench.metrics.adversarial import ATTACK_CACHE, AdversarialDetection
     from interpbench.ops.attacks import carlini_wagner_l2, fgsm, pgd_linf
 

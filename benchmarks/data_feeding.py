@@ -29,7 +29,7 @@ import torch
 import yaml
 
 import interpbench as ib
-from interpbench.feeding import Feed
+from interpbench.engine.feeding import Feed
 
 
 def load_only(spec: str, dataset: str, images: int, batch_size: int) -> tuple[float, int]:

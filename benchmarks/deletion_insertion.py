@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-
 from contextlib import nullcontext
 
 import torch
 
-from interpbench.base import Batch, Model
-from interpbench.runner import PRECISIONS, compile_model
+from interpbench.core.base import Batch, Model
+from interpbench.engine.runner import PRECISIONS, compile_model
 from interpbench.metrics.causal import Deletion, Insertion, auto_chunk, num_causal_steps
 
 

@@ -37,8 +37,8 @@ from interpbench.ops.dissect import (
     encode_concepts,
     iou_from_tally,
     quantile_position,
-    threshold_from_top,
     tally_reference_numpy,
+    threshold_from_top,
 )
 
 

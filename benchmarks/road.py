@@ -25,7 +25,13 @@ import time
 import numpy as np
 import torch
 
-from interpbench.metrics.road import GPU_CHUNK, GPU_SOLVE_CHUNK, PAPER_FRACTIONS, removal_masks, road_curves
+from interpbench.metrics.road import (
+    GPU_CHUNK,
+    GPU_SOLVE_CHUNK,
+    PAPER_FRACTIONS,
+    removal_masks,
+    road_curves,
+)
 from interpbench.ops import batching
 from interpbench.ops.imputation import noisy_linear_imputation
 

@@ -8,7 +8,7 @@ import os
 # 5.5 s passive). Set OMP_WAIT_POLICY yourself to override; it has no effect if torch was imported first.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .api import (  # noqa: E402
+from interpbench.api import (  # noqa: E402
     list_datasets,
     list_methods,
     list_metrics,
@@ -18,11 +18,30 @@ from .api import (  # noqa: E402
     load_metric,
     load_model,
 )
-from .base import Batch, ComponentError, DatasetSource, Method, Metric, Model, ModelSource, NotApplicable, RunContext
-from .hookspecs import hookimpl
-from .runner import run
+from interpbench.core.base import (  # noqa: E402
+    Batch,
+    ComponentError,
+    DatasetSource,
+    Method,
+    Metric,
+    Model,
+    ModelSource,
+    NotApplicable,
+    RunContext,
+)
+from interpbench.core.hookspecs import hookimpl  # noqa: E402
+from interpbench.core.identity import VERSION as __version__  # noqa: E402
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str):
+    # ``interpbench.run`` loads the engine (pandas, rich, the runner) on first use, so that ``import interpbench``
+    # (what a plugin module does) stays light.
+    if name == "run":
+        from interpbench.publish.experiment import run
+
+        return run
+    raise AttributeError(f"module 'interpbench' has no attribute {name!r}")
+
 
 __all__ = [
     "Batch",

@@ -1,13 +1,26 @@
-"""The functions behind the public API: names from all plugins, and loading components by name."""
+"""The functions behind the public API: names from all plugins, loading components by name, and the derived
+models whose specs name other models (pairs ``A=>B``, ``SPEC~cascade:K``, ``sanity:SPEC``; their grammar is in
+:mod:`interpbench.core.config`, the models themselves in :mod:`interpbench.models.derived`)."""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from .base import ComponentError, Method, Metric, Model
-from .config import DatasetEntry, parse_model_spec, read_datasets
-from .registry import get_registry, unknown_message
+from interpbench.core.base import ComponentError, Method, Metric, Model
+from interpbench.core.config import (
+    PAIR,
+    SANITY,
+    DatasetEntry,
+    is_derived,
+    pair_spec,
+    parse_cascade,
+    parse_model_spec,
+    parse_pair,
+    read_datasets,
+)
+from interpbench.core.registry import get_registry, unknown_message
+from interpbench.models.derived import PairModel, cascade_stages, randomize_top
 
 
 def list_methods() -> list[str]:
@@ -41,9 +54,7 @@ def load_metric(name: str, **params: Any) -> Metric:
 
 def load_model(spec: str, device: str | None = None) -> Model:
     """Load ``SOURCE:NAME[@WEIGHTS]`` in eval mode (on ``device`` if given); pairs ``A=>B`` and randomised models
-    ``SPEC~cascade:K`` are built by :mod:`interpbench.pairs`."""
-    from .pairs import is_derived, load_derived
-
+    ``SPEC~cascade:K`` are built by :mod:`interpbench.models.derived`."""
     if is_derived(spec):
         return load_derived(spec, device)
     parsed = parse_model_spec(spec)
@@ -84,3 +95,52 @@ def load_dataset(name: str, split: str = "test", *, size: Any = None, config: An
     dataset = loader.load(**kwargs)
     dataset.name = name
     return dataset
+
+
+# --------------------------------------------------------------------------------------------- derived models
+
+
+def load_derived(spec: str, device: str | None = None) -> Model:
+    """Load a pair, a randomised model or fail on ``sanity:`` (which names several models), in eval mode."""
+    if spec.startswith(SANITY) and PAIR not in spec:
+        raise ComponentError(
+            f"model spec {spec!r} names one pair per randomisation depth, not one model; expand it first: "
+            f"interpbench.api.sanity_pairs({spec[len(SANITY):]!r}), `interpbench run --pairs {spec}` or "
+            f"`interpbench drift --sanity {spec[len(SANITY):]}`"
+        )
+    if PAIR in spec:
+        a_spec, b_spec = parse_pair(spec)
+        for part in (a_spec, b_spec):
+            if part.startswith(SANITY):
+                raise ComponentError(f"model pair {spec!r}: {part!r} is not a model spec; 'sanity:SPEC' stands for "
+                                     "several pairs and cannot be half of one")
+        a, b = load_model(a_spec), load_model(b_spec)
+        model: Model = PairModel(a, b)
+    else:
+        base, depth, seed = parse_cascade(spec)  # type: ignore[misc]
+        model = load_model(base)  # on the CPU: the re-initialisation draws from the CPU generator
+        randomize_top(model, depth, seed)
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def sanity_pairs(spec: str, depths: list[int] | None = None) -> list[str]:
+    """``[SPEC=>SPEC~cascade:1, ..., SPEC=>SPEC~cascade:L]``: the model-randomisation check, one pair per depth."""
+    if is_derived(spec):
+        raise ComponentError(f"sanity:{spec}: give a plain model spec (SOURCE:NAME[@WEIGHTS]), not a pair or a "
+                             "randomised model")
+    total = len(cascade_stages(load_model(spec)))
+    chosen = list(range(1, total + 1)) if depths is None else depths
+    return [pair_spec(spec, f"{spec}~cascade:{k}") for k in chosen]
+
+
+def expand_specs(specs: list[str]) -> list[str]:
+    """Model specs with every ``sanity:SPEC`` replaced by its pairs (order kept, duplicates dropped)."""
+    out: list[str] = []
+    for spec in specs:
+        for item in (sanity_pairs(spec[len(SANITY):]) if spec.startswith(SANITY) and PAIR not in spec else [spec]):
+            if item not in out:
+                out.append(item)
+    return out

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 rm -rf leaderboards/default leaderboards/lite0-embedded leaderboards/shortcut
 
 # 1. The embedded default experiment (`interpbench run` without arguments; its grids are listed in
-#    interpbench/cli.py DEFAULT_EXPERIMENT and recorded in the manifest).
+#    interpbench/commands/cli.py DEFAULT_EXPERIMENT and recorded in the manifest).
 interpbench run --out leaderboards/default --no-progress
 
 # 2. The ImageNet model on the embedded data: EfficientNet-Lite0 on the photos and on the shapes world (resized

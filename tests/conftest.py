@@ -53,8 +53,8 @@ def make_distribution(site: Path, dist: str, version: str, modules: list[str], e
 @pytest.fixture
 def plugin_site(tmp_path, monkeypatch):
     """Install plugin distributions into a fresh site directory on sys.path (and PYTHONPATH for subprocesses)."""
-    import interpbench.registry as registry_module
-    from interpbench.registry import get_registry
+    import interpbench.core.registry as registry_module
+    from interpbench.core.registry import get_registry
 
     site = tmp_path / "site"
     site.mkdir()

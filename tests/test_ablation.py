@@ -198,7 +198,7 @@ def test_spearman_known_values():
 
 
 def test_metric_writes_tables_and_plot(tmp_path):
-    from interpbench.base import RunContext
+    from interpbench.core.base import RunContext
 
     metric = UnitAblation(layers="feat", random_draws=1, dissect=False)
     ctx = RunContext(device=torch.device("cpu"), batch_size=8, seed=0, out_dir=tmp_path)
@@ -218,7 +218,7 @@ def test_shards_of_the_probe_give_the_one_process_numbers(monkeypatch):
     import threading
 
     import interpbench.metrics.ablation as module
-    from interpbench.distributed import Dist
+    from interpbench.engine.distributed import Dist
 
     world = 3
     barrier = threading.Barrier(world, timeout=120)  # a rank that fails breaks the barrier: no hang
@@ -287,7 +287,7 @@ class ConceptProbe(Probe):
 
 
 def test_join_with_dissection_names_the_concept_of_each_class_unit(tmp_path):
-    from interpbench.base import RunContext
+    from interpbench.core.base import RunContext
 
     metric = UnitAblation(layers="feat", random_draws=1, class_units=2, quantile=0.2)  # a tiny probe: 128 pixels
     ctx = RunContext(device=torch.device("cpu"), batch_size=8, seed=0, out_dir=tmp_path)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import interpbench as ib
-from interpbench.base import Batch, ComponentError, Model, RunContext
+from interpbench.core.base import Batch, ComponentError, Model, RunContext
 from interpbench.datasets.shapes import ShapesWorld
 from interpbench.metrics import adversarial as adv
 from interpbench.metrics.adversarial import (
@@ -509,7 +509,7 @@ def test_detection_results_do_not_depend_on_the_cache_or_the_batching(shapes_mod
 
 @pytest.fixture(scope="module")
 def probe():
-    from interpbench.runner import LimitedDataset
+    from interpbench.engine.runner import LimitedDataset
 
     return LimitedDataset(ib.load_dataset("shapes", split="test", size=(64, 64)), 48)
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import interpbench as ib
-from interpbench.base import Model, NotApplicable
+from interpbench.core.base import Model, NotApplicable
 from interpbench.models.weights import seeded
 from interpbench.ops.hooks import capture_attention
 from interpbench.ops.tokens import attention_relevance, attention_rollout, class_row
@@ -166,7 +166,12 @@ def test_not_applicable_to_cnns_and_windowed_attention(method):
 
 
 def test_target_sensitivity_rollout_is_class_agnostic_attribution_is_not():
-    from interpbench.testing.methods import ORACLE_REGIONS, ORACLE_SIZE, check_method, region_masks
+    from interpbench.testing.methods import (
+        ORACLE_REGIONS,
+        ORACLE_SIZE,
+        check_method,
+        region_masks,
+    )
 
     model = tiny("vit_tiny_patch16_224", size=32, patch=4, classes=2)
     # the target checks run on a transformer standing in for the oracle (regions attached so the checks can run);

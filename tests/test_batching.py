@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_causal_metrics import IMAGENET_MEAN, IMAGENET_STD, TinyConvNet, wrap
 
 import interpbench as ib
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 from interpbench.ops.batching import auto_chunk, check_chunk, resolve_chunk
-from test_causal_metrics import IMAGENET_MEAN, IMAGENET_STD, TinyConvNet, wrap
 
 # the methods that send many perturbed copies of each image through the model, at small work parameters
 CHUNKED = {

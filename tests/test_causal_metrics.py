@@ -10,7 +10,7 @@ import torch
 from scipy.ndimage import gaussian_filter, gaussian_filter1d
 from torch import nn
 
-from interpbench.base import Batch, ComponentError, Model
+from interpbench.core.base import Batch, ComponentError, Model
 from interpbench.metrics.causal import (
     Deletion,
     Insertion,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import interpbench as ib
-from interpbench.base import ComponentError, Method, NotApplicable
+from interpbench.core.base import ComponentError, Method, NotApplicable
 from interpbench.methods.gradients import check_batch, input_gradient
 from interpbench.testing.methods import (
     CHECK_NAMES,
@@ -47,7 +47,7 @@ TRANSFORMER_ONLY = {"attention_rollout", "transformer_attribution"}
 
 def builtin_methods() -> list[str]:
     """Every method registered by interpbench itself (plugins installed beside it are checked by their own tests)."""
-    from interpbench.registry import get_registry
+    from interpbench.core.registry import get_registry
 
     registry = get_registry()
     return [n for n in ib.list_methods() if registry.plugin_of("methods", n).dist == "interpbench"]

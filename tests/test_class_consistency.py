@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from interpbench.base import ComponentError, RunContext
+from interpbench.core.base import ComponentError, RunContext
 from interpbench.datasets.shapes import ShapesWorld
 from interpbench.metrics.adversarial import AdversarialClassConsistency
 from interpbench.ops.consistency import (

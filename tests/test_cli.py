@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 
 import interpbench as ib
-from interpbench import cli, summary
-from interpbench.leaderboard import headline_mask
-from interpbench.registry import get_registry
-from interpbench.tables import load_experiment
+from interpbench.commands import cli
+from interpbench.core.registry import get_registry
+from interpbench.publish import summary
+from interpbench.publish.leaderboard import headline_mask
+from interpbench.publish.tables import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "leaderboards" / "default"
@@ -63,10 +64,10 @@ def captured_config(monkeypatch, argv):
         def __init__(self, config, console):
             captured["config"] = config
 
-        def run(self):
+        def run(self, publish=None):
             raise SystemExit(0)
 
-    monkeypatch.setattr("interpbench.runner.Runner", Capture)
+    monkeypatch.setattr("interpbench.engine.runner.Runner", Capture)
     with pytest.raises(SystemExit):
         cli.main(argv)
     return captured["config"]
@@ -183,13 +184,14 @@ def test_on_a_terminal_progress_bars_say_what_runs_and_no_log_lines(toy, tmp_pat
 
     from rich.console import Console
 
-    from interpbench.runner import RunConfig, Runner
+    from interpbench.engine.runner import RunConfig, Runner
+    from interpbench.publish.leaderboard import write_leaderboard
 
     screen = io.StringIO()
     console = Console(file=screen, force_terminal=True, width=120)
     config = RunConfig(methods=["gradient"], models=["toy:net"], metrics=["deletion"], out=tmp_path / "exp", limit=8,
                        experiment="mine")
-    Runner(config, console).run()
+    Runner(config, console).run(publish=write_leaderboard)
     text = screen.getvalue()
     assert "experiment mine: 1 model runs" in text and "toy:net on toy" in text  # what runs ...
     assert re.search(r"0:00:\d\d", text)  # ... with elapsed and remaining time

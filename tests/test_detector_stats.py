@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from interpbench.metrics.adversarial import auroc, cross_validated_scores, fit_logistic_regression, fold_models
+from interpbench.metrics.adversarial import (
+    auroc,
+    cross_validated_scores,
+    fit_logistic_regression,
+    fold_models,
+)
 from interpbench.ops.stats import fixed_solve, fixed_sum, roc_curve
 
 

@@ -16,11 +16,18 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
+from test_causal_metrics import (
+    reference_curve,  # RISE's single_run: one image, one forward pass per step
+)
 
 import interpbench as ib
 from interpbench.metrics.causal import causal_curves, causal_substrate
-from interpbench.ops.dissect import ConceptSet, bilinear_matrix, count_mask_pixels, encode_concepts
-from test_causal_metrics import reference_curve  # RISE's single_run: one image, one forward pass per step
+from interpbench.ops.dissect import (
+    ConceptSet,
+    bilinear_matrix,
+    count_mask_pixels,
+    encode_concepts,
+)
 
 MEMORY_HUNGRY = '''
 import os

@@ -11,9 +11,19 @@ import pytest
 import torch
 from torch import nn
 
-from interpbench.base import ComponentError, Model, RunContext
-from interpbench.datasets.broden import BrodenProbe, BrodenSource, read_broden, write_broden
-from interpbench.metrics.dissection import Dissection, DissectionResult, collect_activations, dissect
+from interpbench.core.base import ComponentError, Model, RunContext
+from interpbench.datasets.broden import (
+    BrodenProbe,
+    BrodenSource,
+    read_broden,
+    write_broden,
+)
+from interpbench.metrics.dissection import (
+    Dissection,
+    DissectionResult,
+    collect_activations,
+    dissect,
+)
 from interpbench.metrics.net2vec import net2vec, summarize
 from interpbench.ops.dissect import (
     ConceptSet,
@@ -21,8 +31,8 @@ from interpbench.ops.dissect import (
     Tally,
     accumulate_tally,
     bilinear_matrix,
-    encode_concepts,
     count_mask_pixels,
+    encode_concepts,
     tally_reference_numpy,
     threshold_from_top,
 )

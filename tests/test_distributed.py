@@ -17,9 +17,15 @@ import pytest
 import torch
 
 import interpbench as ib
-from interpbench.base import ComponentError
-from interpbench.distributed import SINGLE, Dist, from_transport, merge_values, to_transport
-from interpbench.feeding import Feed, SampleList, collate
+from interpbench.core.base import ComponentError
+from interpbench.engine.distributed import (
+    SINGLE,
+    Dist,
+    from_transport,
+    merge_values,
+    to_transport,
+)
+from interpbench.engine.feeding import Feed, SampleList, collate
 from interpbench.ops.dissect import StreamingTopK, top_by_value_then_index
 
 # A plugin for the launches: a method that fails on the last (smaller) batch only, a dataset-level metric that
@@ -89,7 +95,7 @@ RUN = ["--models", "shapes:cnn", "--batch-size", "8", "--metric-param", "deletio
 @pytest.fixture
 def distprobe(plugin_site, tmp_path):
     """The plugin above installed as the distribution ``interpbench-distprobe`` (also for subprocesses)."""
-    from interpbench.registry import get_registry
+    from interpbench.core.registry import get_registry
 
     site = tmp_path / "site"
     (site / "distprobe.py").write_text(PLUGIN)
@@ -145,7 +151,7 @@ def test_two_processes_give_the_numbers_and_tables_of_one(distprobe, tmp_path):
     # 20 images in batches of 8: rank 0 computes batches 0 and 1, rank 1 batch 2 (4 images)
     args = ["--methods", "gradcam,random,dist_fails_late", "--limit", "20",
             "--metrics", "deletion,pointing_game,dist_seen_order,dissection,dist_whole_dataset", *RUN]
-    from interpbench.cli import main
+    from interpbench.commands.cli import main
 
     assert main(["run", *args, "--out", str(tmp_path / "one")]) == 1
     two = torchrun([*args, "--out", str(tmp_path / "two")])
@@ -227,8 +233,8 @@ def test_single_process_collectives_are_local():
 
 
 def test_ranks_compare_what_they_loaded_not_where_it_lies():
-    from interpbench.distributed import same_on_every_rank
-    from interpbench.manifest import portable
+    from interpbench.core.identity import portable
+    from interpbench.engine.distributed import same_on_every_rank
 
     class TwoRanks(Dist):  # rank 0 of 2, the other rank's identity given
         def __init__(self, other):
@@ -344,7 +350,7 @@ def test_runs_with_worker_processes_give_the_same_numbers(toy, tmp_path):
 
 def _batches(dataset_name: str, n: int, size: int = 8):
     """Batches of the shapes world for shapes:cnn, as the runner forms them (targets: predicted classes)."""
-    from interpbench.base import Batch
+    from interpbench.core.base import Batch
 
     model = ib.load_model("shapes:cnn", device="cpu")
     dataset = ib.load_dataset(dataset_name, split="test", size=model.input_size)
@@ -369,7 +375,7 @@ def _batches(dataset_name: str, n: int, size: int = 8):
     ("shortcut_localization", {"n_boot": 100}, "shapes-shortcut"),
 ])
 def test_declared_states_merged_in_rank_order_give_the_one_process_results(name, params, dataset):
-    from interpbench.distributed import merge_metric, state_of
+    from interpbench.engine.distributed import merge_metric, state_of
 
     model, batches = _batches(dataset, 24)
 

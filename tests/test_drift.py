@@ -17,9 +17,25 @@ import torch
 from torch import nn
 
 import interpbench as ib
-from interpbench.base import ComponentError, NotApplicable, RunContext
+from interpbench.api import expand_specs, sanity_pairs
+from interpbench.core.base import ComponentError, NotApplicable, RunContext
+from interpbench.core.config import parse_pair
 from interpbench.datasets.shapes import COLOR_NAMES
-from interpbench.metrics.drift import ExplanationDrift, UnitDrift, drift_table, sanity_table
+from interpbench.engine.recipes import distil, prune
+from interpbench.engine.runner import LimitedDataset
+from interpbench.metrics.drift import (
+    ExplanationDrift,
+    UnitDrift,
+    drift_table,
+    sanity_table,
+)
+from interpbench.models.derived import PairModel, cascade_stages
+from interpbench.models.training import (
+    finetune_model,
+    global_magnitude_masks,
+    prunable_weights,
+    soft_target_loss,
+)
 from interpbench.ops.drift import (
     CrossCorrelation,
     average_ranks,
@@ -31,16 +47,6 @@ from interpbench.ops.drift import (
     top_fraction_overlap,
     unit_drift_measures,
 )
-from interpbench.pairs import PairModel, cascade_stages, expand_specs, parse_pair, sanity_pairs
-from interpbench.recipes import (
-    distil,
-    finetune_model,
-    global_magnitude_masks,
-    prunable_weights,
-    prune,
-    soft_target_loss,
-)
-from interpbench.runner import LimitedDataset
 
 CPU = torch.device("cpu")
 PROBE_N = 48

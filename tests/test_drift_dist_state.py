@@ -8,9 +8,9 @@ import math
 import torch
 
 import interpbench as ib
-from interpbench.base import Batch
-from interpbench.distributed import merge_metric, state_of
-from interpbench.feeding import collate
+from interpbench.core.base import Batch
+from interpbench.engine.distributed import merge_metric, state_of
+from interpbench.engine.feeding import collate
 
 
 def _pair_batches(spec: str, n: int, size: int = 8):

@@ -16,9 +16,16 @@ import pytest
 import torch
 
 import interpbench as ib
-from interpbench.base import Batch, ComponentError, Method, RunContext
-from interpbench.feeding import collate
-from interpbench.metrics.drift import ExplanationDrift, UnitDrift, cka_grams, cka_table, drift_table
+from interpbench.core.base import Batch, ComponentError, Method, RunContext
+from interpbench.engine.feeding import collate
+from interpbench.engine.runner import LimitedDataset
+from interpbench.metrics.drift import (
+    ExplanationDrift,
+    UnitDrift,
+    cka_grams,
+    cka_table,
+    drift_table,
+)
 from interpbench.ops.drift import (
     GramAccumulator,
     cka_from_grams,
@@ -30,7 +37,6 @@ from interpbench.ops.drift import (
     map_ssim,
     permuted_cka,
 )
-from interpbench.runner import LimitedDataset
 
 CPU = torch.device("cpu")
 HEAD_PAIR = "shapes:cnn=>shapes:cnn~cascade:1"  # the classifier head re-initialised

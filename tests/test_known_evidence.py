@@ -25,12 +25,11 @@ from __future__ import annotations
 import argparse
 
 import pytest
-
 import torch
 from scipy.ndimage import distance_transform_edt
 
 from interpbench.api import load_dataset, load_metric, load_model
-from interpbench.base import Batch
+from interpbench.core.base import Batch
 
 MODELS = {"shapes:cnn.shortcut": "patch", "shapes:cnn": "object"}  # model -> the map that must win
 # metric name -> parameters; deletion/insertion at 16 steps (4 rows of 64 px each), ROAD at five fractions

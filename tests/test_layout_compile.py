@@ -13,10 +13,10 @@ import torch
 import torch._dynamo.exc
 
 import interpbench as ib
-from interpbench.base import ComponentError
-from interpbench.cli import main
+from interpbench.commands.cli import main
+from interpbench.core.base import ComponentError
+from interpbench.engine.runner import RunConfig
 from interpbench.methods.gradients import Gradient
-from interpbench.runner import RunConfig
 
 RUN = dict(methods=["gradcam", "gradient"], models=["shapes:cnn"], metrics=["deletion", "pointing_game"], limit=8,
            batch_size=8, progress=False, metric_params={"deletion": {"steps": 16}, "pointing_game": {"tolerance": 2}})

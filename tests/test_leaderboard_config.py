@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import interpbench as ib
-from interpbench.config import expand, parse_model_spec, read_datasets
-from interpbench.leaderboard import bootstrap_ci
+from interpbench.core.config import expand, parse_model_spec, read_datasets
+from interpbench.ops.stats import bootstrap_ci
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,7 +160,7 @@ def test_ci_runs_exactly_the_readme_test_command_and_it_installs_what_the_tests_
 def test_the_default_experiment_covers_every_builtin_and_records_its_budget(monkeypatch):
     from test_cli import captured_config
 
-    from interpbench.runner import grids
+    from interpbench.engine.runner import grids
 
     config = captured_config(monkeypatch, ["run", "--no-progress"])
     builtin = {n for n in ib.list_methods() if ":" not in n}  # plugins' methods carry their prefix
@@ -194,7 +194,7 @@ def test_the_default_experiment_covers_every_builtin_and_records_its_budget(monk
 def test_metric_sections_use_a_metrics_own_layout_and_fall_back_when_it_fails(monkeypatch):
     import pandas as pd
 
-    from interpbench import leaderboard
+    from interpbench.publish import leaderboard
 
     rows = [{"model": "m", "dataset": "d", "method": "x", "metric": metric, "value_name": name, "mean": 0.5,
              "ci_low": 0.4, "ci_high": 0.6, "n": 3, "higher_is_better": True, "status": "done", "error": None,

@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from interpbench.base import Batch, ComponentError
+from interpbench.commands.pointing_center import centre_baseline
+from interpbench.core.base import Batch, ComponentError
 from interpbench.datasets.coco import (
     CocoSource,
     polygon_to_mask,
@@ -20,13 +21,22 @@ from interpbench.datasets.coco import (
     rle_string_to_counts,
     segmentation_to_mask,
 )
-from interpbench.datasets.imagenet_loc import ImageNetLocSource
 from interpbench.datasets.imagefolder import imagenet_classes
+from interpbench.datasets.imagenet_loc import ImageNetLocSource
 from interpbench.datasets.shapes import COLORS, SHAPES, ShapesWorld
-from interpbench.datasets.shortcut import PATCH_COLORS, ShortcutSource, ShortcutWorld, conflict_class
+from interpbench.datasets.shortcut import (
+    PATCH_COLORS,
+    ShortcutSource,
+    ShortcutWorld,
+    conflict_class,
+)
 from interpbench.datasets.voc import VOC_CLASSES, VOCSource
 from interpbench.methods.baselines import CenterMap
-from interpbench.metrics.localization import EnergyPointingGame, EnergyPointingGameMasks, PointingGame, centre_baseline
+from interpbench.metrics.localization import (
+    EnergyPointingGame,
+    EnergyPointingGameMasks,
+    PointingGame,
+)
 from interpbench.testing import check_dataset
 from interpbench.testing import components as conformance
 
@@ -391,7 +401,7 @@ def test_a_copy_at_another_path_has_the_same_portable_identity(tmp_path, source,
     # cell keys and seeds come from portable(identity): what the files hold, not where they lie
     import shutil
 
-    from interpbench.manifest import portable
+    from interpbench.core.identity import portable
 
     first = write(tmp_path / "a")
     shutil.copytree(first, tmp_path / "b")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import interpbench as ib
-from interpbench.base import Batch, ComponentError, Method, Model, NotApplicable
+from interpbench.core.base import Batch, ComponentError, Method, Model, NotApplicable
 from interpbench.datasets.shapes import COLORS
 from interpbench.datasets.shortcut import PATCH_COLORS, ShortcutWorld
 from interpbench.methods.baselines import CenterMap

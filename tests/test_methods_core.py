@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interpbench.base import ComponentError, Model, NotApplicable
+from interpbench.core.base import ComponentError, Model, NotApplicable
 from interpbench.methods.baselines import CenterMap, RandomMap
 from interpbench.methods.cam import GradCAM, upsample_maps
 from interpbench.methods.gradients import Gradient

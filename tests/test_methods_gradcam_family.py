@@ -20,7 +20,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 import interpbench as ib
-from interpbench.base import Model
+from interpbench.core.base import Model
 from interpbench.datasets.shapes import ShapesWorld
 from interpbench.methods.cam import normalized_upsampled, score_cam_weights
 from interpbench.methods.gradients import (

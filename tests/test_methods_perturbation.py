@@ -21,7 +21,7 @@ from skimage.transform import resize as sk_resize
 from torch import nn
 
 import interpbench as ib
-from interpbench.base import ComponentError, Model
+from interpbench.core.base import ComponentError, Model
 from interpbench.methods.occlusion import Occlusion
 from interpbench.methods.perturbation import (
     ExtremalPerturbation,

@@ -11,7 +11,7 @@ import skimage.data
 import torch
 import torch.nn.functional as F
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 from interpbench.methods.cam import GradCAM
 from interpbench.methods.gradients import Gradient
 from interpbench.models import weights as W
@@ -220,7 +220,10 @@ def test_torchvision_random_and_checkpoint(tmp_path):
 def test_torchvision_vgg_cam_layer_is_last_conv_relu():
     from torchvision.models import get_model
 
-    from interpbench.models.torchvision_source import torchvision_cam_layer, torchvision_layers
+    from interpbench.models.torchvision_source import (
+        torchvision_cam_layer,
+        torchvision_layers,
+    )
 
     with torch.device("meta"):  # structure only, no initialisation cost
         vgg = get_model("vgg11", weights=None)  # features: ... 18 conv5_2, 19 ReLU, 20 MaxPool

@@ -19,9 +19,9 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from interpbench import tables as tb
-from interpbench.base import ComponentError
-from interpbench.leaderboard import _pattern, headline_mask, headline_table
+from interpbench.core.base import ComponentError
+from interpbench.publish import tables as tb
+from interpbench.publish.leaderboard import _pattern, headline_mask, headline_table
 
 GOLDEN = Path(__file__).parent / "golden" / "layouts"
 DEFAULT = Path(__file__).parents[1] / "leaderboards" / "default" / "store.sqlite"
@@ -292,7 +292,7 @@ def test_selection_options(tmp_path, default_experiment, capsys):
 def test_methods_md_leads_with_the_headline_table(tmp_path):
     from test_tables import make_store
 
-    from interpbench.leaderboard import regenerate
+    from interpbench.publish.leaderboard import regenerate
 
     directory = make_store(tmp_path / "exp")
     regenerate(directory)

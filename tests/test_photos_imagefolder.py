@@ -5,8 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from interpbench.base import ComponentError
-from interpbench.datasets.imagefolder import ImageFolderSource, resize_center_crop, to_tensor
+from interpbench.core.base import ComponentError
+from interpbench.datasets.imagefolder import (
+    ImageFolderSource,
+    resize_center_crop,
+    to_tensor,
+)
 from interpbench.datasets.photos import PHOTOS, PhotosSource
 
 
@@ -79,7 +83,7 @@ def test_imagefolder_reads_the_imagenet_val_layout(val_tree):
 def test_imagefolder_identity_is_its_file_list_not_its_path(val_tree, tmp_path):
     import shutil
 
-    from interpbench.manifest import portable
+    from interpbench.core.identity import portable
 
     copy = shutil.copytree(val_tree, tmp_path / "elsewhere" / "val")
     a, b = ImageFolderSource().load(path=str(val_tree), size=32), ImageFolderSource().load(path=str(copy), size=32)

@@ -22,11 +22,11 @@ from rich.console import Console
 from torch import nn
 
 import interpbench as ib
-import interpbench.registry as registry_module
-from interpbench import hookspecs
-from interpbench.cli import main
+import interpbench.core.registry as registry_module
 from interpbench.commands import check as check_command
-from interpbench.registry import get_registry
+from interpbench.commands.cli import main
+from interpbench.core import hookspecs
+from interpbench.core.registry import get_registry
 from interpbench.testing import (
     ReferenceDataset,
     check_dataset,

@@ -3,7 +3,7 @@
 import pytest
 
 import interpbench as ib
-from interpbench.registry import PluginError, Registry, get_registry
+from interpbench.core.registry import PluginError, Registry, get_registry
 
 
 def test_builtins_are_registered_through_entry_points():

@@ -25,8 +25,8 @@ from PIL import Image
 from rich.console import Console
 
 import interpbench as ib
-from interpbench import report
-from interpbench.tables import load_experiment
+from interpbench.publish import report
+from interpbench.publish.tables import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 import interpbench as ib
-from interpbench import reproduce as rp
+from interpbench.publish import reproduce as rp
 
 METHODS = ["gradient", "center", "toy_noise"]
 METRICS = ["deletion", "toy_brightness", "toy_mean_map"]
@@ -237,7 +237,7 @@ def test_reproducing_into_the_experiment_itself_is_refused(committed):
 def test_git_sha_is_dirty_for_code_changes_only(tmp_path):
     import subprocess
 
-    from interpbench.manifest import git_sha
+    from interpbench.core.identity import git_sha
 
     def git(*args: str) -> None:
         subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)

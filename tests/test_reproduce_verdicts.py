@@ -16,11 +16,11 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from interpbench import reproduce as rp
-from interpbench.leaderboard import regenerate
+from interpbench.engine.runner import RunConfig, Runner
 from interpbench.ops import rounding as rnd
-from interpbench.runner import RunConfig, Runner
-from interpbench.tables import load_experiment
+from interpbench.publish import reproduce as rp
+from interpbench.publish.leaderboard import regenerate, write_leaderboard
+from interpbench.publish.tables import load_experiment
 
 BASE = dict(methods=["gradient", "random"], models=["toy:net"], metrics=["deletion"], limit=8, batch_size=8,
             progress=False)
@@ -29,7 +29,7 @@ BASE = dict(methods=["gradient", "random"], models=["toy:net"], metrics=["deleti
 def experiment(out, **changes):
     options = {**BASE, **changes}
     config = RunConfig(out=str(out), **options)
-    Runner(config).run()
+    Runner(config).run(publish=write_leaderboard)
     return config, load_experiment(out)
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import interpbench as ib
+from interpbench.core.registry import get_registry
 from interpbench.metrics import localization
-from interpbench.pairs import PairModel
-from interpbench.registry import get_registry
+from interpbench.models.derived import PairModel
 from interpbench.testing.components import reference_model, reference_sample
 from interpbench.testing.rescaling import check_rescaling, graded_maps
 

@@ -8,13 +8,21 @@ import pytest
 import scipy.sparse
 import scipy.sparse.linalg
 import torch
-from pytorch_grad_cam.metrics.road import NoisyLinearImputer, ROADLeastRelevantFirst, ROADMostRelevantFirst
+from pytorch_grad_cam.metrics.road import (
+    NoisyLinearImputer,
+    ROADLeastRelevantFirst,
+    ROADMostRelevantFirst,
+)
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
 
 from interpbench.api import load_dataset, load_method, load_metric, load_model
-from interpbench.base import Batch, ComponentError
+from interpbench.core.base import Batch, ComponentError
 from interpbench.metrics.road import removal_masks, road_curves
-from interpbench.ops.imputation import linear_imputation, neighbour_weights, noisy_linear_imputation
+from interpbench.ops.imputation import (
+    linear_imputation,
+    neighbour_weights,
+    noisy_linear_imputation,
+)
 
 
 def direct_solve(image: np.ndarray, removed: np.ndarray) -> np.ndarray:

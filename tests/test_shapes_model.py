@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from interpbench.base import ComponentError, Model
+from interpbench.core.base import ComponentError, Model
 from interpbench.datasets.shapes import COLOR_NAMES, SHAPES, ShapesWorld
 from interpbench.models import shapes as shapes_model
-from interpbench.models.weights import state_dict_sha256
-from interpbench.models.shapes import ShapesModelSource, file_sha256, recipe, recipe_hash, train_shapes_cnn
+from interpbench.models.shapes import (
+    ShapesModelSource,
+    file_sha256,
+    recipe,
+    recipe_hash,
+    train_shapes_cnn,
+)
+from interpbench.models.weights import atomic_save, state_dict_sha256
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +120,7 @@ def test_training_is_deterministic_and_cached_by_recipe(tmp_path, monkeypatch):
     monkeypatch.setattr(shapes_model, "TRAIN_DEFAULTS", {**shapes_model.TRAIN_DEFAULTS, **small})
     rec = recipe("shape", 3)
     target = tmp_path / "cache" / f"shapes-cnn-shape-seed3-{recipe_hash(rec)}.pt"
-    shapes_model._atomic_save({"state_dict": sa, "recipe": rec, "test_accuracy": acc_a}, target)
+    atomic_save({"state_dict": sa, "recipe": rec, "test_accuracy": acc_a}, target)
     monkeypatch.setattr(shapes_model, "train_shapes_cnn", lambda *a, **k: pytest.fail("retrained a cached model"))
     model = ShapesModelSource(seed=3).load("cnn", None, None)
     assert model.weights["path"] == str(target) and model.weights["test_accuracy"] == acc_a

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 from interpbench.datasets.shapes import (
     BACKGROUND,
     COLOR_NAMES,

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from interpbench import tables as tb
-from interpbench.store import Store
+from interpbench.engine.store import Store
+from interpbench.publish import tables as tb
 
 GOLDEN = Path(__file__).parent / "golden"
 N = 20
@@ -175,10 +175,10 @@ def test_the_command_writes_every_table_from_a_store(tmp_path, capsys):
 
 
 def test_the_three_commands_wire_into_the_cli(tmp_path, monkeypatch, capsys):
-    from interpbench import cli
+    from interpbench.commands import cli
 
-    for name, module in (("table", "interpbench.tables"), ("report", "interpbench.report"),
-                         ("reproduce", "interpbench.reproduce")):
+    for name, module in (("table", "interpbench.publish.tables"), ("report", "interpbench.publish.report"),
+                         ("reproduce", "interpbench.publish.reproduce")):
         monkeypatch.setitem(cli.EXTRA_COMMANDS, name, module)
     args = cli.build_parser().parse_args(["reproduce", "leaderboards/default", "--exact", "--atol", "1e-4"])
     assert (args.directory, args.exact, args.atol, args.strict) == ("leaderboards/default", True, 1e-4, False)

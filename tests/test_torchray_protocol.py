@@ -16,13 +16,17 @@ from PIL import Image
 from test_loc_datasets import voc_xml, write_coco
 
 import interpbench as ib
-from interpbench.base import Batch, Method
+from interpbench.core.base import Batch, Method
 from interpbench.datasets.coco import CocoSource
 from interpbench.datasets.shapes import ShapesWorld
 from interpbench.datasets.voc import VOC_CLASSES, VOCSource, torchray_input_size
-from interpbench.feeding import SampleList, same_size_runs
-from interpbench.metrics.localization import PointingGame, dataset_tolerance, smooth_maps
-from interpbench.runner import method_params_for
+from interpbench.engine.feeding import SampleList, same_size_runs
+from interpbench.engine.runner import method_params_for
+from interpbench.metrics.localization import (
+    PointingGame,
+    dataset_tolerance,
+    smooth_maps,
+)
 
 DOG = VOC_CLASSES.index("dog")
 VOC_AREAS, COCO_AREAS = [0.025, 0.05, 0.1, 0.2], [0.018, 0.025, 0.05, 0.1]

@@ -14,11 +14,17 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 import interpbench as ib
-from interpbench.base import Model, NotApplicable
+from interpbench.core.base import Model, NotApplicable
 from interpbench.metrics.dissection import dissect, layer_activations
 from interpbench.models.timm_source import wrap_timm
 from interpbench.models.weights import seeded
-from interpbench.ops.tokens import TokenGrid, as_feature_map, fold_tokens, token_grid_of, unfold_tokens
+from interpbench.ops.tokens import (
+    TokenGrid,
+    as_feature_map,
+    fold_tokens,
+    token_grid_of,
+    unfold_tokens,
+)
 
 # --------------------------------------------------------------------------------------------- folding
 

@@ -14,7 +14,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 
 HELP = "check a method, metric, model or dataset against interpbench's contract (the plugin conformance kit)"
 KINDS = ("method", "metric", "dataset", "model")
@@ -45,8 +45,8 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
 
 def resolve(name: str, kind: str | None = None) -> tuple[str, str]:
     """``(kind, what)``: which kind of component ``name`` is (``what`` says where it was found)."""
-    from interpbench.config import parse_model_spec, read_datasets
-    from interpbench.registry import get_registry, unknown_message
+    from interpbench.core.config import parse_model_spec, read_datasets
+    from interpbench.core.registry import get_registry, unknown_message
 
     reg = get_registry()
     found: list[tuple[str, str]] = []
@@ -73,7 +73,7 @@ def build_checks(name: str, kind: str, what: str, params: dict[str, Any], model_
                  samples: int) -> tuple[Any, str, list]:
     """(the component, its label, its checks)."""
     from interpbench import api
-    from interpbench.registry import get_registry
+    from interpbench.core.registry import get_registry
     from interpbench.testing import components
     from interpbench.testing.pytest_helpers import _accepted
 

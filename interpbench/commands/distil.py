@@ -1,5 +1,5 @@
 """``interpbench distil --teacher SPEC --student SPEC``: knowledge distillation with the soft-target loss of
-Hinton et al. 2015 (:func:`interpbench.recipes.distil`); prints the spec that loads the student."""
+Hinton et al. 2015 (:func:`interpbench.engine.recipes.distil`); prints the spec that loads the student."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 
 from rich.console import Console
 
-from .recipe_args import add_training_arguments, common, report
+from interpbench.commands.recipe_args import add_training_arguments, common, report
 
 HELP = "distil a teacher into a (smaller) student with soft targets (writes a checkpoint + record)"
 
@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from interpbench.recipes import distil
+    from interpbench.engine.recipes import distil
 
     result = distil(args.teacher, args.student, args.dataset, temperature=args.temperature, alpha=args.alpha,
                     epochs=args.epochs, **common(args))

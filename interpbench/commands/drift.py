@@ -1,7 +1,7 @@
 """``interpbench drift --from A --to B``: unit drift and explanation drift of a model pair, and the
 model-randomisation sanity check (``--sanity SPEC``).
 
-It runs the experiment grid on the pair ``A=>B`` (``interpbench.pairs``) with the ``unit_drift`` metric (and
+It runs the experiment grid on the pair ``A=>B`` (``interpbench.models.derived``) with the ``unit_drift`` metric (and
 ``explanation_drift`` for ``--methods``), writes the usual experiment directory (store, tables, manifest, the
 per-unit CSV and the switch-matrix PNG under ``artifacts/``) and prints the drift table.
 """
@@ -15,7 +15,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 
 HELP = "unit drift and explanation drift from model A to model B (or the model-randomisation sanity check)"
 DEFAULT_METHODS = "gradient,gradcam,random,center"
@@ -49,7 +49,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def plan(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
     """``(models, methods, metrics)`` of the run the arguments ask for."""
-    from interpbench.pairs import pair_spec, sanity_pairs
+    from interpbench.api import sanity_pairs
+    from interpbench.core.config import pair_spec
 
     if args.sanity:
         if args.source or args.target:
@@ -70,9 +71,10 @@ def plan(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from interpbench.cli import _params
+    from interpbench.commands.cli import _params
+    from interpbench.engine.runner import RunConfig, Runner
     from interpbench.metrics.drift import drift_table, sanity_table
-    from interpbench.runner import RunConfig, Runner
+    from interpbench.publish.leaderboard import write_leaderboard
 
     models, methods, metrics = plan(args)
     metric_params = _params(args.metric_param, "--metric-param")
@@ -86,7 +88,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
                        progress=not args.no_progress, experiment="drift",
                        command="interpbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     runner = Runner(config, console)
-    table = runner.run()
+    table = runner.run(publish=write_leaderboard)
     drift = drift_table(table)
     for (pair, dataset, layer), group in (drift.groupby(["pair", "dataset", "layer"], sort=False) if not drift.empty
                                           else []):

@@ -11,7 +11,7 @@ import argparse
 
 from rich.console import Console
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 
 HELP = "write a probe with concept labels (default: the shapes world) in the Broden layout (index.csv, label PNGs)"
 
@@ -41,7 +41,7 @@ def main(args: argparse.Namespace, console: Console) -> int:
             raise ComponentError(f"dataset {args.dataset!r} has no concept labels ('concepts'); export a probe such "
                                  "as 'shapes'")
         if args.limit is not None and args.limit < len(dataset):
-            from interpbench.runner import LimitedDataset
+            from interpbench.engine.runner import LimitedDataset
 
             dataset = LimitedDataset(dataset, args.limit)
     except ComponentError as exc:

@@ -1,5 +1,5 @@
 """``interpbench finetune SPEC --dataset NAME``: fine-tune a model on a dataset of ``datasets.yaml``
-(:func:`interpbench.recipes.finetune`); prints the spec that loads the result."""
+(:func:`interpbench.engine.recipes.finetune`); prints the spec that loads the result."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 
 from rich.console import Console
 
-from .recipe_args import add_training_arguments, common, report
+from interpbench.commands.recipe_args import add_training_arguments, common, report
 
 HELP = "fine-tune a model on another task or dataset (writes a checkpoint + record, prints its model spec)"
 
@@ -22,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from interpbench.recipes import finetune
+    from interpbench.engine.recipes import finetune
 
     result = finetune(args.model, args.dataset, epochs=args.epochs, head=args.head, **common(args))
     return report(result, console)

@@ -1,4 +1,4 @@
-"""``interpbench prune SPEC --sparsity S``: global magnitude pruning (:func:`interpbench.recipes.prune`); prints the
+"""``interpbench prune SPEC --sparsity S``: global magnitude pruning (:func:`interpbench.engine.recipes.prune`); prints the
 spec that loads the pruned model."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 
 from rich.console import Console
 
-from .recipe_args import add_training_arguments, common, report
+from interpbench.commands.recipe_args import add_training_arguments, common, report
 
 HELP = "prune a model's Conv/Linear weights by global magnitude to a sparsity (writes a checkpoint + record)"
 
@@ -21,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from interpbench.recipes import prune
+    from interpbench.engine.recipes import prune
 
     result = prune(args.model, args.sparsity, args.dataset, include_head=not args.no_head,
                    finetune_epochs=args.epochs, **common(args))

@@ -1,4 +1,4 @@
-"""Arguments and output shared by ``interpbench finetune | distil | prune`` (:mod:`interpbench.recipes`)."""
+"""Arguments and output shared by ``interpbench finetune | distil | prune`` (:mod:`interpbench.engine.recipes`)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,18 @@
 """Built-in dataset loaders (named in ``datasets.yaml``); registered like any third-party plugin."""
 
-from ..hookspecs import hookimpl
+from interpbench.core.hookspecs import hookimpl
 
 
 @hookimpl
 def register_datasets():
-    from .broden import BrodenSource
-    from .coco import CocoSource
-    from .imagefolder import ImageFolderSource
-    from .imagenet_loc import ImageNetLocSource
-    from .photos import PhotosSource
-    from .shapes import ShapesSource
-    from .shortcut import ShortcutSource
-    from .voc import VOCSource
+    from interpbench.datasets.broden import BrodenSource
+    from interpbench.datasets.coco import CocoSource
+    from interpbench.datasets.imagefolder import ImageFolderSource
+    from interpbench.datasets.imagenet_loc import ImageNetLocSource
+    from interpbench.datasets.photos import PhotosSource
+    from interpbench.datasets.shapes import ShapesSource
+    from interpbench.datasets.shortcut import ShortcutSource
+    from interpbench.datasets.voc import VOCSource
 
     return [ShapesSource, PhotosSource, ImageFolderSource, BrodenSource, VOCSource, CocoSource, ImageNetLocSource,
             ShortcutSource]

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from interpbench.base import ComponentError, DatasetSource
+from interpbench.core.base import ComponentError, DatasetSource
 
 META_COLUMNS = ("image", "split", "ih", "iw", "sh", "sw")
 LAYOUT = (

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from interpbench.base import ComponentError, DatasetSource
+from interpbench.core.base import ComponentError, DatasetSource
+from interpbench.core.identity import file_sha256
 from interpbench.datasets.voc import AnnotatedImages, read_difficult_file
-from interpbench.manifest import file_sha256
 
 COCO_LAYOUT = "<path>/annotations/instances_<set>.json and <path>/<set>/*.jpg"
 _POLY_SCALE = 5.0  # pycocotools rleFrPoly upsamples the outline 5x before finding the column crossings

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from interpbench.base import ComponentError, DatasetSource
-from interpbench.manifest import lines_sha256
+from interpbench.core.base import ComponentError, DatasetSource
+from interpbench.core.identity import lines_sha256
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 LAYOUT = "<path>/<class folder, e.g. an ImageNet synset id like n01440764>/<image>.JPEG"

@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from interpbench.base import ComponentError, DatasetSource
+from interpbench.core.base import ComponentError, DatasetSource
+from interpbench.core.identity import file_sha256
 from interpbench.datasets.imagefolder import imagenet_classes
 from interpbench.datasets.voc import AnnotatedImages, image_size
-from interpbench.manifest import file_sha256
 
 LOC_LAYOUT = "<path>/LOC_val_solution.csv and <path>/ILSVRC/Data/CLS-LOC/val/<ImageId>.JPEG"
 

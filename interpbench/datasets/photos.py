@@ -13,8 +13,13 @@ from typing import Any
 import torch
 from PIL import Image
 
-from interpbench.base import ComponentError, DatasetSource
-from interpbench.datasets.imagefolder import imagenet_classes, resize_center_crop, size_hw, to_tensor
+from interpbench.core.base import ComponentError, DatasetSource
+from interpbench.datasets.imagefolder import (
+    imagenet_classes,
+    resize_center_crop,
+    size_hw,
+    to_tensor,
+)
 
 # name -> (file in skimage/data, ImageNet-1k label or None)
 PHOTOS: dict[str, tuple[str, int | None]] = {

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from interpbench.base import ComponentError, DatasetSource
+from interpbench.core.base import ComponentError, DatasetSource
 
 GENERATOR_VERSION = "shapes-world-2"
 

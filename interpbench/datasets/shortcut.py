@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from interpbench.base import ComponentError, DatasetSource
+from interpbench.core.base import ComponentError, DatasetSource
 from interpbench.datasets.shapes import COLORS, SHAPES, ShapesWorld, mask_box
 
 SHORTCUT_VERSION = "shapes-shortcut-1"

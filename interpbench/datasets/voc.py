@@ -36,7 +36,7 @@ This module also holds :class:`AnnotatedImages`, the base of the localisation lo
   former, as TorchRay's benchmark does).
 
 ``annotation(index)`` returns a sample without decoding its image (for checks on the annotations alone, e.g.
-the pointing game's centre baseline: ``interpbench.metrics.localization.centre_baseline``).
+the pointing game's centre baseline: ``interpbench.commands.pointing_center.centre_baseline``).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from interpbench.base import ComponentError, DatasetSource
+from interpbench.core.base import ComponentError, DatasetSource
+from interpbench.core.identity import lines_sha256
 from interpbench.datasets.imagefolder import size_hw, to_tensor
-from interpbench.manifest import lines_sha256
 from interpbench.metrics.localization import TORCHRAY_TOLERANCE, difficult_pairs
 
 VOC_CLASSES = (

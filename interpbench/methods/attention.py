@@ -16,11 +16,18 @@ from __future__ import annotations
 
 import torch
 
-from interpbench.base import Method, NotApplicable
+from interpbench.core.base import Method, NotApplicable
 from interpbench.methods.cam import upsample_maps
 from interpbench.methods.gradients import check_batch, finite_maps, target_logits
 from interpbench.ops.hooks import attention_modules, capture_attention
-from interpbench.ops.tokens import TokenGrid, attention_relevance, attention_rollout, class_row, patch_grid, token_grid_of
+from interpbench.ops.tokens import (
+    TokenGrid,
+    attention_relevance,
+    attention_rollout,
+    class_row,
+    patch_grid,
+    token_grid_of,
+)
 
 
 def transformer_layout(method: str, model) -> TokenGrid:

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from interpbench.base import ComponentError, Method
+from interpbench.core.base import ComponentError, Method
 from interpbench.methods.gradients import check_batch
 
 
@@ -48,6 +48,7 @@ class CenterMap(Method):
     version = "1"
     requires_grad = False
     deterministic = True
+    points_at_centre = True
     defaults = {"sigma": 0.25}
 
     def __init__(self, **params) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from interpbench.base import ComponentError, Method, Model, NotApplicable
+from interpbench.core.base import ComponentError, Method, Model
 from interpbench.methods.gradients import (
     baseline_images,
     check_baseline,

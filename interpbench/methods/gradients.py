@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from interpbench.base import ComponentError, Method, NotApplicable
+from interpbench.core.base import ComponentError, Method, NotApplicable
 from interpbench.ops import batching
 from interpbench.ops.hooks import guided_relu_backward, record_nonlinearities
 

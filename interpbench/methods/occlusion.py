@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from interpbench.base import ComponentError, Method
+from interpbench.core.base import ComponentError, Method
 from interpbench.methods.gradients import check_batch, finite_maps, target_logits
 from interpbench.methods.perturbation import _positive, target_probabilities
 from interpbench.methods.rise import baseline_colour, check_baseline

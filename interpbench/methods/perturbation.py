@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from interpbench.base import ComponentError, Method
+from interpbench.core.base import ComponentError, Method
 from interpbench.methods.gradients import check_batch, finite_maps, target_logits
 from interpbench.ops import batching
 from interpbench.ops.masks import (

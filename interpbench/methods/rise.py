@@ -18,9 +18,13 @@ from typing import Any
 
 import torch
 
-from interpbench.base import ComponentError, Method
+from interpbench.core.base import ComponentError, Method
 from interpbench.methods.gradients import check_batch, finite_maps
-from interpbench.methods.perturbation import _model_mean, _positive, target_probabilities
+from interpbench.methods.perturbation import (
+    _model_mean,
+    _positive,
+    target_probabilities,
+)
 from interpbench.ops import batching
 from interpbench.ops.masks import full_precision, rise_masks
 

@@ -1,19 +1,28 @@
 """Built-in metrics, one module per family; registered like any third-party plugin."""
 
-from ..hookspecs import hookimpl
+from interpbench.core.hookspecs import hookimpl
 
 
 @hookimpl
 def register_metrics():
-    from .ablation import UnitAblation
-    from .adversarial import AdversarialClassConsistency, AdversarialConsistency, AdversarialDetection
-    from .causal import Deletion, Insertion
-    from .dissection import Dissection
-    from .drift import ExplanationDrift, UnitDrift
-    from .localization import (EnergyPointingGame, EnergyPointingGameMasks, GridPointingGame, PointingGame,
-                               ShortcutLocalization)
-    from .net2vec import Net2Vec
-    from .road import RoadLeRF, RoadMoRF
+    from interpbench.metrics.ablation import UnitAblation
+    from interpbench.metrics.adversarial import (
+        AdversarialClassConsistency,
+        AdversarialConsistency,
+        AdversarialDetection,
+    )
+    from interpbench.metrics.causal import Deletion, Insertion
+    from interpbench.metrics.dissection import Dissection
+    from interpbench.metrics.drift import ExplanationDrift, UnitDrift
+    from interpbench.metrics.localization import (
+        EnergyPointingGame,
+        EnergyPointingGameMasks,
+        GridPointingGame,
+        PointingGame,
+        ShortcutLocalization,
+    )
+    from interpbench.metrics.net2vec import Net2Vec
+    from interpbench.metrics.road import RoadLeRF, RoadMoRF
 
     return [Deletion, Insertion, Dissection, Net2Vec, PointingGame, EnergyPointingGame, EnergyPointingGameMasks,
             GridPointingGame,

@@ -31,8 +31,15 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from interpbench.base import ComponentError, Metric, Model, NotApplicable, RunContext
-from interpbench.metrics.dissection import _device, _slug, in_eval_mode
+from interpbench.core.base import (
+    ComponentError,
+    Metric,
+    Model,
+    NotApplicable,
+    RunContext,
+)
+from interpbench.core.tabular import slug
+from interpbench.metrics.dissection import _device, in_eval_mode
 from interpbench.ops.ablation import (
     TailRunner,
     ablation_counts,
@@ -129,7 +136,7 @@ def unit_ablation(model: torch.nn.Module, dataset: Any, layer: str, *, fill: str
     (highest first) and at random. ``tail``: ``"auto"`` (the network after the layer alone when it can be cut
     there, else whole-network passes with a hook), ``"tail"`` or ``"hook"``.
     """
-    from interpbench.distributed import SINGLE
+    from interpbench.engine.distributed import SINGLE
 
     dist = SINGLE if dist is None else dist
     if fill not in FILLS:
@@ -411,10 +418,10 @@ def write_tables(result: AblationResult, out_dir: str | Path, class_units: list[
     ``LAYER-ablation.json``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    slug = _slug(result.layer)
+    stem = slug(result.layer)
     written = []
     drop = result.accuracy_drop()
-    path = out / f"{slug}-ablation-units.csv"
+    path = out / f"{stem}-ablation-units.csv"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["unit", "importance", "selectivity", "concept", "iou",
@@ -424,7 +431,7 @@ def write_tables(result: AblationResult, out_dir: str | Path, class_units: list[
             w.writerow([u + 1, float(result.importance[u]), float(result.selectivity[u]), concept, iou,
                         *[float(drop[u, c]) for c in range(len(result.class_names))]])
     written.append(path)
-    path = out / f"{slug}-ablation-classes.csv"
+    path = out / f"{stem}-ablation-classes.csv"
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["class", "k", "kind", "class_accuracy", "rest_accuracy", "class_probability",
@@ -434,23 +441,23 @@ def write_tables(result: AblationResult, out_dir: str | Path, class_units: list[
                         r["class_probability"], r["baseline_class_accuracy"], r["baseline_rest_accuracy"],
                         " ".join(str(u + 1) for u in r["units"])])
     written.append(path)
-    path = out / f"{slug}-ablation-curve.csv"
+    path = out / f"{stem}-ablation-curve.csv"
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, ["order", "fraction", "removed", "accuracy"])
         w.writeheader()
         w.writerows(sorted(result.curve, key=lambda r: (r["order"], r["fraction"])))
     written.append(path)
     if class_units:
-        path = out / f"{slug}-ablation-class-units.csv"
+        path = out / f"{stem}-ablation-class-units.csv"
         with open(path, "w", newline="") as f:
             w = csv.DictWriter(f, list(class_units[0]))
             w.writeheader()
             w.writerows(class_units)
         written.append(path)
-    figure = plot_k(result, out / f"{slug}-ablation-k.png")
+    figure = plot_k(result, out / f"{stem}-ablation-k.png")
     if figure is not None:
         written.append(figure)
-    path = out / f"{slug}-ablation.json"
+    path = out / f"{stem}-ablation.json"
     path.write_text(json.dumps({"layer": result.layer, "fill": result.fill, "mode": result.mode,
                                 "n_images": result.n_images, "classes": result.class_names,
                                 "images_per_class": result.class_images.tolist(), "summary": result.summary()},
@@ -588,7 +595,7 @@ class UnitAblation(Metric):
                 write_tables(result, ctx.out_dir, class_units, labels)
                 if dissection is not None:
                     class_units_figure(model, dataset, result, dissection,
-                                       Path(ctx.out_dir) / f"{_slug(layer)}-ablation-class-units.png",
+                                       Path(ctx.out_dir) / f"{slug(layer)}-ablation-class-units.png",
                                        units=p["figure_units"], images=p["figure_images"], device=ctx.device)
         out["n"] = float(len(dataset))
         return out

@@ -47,8 +47,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from interpbench.base import Batch, ComponentError, Metric, Model, RunContext
-from interpbench.manifest import stable_hash
+from interpbench.core.base import Batch, ComponentError, Metric, Model, RunContext
+from interpbench.core.identity import stable_hash
+from interpbench.core.tabular import slug
 from interpbench.ops.attacks import Adversarial, carlini_wagner_l2, fgsm, pgd_linf
 from interpbench.ops.stats import fixed_matvec, roc_curve
 
@@ -643,7 +644,7 @@ def detection_table(results: "Any", value: str = "auroc") -> "Any":
     """The detection table of a run: one row per (model, dataset, method) and one baseline row per (model,
     dataset), one column per attack, cells ``"mean [ci_low, ci_high]"`` of ``value`` (``auroc`` or ``tpr5``).
 
-    ``results`` is the long table of :func:`interpbench.leaderboard.results_table` (or ``results.json``'s
+    ``results`` is the long table of :func:`interpbench.publish.leaderboard.results_table` (or ``results.json``'s
     records as a DataFrame). The baseline row is taken from the first method's cell: it is the same in every cell.
     """
     import pandas as pd
@@ -734,7 +735,7 @@ class AdversarialDetection(Metric):
         TPR at 5% FPR, the method-free baseline's, the gain and n (the cross-attack table stays in the CSV)."""
         import pandas as pd
 
-        from interpbench.leaderboard import format_value, to_markdown
+        from interpbench.core.tabular import format_value, to_markdown
 
         done = rows[rows["status"] == "done"]
         values = {(r.model, r.dataset, r.method, str(r.value_name)): r for r in done.itertuples(index=False)}
@@ -944,7 +945,7 @@ class AdversarialDetection(Metric):
         import csv
         import json
 
-        method = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in (self._method_name or "detector"))
+        method = slug(self._method_name or "detector")
         out_dir.mkdir(parents=True, exist_ok=True)
         if self.params["cross_attack"]:
             write_cross_attack_table(values, out_dir, stem=f"{method}-cross")
@@ -1077,7 +1078,11 @@ def block_tallies(model: torch.nn.Module, dataset: Any, layers: Sequence[str], c
     """Dissection tallies per block of probe images for each condition (``None``: the clean probe, or a tensor of
     adversarial images), with that condition's thresholds, and the per-block sums of ``|a_cond - a_clean|`` and
     ``|a_clean|`` per unit. Block of image ``i``: ``i * blocks // N``."""
-    from interpbench.metrics.dissection import iter_probe, layer_activations, probe_concepts
+    from interpbench.metrics.dissection import (
+        iter_probe,
+        layer_activations,
+        probe_concepts,
+    )
     from interpbench.ops.dissect import Tally, accumulate_tally, encode_concepts
 
     concepts = probe_concepts(dataset)
@@ -1267,7 +1272,7 @@ class AdversarialConsistency(Metric):
                 "kept": bool(a.labels.score[u] > threshold and b.labels.score[u] > threshold and c_label == a_label),
                 "activation_change": float(change[u] / clean_abs[u]) if clean_abs[u] > 0 else math.nan,
             })
-        path = out_dir / f"{''.join(ch if ch.isalnum() or ch in '-_.' else '_' for ch in layer)}-{attack}-units.csv"
+        path = out_dir / f"{slug(layer)}-{attack}-units.csv"
         with open(path, "w", newline="") as f:
             writer = csv.DictWriter(f, list(rows[0]))
             writer.writeheader()
@@ -1368,7 +1373,11 @@ class AdversarialClassConsistency(Metric):
 
     def evaluate(self, model: Model, dataset: Any, ctx: RunContext) -> dict[str, float]:
         from interpbench.metrics.dissection import resolve_layers
-        from interpbench.ops.consistency import chance_consistency, consistency, top_label_distribution
+        from interpbench.ops.consistency import (
+            chance_consistency,
+            consistency,
+            top_label_distribution,
+        )
 
         p = self.params
         layers = resolve_layers(model, p["layers"])
@@ -1483,7 +1492,7 @@ class AdversarialClassConsistency(Metric):
         top_real = top_label_distribution(real, labels, classes, k).argmax(dim=-1)
         top_adv = top_label_distribution(adv, labels, classes, k).argmax(dim=-1)
         out_dir.mkdir(parents=True, exist_ok=True)
-        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in prefix.replace(".", "-"))
+        stem = slug(prefix.replace(".", "-"))
         with open(out_dir / f"{stem}-class-consistency.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["unit", "real", "adversarial", "real_top_class", "adversarial_top_class"])

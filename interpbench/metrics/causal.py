@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from interpbench.base import Batch, ComponentError, Metric, Model
+from interpbench.core.base import Batch, ComponentError, Metric, Model
 from interpbench.ops import batching
 from interpbench.ops.blur import gaussian_blur
 

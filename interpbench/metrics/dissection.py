@@ -41,7 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interpbench.base import ComponentError, Metric, Model, NotApplicable, RunContext
+from interpbench.core.base import (
+    ComponentError,
+    Metric,
+    Model,
+    RunContext,
+)
+from interpbench.core.tabular import slug
 from interpbench.ops.dissect import (
     ConceptSet,
     ProbeLabels,
@@ -305,7 +311,7 @@ class DissectionResult:
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for layer in self.layers:
-            path = out / f"{_slug(layer)}-tally.csv"
+            path = out / f"{slug(layer)}-tally.csv"
             with open(path, "w", newline="") as f:
                 writer = csv.DictWriter(f, self.columns())
                 writer.writeheader()
@@ -319,10 +325,6 @@ class DissectionResult:
         path.write_text(json.dumps(info, indent=1))
         written.append(path)
         return written
-
-
-def _slug(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
 
 
 # --------------------------------------------------------------------------------------------- dissect
@@ -352,12 +354,12 @@ def dissect(
     ``label_size``: the label resolution (None: the probe's own concept maps, e.g. 112 x 112 for Broden at 224);
     ``thresholds``: fixed ``T_k`` per layer (float ``[U]``) instead of the probe's quantile; ``image_transform``:
     ``f(images, indices) -> images`` applied to each batch on the device (deterministic, it may run twice).
-    ``dist``: the :class:`interpbench.distributed.Dist` of a distributed run. Each rank then reads a contiguous
+    ``dist``: the :class:`interpbench.engine.distributed.Dist` of a distributed run. Each rank then reads a contiguous
     block of the probe's batches; the exact thresholds come from the ranks' top activations (the top ``k`` of the
     union of each rank's top ``k``), the tallies are summed over the ranks, and every rank returns what one process
     would.
     """
-    from interpbench.distributed import SINGLE
+    from interpbench.engine.distributed import SINGLE
 
     dist = SINGLE if dist is None else dist
     if not 0.0 <= iou_threshold < 1.0:
@@ -609,7 +611,7 @@ class Dissection(Metric):
         if ctx.out_dir is not None:  # None on the ranks other than 0 of a distributed run
             result.write(ctx.out_dir)
             for layer in result.layers:
-                unit_figure(model, dataset, result, layer, Path(ctx.out_dir) / f"{_slug(layer)}-top-units.png",
+                unit_figure(model, dataset, result, layer, Path(ctx.out_dir) / f"{slug(layer)}-top-units.png",
                             units=p["figure_units"], images=p["figure_images"], device=ctx.device)
         return result.summary()
 

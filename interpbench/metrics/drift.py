@@ -1,5 +1,5 @@
 """Unit drift and explanation drift between the two models of a pair ``A=>B`` (docs/protocols.md, "Unit drift under
-transfer, fine-tuning, distillation, compression"; :mod:`interpbench.pairs` builds the pairs).
+transfer, fine-tuning, distillation, compression"; :mod:`interpbench.models.derived` builds the pairs).
 
 - ``unit_drift`` (model scope): dissect A and B on the same probe (Bau et al., CVPR 2017; thresholds recomputed
   per model), then for each compared layer: linear CKA (Kornblith et al., ICML 2019; debiased by default, Nguyen,
@@ -31,9 +31,22 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from interpbench.base import Batch, ComponentError, Metric, Model, NotApplicable, RunContext
-from interpbench.metrics.dissection import _slug, dissect, iter_probe, layer_activations, resolve_layers
-from interpbench.pairs import shares_label_space
+from interpbench.core.base import (
+    Batch,
+    ComponentError,
+    Metric,
+    Model,
+    NotApplicable,
+    RunContext,
+)
+from interpbench.core.tabular import slug
+from interpbench.metrics.dissection import (
+    dissect,
+    iter_probe,
+    layer_activations,
+    resolve_layers,
+)
+from interpbench.models.derived import shares_label_space
 from interpbench.ops.drift import (
     CrossCorrelation,
     GramAccumulator,
@@ -383,18 +396,18 @@ class UnitDrift(Metric):
                    "label_b", "iou_b", "iou_b_on_label_a", "kept_concept", "kept_category", "iou_profile_rho",
                    "activation_correlation"]
         for key, rows in units.items():
-            with open(out / f"{_slug(key)}-units.csv", "w", newline="") as f:
+            with open(out / f"{slug(key)}-units.csv", "w", newline="") as f:
                 writer = csv.DictWriter(f, columns)
                 writer.writeheader()
                 writer.writerows(rows)
-            with open(out / f"{_slug(key)}-switch.csv", "w", newline="") as f:
+            with open(out / f"{slug(key)}-switch.csv", "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["matching", "from \\ to", *names])
                 for matching, matrix in switches[key].items():
                     for i, name in enumerate(names):
                         writer.writerow([matching, name, *[int(v) for v in matrix[i]]])
             if switches[key]:
-                switch_heatmap(switches[key], names, out / f"{_slug(key)}-switch.png",
+                switch_heatmap(switches[key], names, out / f"{slug(key)}-switch.png",
                                title=f"{model_a.spec} => {getattr(model_b, 'target', model_b.spec)}, {key}")
         info = {"params": self.params, "from": model_a.spec, "to": getattr(model_b, "target", model_b.spec),
                 "categories": list(concepts.categories), **report}
@@ -451,7 +464,7 @@ class ExplanationDrift(Metric):
     runner used for B's maps (``batch.seed``), so a stochastic method draws the same noise for both. The class:
     where A and B share a label space (a sanity cascade, a pruned model, a student of the same task) both models
     explain one class per image, chosen once from A: the batch's targets, which the runner takes from A
-    (:meth:`interpbench.pairs.PairModel.choose_targets`: A's prediction, or the label with ``--target label``), as
+    (:meth:`interpbench.models.derived.PairModel.choose_targets`: A's prediction, or the label with ``--target label``), as
     Adebayo et al. (NeurIPS 2018) explain the same input and class before and after randomising; where they do not
     (fine-tuning to another task), B's maps explain B's class and A's its own top-1 (``class_from_a`` 0 says so).
     ``reference_target``: ``"auto"`` (that rule), ``"predicted"`` (A always explains its own top-1, whatever B
@@ -481,7 +494,7 @@ class ExplanationDrift(Metric):
     @classmethod
     def leaderboard_markdown(cls, rows: Any) -> str | None:
         """The section of ``methods.md``: every value per (pair, method), then the sanity check's verdicts."""
-        from interpbench.leaderboard import to_markdown, wide_table
+        from interpbench.core.tabular import to_markdown, wide_table
 
         done = rows[~rows["value_name"].astype(str).isin(["randomized_stages", "stages"])]
         return to_markdown(wide_table(done, "explanation")) + sanity_markdown(rows)
@@ -564,8 +577,8 @@ class ExplanationDrift(Metric):
         self._pair = {**dict(getattr(model, "pair_info", {}) or {}), "class_from_a": same_space}
 
     def compute(self) -> dict[str, float]:
-        from interpbench.leaderboard import bootstrap_ci
-        from interpbench.manifest import stable_hash
+        from interpbench.core.identity import stable_hash
+        from interpbench.ops.stats import bootstrap_ci
 
         if not self._rho:
             raise ComponentError(f"{self.name}: no batch was seen; nothing to compute")
@@ -621,7 +634,7 @@ def _split_value(name: str) -> tuple[str, str | None, str]:
 
 
 def drift_table(table: Any) -> Any:
-    """The unit-drift table of a run (from :func:`interpbench.leaderboard.results_table`): one row per (pair,
+    """The unit-drift table of a run (from :func:`interpbench.publish.leaderboard.results_table`): one row per (pair,
     dataset, layer, matching) with detectors and unique concepts A -> B, CKA, concept overlap and the unit
     measures. Empty when the run has no ``unit_drift`` result."""
     import pandas as pd
@@ -703,7 +716,7 @@ def sanity_table(table: Any) -> Any:
     part = table[(table["metric"] == ExplanationDrift.name) & (table["status"] == "done")]
     if part.empty:
         return pd.DataFrame()
-    from interpbench.pairs import PAIR, parse_cascade
+    from interpbench.core.config import PAIR, parse_cascade
 
     rows: dict[tuple[str, str, str, str], dict[str, Any]] = {}
     for (model, dataset, method), values in part.groupby(["model", "dataset", "method"], sort=False):
@@ -741,7 +754,7 @@ def _fmt(value: float | None) -> str:
 
 def unit_drift_markdown(table: Any) -> str:
     """The "Unit drift" section for ``representations.md`` (empty string when the run has no unit_drift result)."""
-    from interpbench.leaderboard import to_markdown
+    from interpbench.core.tabular import to_markdown
 
     drift = drift_table(table)
     if drift.empty:
@@ -759,7 +772,7 @@ def unit_drift_markdown(table: Any) -> str:
 
 def sanity_markdown(table: Any) -> str:
     """The "Model-randomisation sanity check" section for ``methods.md`` (empty string without sanity pairs)."""
-    from interpbench.leaderboard import to_markdown
+    from interpbench.core.tabular import to_markdown
 
     sanity = sanity_table(table)
     if sanity.empty:

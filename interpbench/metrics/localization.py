@@ -62,8 +62,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from interpbench.base import Batch, ComponentError, Metric, Model, NotApplicable
-from interpbench.distributed import merge_values
+from interpbench.core.base import Batch, ComponentError, Metric, Model, NotApplicable
+from interpbench.engine.distributed import merge_values
 
 TORCHRAY_TOLERANCE = 15  # pixels of the original image (TorchRay PointingGame default)
 TOLERANCE_REFERENCE_SIDE = 500  # TorchRay's 15 px are pixels of VOC images, whose longer side is ~500 px
@@ -569,9 +569,7 @@ class PointingGame(_LocalisationGame):
         self.params["smooth_methods"] = list(methods)
 
     def _centre_points(self, batch: Batch) -> bool:
-        from interpbench.methods.baselines import CenterMap
-
-        return bool(self.params["centre_point"]) and isinstance(batch.method, CenterMap)
+        return bool(self.params["centre_point"]) and bool(getattr(batch.method, "points_at_centre", False))
 
     def _trial_settings(self, sample, batch, size):
         p = self.params
@@ -907,45 +905,4 @@ class ShortcutLocalization(Metric):
                                                                                self.params["seed"])
         out["n"] = float(n)
         return out
-
-
-# --------------------------------------------------------------------------------------------- the centre check
-
-
-def centre_baseline(dataset: Any, tolerance: float | str = "auto", limit: int | None = None,
-                    batch_size: int = 64) -> dict[str, float]:
-    """The pointing game of the ``center`` baseline on a dataset's annotations alone (no image is decoded).
-
-    Runs :class:`PointingGame` exactly as the runner would with ``--methods center --target label``: one trial per
-    (image, class present), TorchRay's centre point, the dataset's tolerance (``"auto"``: 15 px on VOC and COCO) or
-    ``tolerance`` pixels. On VOC 2007 test and COCO 2014 val this gives TorchRay's
-    published centre numbers (``docs/pointing.csv``: VOC07 69.6 / 42.4, COCO14 27.8 / 19.5 %, all / difficult)
-    by construction. The dataset must offer ``annotation(index)`` (the loaders in ``interpbench.datasets``).
-    """
-    from interpbench.methods.baselines import CenterMap
-
-    if not hasattr(dataset, "annotation"):
-        raise ComponentError(f"centre_baseline: dataset {getattr(dataset, 'name', dataset)!r} has no annotation(index) "
-                             "method; use a localisation loader (voc, coco, imagenet_loc)")
-    metric = PointingGame(tolerance=tolerance)
-    method = CenterMap()
-    n = len(dataset) if limit is None else min(limit, len(dataset))
-
-    def flush(trials: list[dict]) -> None:
-        if trials:
-            batch = Batch(ids=[t["id"] for t in trials], images=torch.zeros(len(trials), 3, 1, 1),
-                          targets=torch.tensor([t["label"] for t in trials]), samples=trials, method=method)
-            metric.update(None, batch, torch.zeros(len(trials), 2, 2))  # the centre point ignores the map
-
-    trials: list[dict] = []
-    for index in range(n):
-        sample = dataset.annotation(index)
-        classes = sample.get("labels", [sample["label"]] if "label" in sample else [])
-        for c in classes:
-            trials.append({**sample, "id": f"{sample['id']}#{c}", "label": int(c), "image_id": sample["id"]})
-        if len(trials) >= batch_size:
-            flush(trials)
-            trials = []
-    flush(trials)
-    return metric.compute()
 

@@ -32,12 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interpbench.base import ComponentError, Metric, Model, RunContext
+from interpbench.core.base import ComponentError, Metric, Model, RunContext
+from interpbench.core.tabular import slug
 from interpbench.metrics.dissection import (
     ImageTransform,
     _device,
     _label_size,
-    _slug,
     in_eval_mode,
     iter_probe,
     layer_activations,
@@ -313,7 +313,7 @@ class Net2Vec(Metric):
                            label_size=p["label_size"], device=ctx.device)
             out.update({f"{layer}.{k}": v for k, v in summarize(rows, concepts.categories).items()})
             if ctx.out_dir is not None:
-                path = Path(ctx.out_dir) / f"{_slug(layer)}-net2vec.csv"
+                path = Path(ctx.out_dir) / f"{slug(layer)}-net2vec.csv"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(path, "w", newline="") as f:
                     writer = csv.DictWriter(f, ["concept", "category", "net2vec_iou", "single_iou", "single_unit",

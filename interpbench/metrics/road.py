@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from interpbench.base import Batch, ComponentError, Metric, Model
+from interpbench.core.base import Batch, ComponentError, Metric, Model
 from interpbench.metrics.causal import _check_targets, saliency_rank, validate_maps
 from interpbench.ops import batching
 from interpbench.ops.imputation import noisy_linear_imputation

@@ -1,19 +1,19 @@
 """Built-in model sources (``timm:``, ``torchvision:``, ``shapes:``) and offline weights."""
 
-from ..hookspecs import hookimpl
+from interpbench.core.hookspecs import hookimpl
 
 
 @hookimpl
 def register_models():
-    from .shapes import ShapesModelSource
-    from .timm_source import TimmSource
-    from .torchvision_source import TorchvisionSource
+    from interpbench.models.shapes import ShapesModelSource
+    from interpbench.models.timm_source import TimmSource
+    from interpbench.models.torchvision_source import TorchvisionSource
 
     return [TimmSource, TorchvisionSource, ShapesModelSource]
 
 
 @hookimpl
 def resolve_weights(source, name, tag):
-    from .weights import resolve_builtin_weights
+    from interpbench.models.weights import resolve_builtin_weights
 
     return resolve_builtin_weights(source, name, tag)

@@ -2,7 +2,7 @@
 
 Specs: ``shapes:cnn`` (= ``shapes:cnn.shape``), ``shapes:cnn.color``, ``shapes:cnn.texture``; weights
 ``@random`` (seeded random init) or ``@/path/to/ckpt.pt`` (a state dict, loaded with ``weights_only=True``).
-``shapes:cnn.shape2color``: ``shapes:cnn`` fine-tuned to the colour task (``interpbench.recipes.finetune_model``,
+``shapes:cnn.shape2color``: ``shapes:cnn`` fine-tuned to the colour task (``interpbench.models.training.finetune_model``,
 ``TRANSFER_DEFAULTS``), made on first use and cached the same way. ``shapes:cnn-small.TASK@random``: a half-width
 student architecture for distillation (no default weights).
 
@@ -29,10 +29,10 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from interpbench.base import ComponentError, Model, ModelSource
+from interpbench.core.base import ComponentError, Model, ModelSource
+from interpbench.core.identity import file_sha256
 from interpbench.datasets.shapes import GENERATOR_VERSION, TASKS, ShapesWorld
-from interpbench.manifest import file_sha256
-from interpbench.models.weights import state_dict_sha256
+from interpbench.models.weights import atomic_save, state_dict_sha256
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ DEFAULT_DATASET = {"shape": "shapes", "color": "shapes-color", "texture": "shape
 # planted-shortcut world (interpbench.datasets.shortcut), where a corner patch's colour predicts the label.
 VARIANTS = {"shortcut": "shape"}
 # Transfers: ``shapes:cnn.shape2color`` is ``shapes:cnn`` (shape task, same seed) fine-tuned to the colour task by
-# interpbench.recipes.finetune_model with TRANSFER_DEFAULTS, trained on first use and cached like the others.
+# interpbench.models.training.finetune_model with TRANSFER_DEFAULTS, trained on first use and cached like the others.
 TRANSFERS = {"shape2color": ("shape", "color")}
 TRANSFER_DEFAULTS: dict[str, Any] = {"n_train": 2048, "epochs": 2, "batch_size": 64, "lr": 2e-3,
                                      "weight_decay": 1e-4, "n_test": 512, "augment": "hflip", "head": "new"}
@@ -93,7 +93,11 @@ def _world(task: str, split: str, n: int):
 def _variant_recipe(task: str) -> dict[str, Any]:
     if task != "shortcut":
         return {}
-    from interpbench.datasets.shortcut import PATCH_FRACTION, SHORTCUT_VERSION, TRAIN_RELABEL
+    from interpbench.datasets.shortcut import (
+        PATCH_FRACTION,
+        SHORTCUT_VERSION,
+        TRAIN_RELABEL,
+    )
 
     return {"shortcut": SHORTCUT_VERSION, "patch": PATCH_FRACTION, "relabel": TRAIN_RELABEL}
 
@@ -209,7 +213,13 @@ def _progress(total: int, description: str, show: bool | None):
         show = sys.stderr.isatty()
     if not show:
         return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TextColumn("{task.fields[status]}"), transient=True)
@@ -275,22 +285,6 @@ def _fit(net: nn.Module, rec: dict[str, Any], task: str, seed: int, arch: str,
     return net.eval(), acc
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; a cache file is as readable as any other
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 @contextlib.contextmanager
 def _file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -334,7 +328,7 @@ def cached_checkpoint(task: str = "shape", seed: int = 0, *, show_progress: bool
         start = time.perf_counter()
         net, acc = train(task, seed, show_progress=show_progress)
         seconds = time.perf_counter() - start
-        _atomic_save({"state_dict": net.state_dict(), "recipe": rec, "test_accuracy": acc,
+        atomic_save({"state_dict": net.state_dict(), "recipe": rec, "test_accuracy": acc,
                       "train_seconds": seconds}, path)
         log.info("shapes:%s.%s: trained in %.1f s, test accuracy %.4f, saved to %s", arch, task, seconds, acc, path)
 
@@ -359,7 +353,7 @@ def _packaged_or_cached(name: str, make: Callable[[Path], None]) -> Path:
 def transfer_recipe(tag: str, seed: int) -> dict[str, Any]:
     """Everything that determines the weights of a transfer (``shape2color``): the source's recipe hash, the target
     task, the fine-tuning recipe and its code version; its hash names the cached checkpoint."""
-    from interpbench.recipes import OPTIMIZER, RECIPES_VERSION
+    from interpbench.models.training import OPTIMIZER, RECIPES_VERSION
 
     source, target = TRANSFERS[tag]
     return {"recipe": "finetune", "recipes_version": RECIPES_VERSION, "optimizer": OPTIMIZER,
@@ -370,7 +364,7 @@ def transfer_recipe(tag: str, seed: int) -> dict[str, Any]:
 def cached_transfer(tag: str, seed: int = 0, *, show_progress: bool | None = None) -> Path:
     """The checkpoint of transfer ``tag`` (e.g. ``shape2color``) for ``seed``, fine-tuning and caching it first if
     needed (from the cached ``shapes:cnn`` of the source task; about 15 s on 2 CPU cores)."""
-    from interpbench.recipes import finetune_model
+    from interpbench.models.training import finetune_model
 
     rec = transfer_recipe(tag, seed)
 
@@ -386,7 +380,7 @@ def cached_transfer(tag: str, seed: int = 0, *, show_progress: bool | None = Non
                                             batch_size=p["batch_size"], n_train=p["n_train"], n_test=p["n_test"],
                                             weight_decay=p["weight_decay"], augment=p["augment"], head=p["head"],
                                             device="cpu", show_progress=show_progress)
-        _atomic_save({"state_dict": tuned.net.state_dict(), "recipe": rec, "test_accuracy": acc,
+        atomic_save({"state_dict": tuned.net.state_dict(), "recipe": rec, "test_accuracy": acc,
                       "train_seconds": record["wall_time_s"]}, path)
         log.info("shapes:cnn.%s: fine-tuned in %.1f s, test accuracy %.4f, saved to %s", tag, record["wall_time_s"],
                  acc, path)

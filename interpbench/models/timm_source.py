@@ -1,4 +1,4 @@
-"""Model source ``timm:NAME[.TAG][@WEIGHTS]``: any timm classifier, wrapped as an ``interpbench.base.Model``.
+"""Model source ``timm:NAME[.TAG][@WEIGHTS]``: any timm classifier, wrapped as an ``interpbench.core.base.Model``.
 
 Weights: none given -> the default pretrained weights (first the offline ``resolve_weights`` hook, then timm's
 own Hugging Face / torch hub cache and download); ``@random`` -> random init with a fixed seed;
@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from interpbench.base import ComponentError, Model, ModelSource
+from interpbench.core.base import ComponentError, Model, ModelSource
 from interpbench.models.weights import (
     RANDOM_INIT_SEED,
     file_sha256,

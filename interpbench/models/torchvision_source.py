@@ -1,4 +1,4 @@
-"""Model source ``torchvision:NAME[@WEIGHTS]``: torchvision's classification models as ``interpbench.base.Model``.
+"""Model source ``torchvision:NAME[@WEIGHTS]``: torchvision's classification models as ``interpbench.core.base.Model``.
 
 Weights: none given -> the ``DEFAULT`` weights enum (offline ``resolve_weights`` hook first, then the torch hub
 cache, then a download); ``@TAG`` -> a weights enum member (``IMAGENET1K_V2``); ``@random`` -> random init with a
@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from torch import nn
 
-from interpbench.base import ComponentError, Model, ModelSource
+from interpbench.core.base import ComponentError, Model, ModelSource
 from interpbench.models.timm_source import IMAGENET_1K, imagenet_class_names
 from interpbench.models.weights import (
     RANDOM_INIT_SEED,

@@ -16,14 +16,14 @@ import os
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import nn
 
-from interpbench.base import ComponentError
-from interpbench.hookspecs import hookimpl
-from interpbench.manifest import file_sha256  # noqa: F401 - part of this module's API (weights identity)
+from interpbench.core.base import ComponentError
+from interpbench.core.hookspecs import hookimpl
+from interpbench.core.identity import file_sha256  # noqa: F401 - part of this module's API (weights identity)
 
 RANDOM_INIT_SEED = 0
 _CHECKPOINT_WRAPPER_KEYS = ("state_dict", "model")
@@ -140,11 +140,13 @@ def seeded(seed: int = RANDOM_INIT_SEED) -> Iterator[None]:
         yield
 
 
-def atomic_save(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, then rename: readers never see half a file."""
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save(obj)`` to a temporary file in the same directory, then rename: readers never see half a file.
+    The file gets the usual permissions (``mkstemp`` would leave it private); a directory that cannot be written
+    raises a ComponentError naming ``INTERPBENCH_CACHE``."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     except OSError as e:
         raise ComponentError(
             f"cannot write to the interpbench cache {str(path.parent)!r} ({e}); set INTERPBENCH_CACHE to a "
@@ -152,7 +154,10 @@ def atomic_save(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
         ) from e
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state_dict), f)
+            torch.save(obj, f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -221,7 +226,7 @@ def efficientnet_lite0_weights() -> Path:
         )
     target = cache_dir() / "weights" / f"tf_efficientnet_lite0-{file_sha256(source)[:12]}.pth"
     if not target.is_file():
-        atomic_save(convert_efficientnet_lite0(source), target)
+        atomic_save(dict(convert_efficientnet_lite0(source)), target)
     return target
 
 

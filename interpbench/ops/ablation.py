@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 from interpbench.ops.drift import rank_correlation_rows
 
 # --------------------------------------------------------------------------------------------- tail of a network

@@ -1,6 +1,6 @@
 """Adversarial attacks in pixel space: FGSM, PGD-Linf and Carlini-Wagner L2 (untargeted).
 
-Images live in ``[0, 1]`` and the model normalises them itself (interpbench/base.py), so an epsilon means the same
+Images live in ``[0, 1]`` and the model normalises them itself (interpbench/core/base.py), so an epsilon means the same
 thing for every model: ``8/255`` is eight grey levels of an 8-bit image. Every attack is batched and runs on the
 images' device; the gradient is taken with respect to the images only (no parameter gradients are computed or
 accumulated). Each returns an :class:`Adversarial` ``(images, success)``: the adversarial images and a bool mask,
@@ -21,7 +21,7 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 
 CPU_CHUNK_PIXELS = 4 * 224 * 224  # four 224 px images per pass on a CPU (49 of 64 px)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 
 
 def top_label_distribution(activations: torch.Tensor, labels: torch.Tensor, classes: int, top_k: int) -> torch.Tensor:

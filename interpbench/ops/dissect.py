@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 
 # --------------------------------------------------------------------------------------------- concepts
 

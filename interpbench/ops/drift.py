@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 
 # --------------------------------------------------------------------------------------------- CKA
 

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 
 
 class OutputCapture:

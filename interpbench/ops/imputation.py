@@ -25,7 +25,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from interpbench.base import ComponentError
+from interpbench.core.base import ComponentError
 
 EDGE_WEIGHT = 1.0 / 6.0  # ROAD's weights of the 4 edge neighbours (left, right, up, down)
 DIAGONAL_WEIGHT = 1.0 / 12.0  # and of the 4 diagonal ones; the 8 sum to 1

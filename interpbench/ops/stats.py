@@ -1,4 +1,4 @@
-"""Statistics of detectors: the ROC curve, and sums and linear solves whose rounding does not depend on the machine.
+"""Statistics: the bootstrap CI of a mean; for detectors, the ROC curve, and sums and linear solves whose rounding does not depend on the machine.
 
 ``fixed_sum`` adds along a dimension in one fixed pairwise (tree) order made of elementwise additions, each a
 correctly rounded IEEE-754 operation; torch's reductions and BLAS products instead pick their order from the
@@ -14,6 +14,23 @@ import math
 
 import numpy as np
 import torch
+
+#: Bootstrap replicates of every CI in the tables.
+N_BOOTSTRAP = 2000
+
+
+def bootstrap_ci(values: np.ndarray, seed: int, n_boot: int = N_BOOTSTRAP, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean (Efron & Tibshirani 1993, ch. 13), resampling samples."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return (math.nan, math.nan)
+    if len(values) == 1:
+        return (float(values[0]), float(values[0]))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    means = values[idx].mean(axis=1)
+    alpha = (1 - level) / 2
+    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
 
 
 def roc_curve(negatives: np.ndarray, positives: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

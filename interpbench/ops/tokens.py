@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from interpbench.base import NotApplicable
+from interpbench.core.base import NotApplicable
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,12 @@ from interpbench.testing.components import (
     reference_batch,
     reference_model,
 )
-from interpbench.testing.methods import check_method, method_checks, oracle_images, oracle_model
+from interpbench.testing.methods import (
+    check_method,
+    method_checks,
+    oracle_images,
+    oracle_model,
+)
 from interpbench.testing.pytest_helpers import CheckCase, parametrize_with_checks
 from interpbench.testing.report import Check, CheckReport, CheckResult, run_checks
 from interpbench.testing.rescaling import check_rescaling, rescaling_checks

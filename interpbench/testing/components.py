@@ -23,8 +23,22 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from interpbench.base import Batch, ComponentError, DatasetSource, Method, Metric, Model, RunContext, collate
-from interpbench.testing.report import Check, CheckReport, apply_expected_failures, run_checks
+from interpbench.core.base import (
+    Batch,
+    ComponentError,
+    DatasetSource,
+    Method,
+    Metric,
+    Model,
+    RunContext,
+    collate,
+)
+from interpbench.testing.report import (
+    Check,
+    CheckReport,
+    apply_expected_failures,
+    run_checks,
+)
 
 # The ground-truth fields the built-in datasets and the runner know (base.py).
 KNOWN_FIELDS = frozenset({"id", "image", "label", "labels", "boxes", "masks", "difficult", "concepts", "objects"})
@@ -227,7 +241,7 @@ def _label(component: Any) -> str:
 
 
 def _scores(metric: Metric, model: Model, batch: Batch, maps: torch.Tensor) -> torch.Tensor:
-    from interpbench.runner import check_scores
+    from interpbench.engine.runner import check_scores
 
     result = _seeded(lambda: metric.score(model, batch, maps))
     try:
@@ -595,7 +609,7 @@ def model_checks(model: Model) -> list[Check]:
         assert not silent, f"model {label!r}: layers {silent} never run in forward(); name modules that forward() calls"
 
     def default_dataset():
-        from interpbench.config import read_datasets
+        from interpbench.core.config import read_datasets
 
         known = read_datasets()
         assert model.default_dataset in known, (
@@ -786,12 +800,12 @@ def _resolve_dataset(dataset: Any, size: Any = None, **options: Any) -> tuple[An
         return source.load(**opts), source, options
     if isinstance(dataset, str):
         from interpbench.api import load_dataset
-        from interpbench.config import read_datasets
-        from interpbench.registry import get_registry
+        from interpbench.core.config import read_datasets
+        from interpbench.core.registry import get_registry
 
         entries = read_datasets()
         if dataset not in entries:
-            from interpbench.registry import unknown_message
+            from interpbench.core.registry import unknown_message
 
             raise ComponentError(unknown_message("dataset", dataset, entries))
         entry = entries[dataset]
@@ -810,7 +824,7 @@ def _resolve_dataset(dataset: Any, size: Any = None, **options: Any) -> tuple[An
 def _instance(component: Any, kind: str, base: type, params: dict[str, Any] | None = None) -> Any:
     """An instance from an instance, or a class or registered name built with ``params``."""
     if isinstance(component, str):
-        from interpbench.registry import get_registry
+        from interpbench.core.registry import get_registry
 
         component = get_registry().get(kind, component)
     if isinstance(component, type):

@@ -25,8 +25,13 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from interpbench.base import ComponentError, Method, Model, NotApplicable
-from interpbench.testing.report import Check, CheckReport, apply_expected_failures, run_checks
+from interpbench.core.base import ComponentError, Method, Model, NotApplicable
+from interpbench.testing.report import (
+    Check,
+    CheckReport,
+    apply_expected_failures,
+    run_checks,
+)
 
 ORACLE_SIZE = 32
 # (top, left, bottom, right) in pixels, bottom/right exclusive; multiples of 4 (the CAM layer's stride).
@@ -188,7 +193,7 @@ def _instance(method: Any, params: Mapping[str, Any] | None) -> Method:
     """A Method instance from an instance, a class or a registered name, built with ``params`` (for an instance:
     its own parameters overridden by ``params``)."""
     if isinstance(method, str):
-        from interpbench.registry import get_registry
+        from interpbench.core.registry import get_registry
 
         method = get_registry().get("methods", method)
     if isinstance(method, type):

@@ -21,7 +21,7 @@ import dataclasses
 import inspect
 from typing import Any, Iterable, Mapping
 
-from interpbench.base import ComponentError, DatasetSource, Method, Metric, Model
+from interpbench.core.base import ComponentError, DatasetSource, Method, Metric, Model
 from interpbench.testing.report import Check
 
 
@@ -97,7 +97,11 @@ def checks_for(component: Any, **options: Any) -> tuple[Any, str, list[Check]]:
         from interpbench.testing.components import model_checks
 
         return component, component_name(component), model_checks(component)
-    from interpbench.testing.components import _resolve_dataset, dataset_checks, dataset_label
+    from interpbench.testing.components import (
+        _resolve_dataset,
+        dataset_checks,
+        dataset_label,
+    )
 
     label = dataset_label(component)
     declared = getattr(component, "expected_failures", None)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from interpbench.base import Batch, Method, Metric, Model
+from interpbench.core.base import Batch, Method, Metric, Model
 from interpbench.testing.components import (
     _dataset_result,
     _instance,
@@ -30,7 +30,12 @@ from interpbench.testing.components import (
     reference_model,
     region_mask,
 )
-from interpbench.testing.report import Check, CheckReport, apply_expected_failures, run_checks
+from interpbench.testing.report import (
+    Check,
+    CheckReport,
+    apply_expected_failures,
+    run_checks,
+)
 
 FACTORS = (1e-9, 1e9)
 RTOL = 1e-5

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from captum.attr import Attribution, GradientAttribution, NeuronAttribution, NoiseTunnel
 
-from interpbench.base import ComponentError, Method, NotApplicable
+from interpbench.core.base import ComponentError, Method, NotApplicable
 from interpbench.methods.cam import upsample_maps
 from interpbench.methods.gradients import check_batch, finite_maps
 

@@ -6,6 +6,7 @@ from interpbench_example.method import VarGrad, vargrad
 from interpbench_example.metric import RankAccuracy, rank_accuracy
 
 import interpbench as ib
+from interpbench.core.registry import get_registry
 from interpbench.testing import parametrize_with_checks
 
 
@@ -17,7 +18,7 @@ def test_conformance(component, check):
 
 
 def test_the_plugin_is_installed_through_its_entry_point():
-    registry = ib.registry.get_registry()
+    registry = get_registry()
     assert "example:vargrad" in ib.list_methods() and "example:rank_accuracy" in ib.list_metrics()
     info = registry.plugin_of("datasets", "example:squares")
     assert (info.name, info.dist) == ("example", "interpbench-example")

@@ -1,7 +1,7 @@
 """``interpbench reproduce DIR``: re-run the configuration an experiment directory records and compare every
 number with the committed one.
 
-What is re-run: ``manifest["config"]`` (the runner's :class:`~interpbench.runner.RunConfig`), with every method's
+What is re-run: ``manifest["config"]`` (the runner's :class:`~interpbench.engine.runner.RunConfig`), with every method's
 and metric's *full* recorded parameters pinned (so a default that changed in the code since does not silently
 change the protocol), into a temporary directory (or ``--out``).
 
@@ -43,10 +43,11 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from .base import ComponentError
-from .manifest import portable
-from .ops import rounding as rnd
-from .tables import load_experiment
+from interpbench.core.base import ComponentError
+from interpbench.core.identity import portable
+from interpbench.ops import rounding as rnd
+from interpbench.publish.leaderboard import write_leaderboard
+from interpbench.publish.tables import load_experiment
 
 HELP = "re-run an experiment directory's recorded configuration and compare every number with the committed one"
 
@@ -283,7 +284,7 @@ def judge_measured(c: Comparison, values: list[float], samples: list[pd.Series |
 
 
 def _keyed_scores(exp: Any) -> dict[tuple, pd.Series]:
-    """(model, dataset, method, metric) -> per-sample scores of an :class:`~interpbench.tables.Experiment`."""
+    """(model, dataset, method, metric) -> per-sample scores of an :class:`~interpbench.publish.tables.Experiment`."""
     cells = exp.table.drop_duplicates(["model", "dataset", "method", "metric"])
     return {(r["model"], r["dataset"], r["method"], r["metric"]): exp.scores[r["key"]]
             for _, r in cells.iterrows() if r["key"] in exp.scores}
@@ -291,7 +292,7 @@ def _keyed_scores(exp: Any) -> dict[tuple, pd.Series]:
 
 def compare_samples(comparisons: list[Comparison], committed: Any, reproduced: Any, *, atol: float = ATOL,
                     rtol: float = RTOL, exact: bool = False) -> None:
-    """Per-sample checks for cells both stores hold (:class:`~interpbench.tables.Experiment`): the same sample
+    """Per-sample checks for cells both stores hold (:class:`~interpbench.publish.tables.Experiment`): the same sample
     ids, whether every score is identical, and (``exact``) every per-sample score within the explicit
     tolerance. Fills ``max_sample_diff``, ``samples_identical`` and the per-sample differences."""
     old, new = _keyed_scores(committed), _keyed_scores(reproduced)
@@ -340,7 +341,7 @@ def _same(a: Any, b: Any) -> bool:
 
 def dict_differences(old: dict[str, Any], new: dict[str, Any], local: bool = True) -> list[tuple[str, Any, Any]]:
     """``(field, old, new)`` for every flattened field that differs, skipping (``local``) where files lie on a
-    machine (:func:`~interpbench.manifest.portable`); a field present on one side only shows ``<absent>`` on the
+    machine (:func:`~interpbench.core.identity.portable`); a field present on one side only shows ``<absent>`` on the
     other."""
     a, b = (flatten(portable(old)), flatten(portable(new))) if local else (flatten(old), flatten(new))
     out = []
@@ -491,7 +492,7 @@ def run_config(manifest: dict[str, Any], out: Path, *, device: str | None, datas
 
     Returns ``(config, problems)``: problems are inconsistencies of the manifest itself.
     """
-    from .runner import RunConfig
+    from interpbench.engine.runner import RunConfig
 
     recorded = dict(manifest.get("config") or {})
     if not recorded:
@@ -536,7 +537,7 @@ def rounding_config(config: Any, cells: set[tuple[str, str, str, str]], out: Pat
     metric), into ``out``: one part per (grid, model, dataset, metric) with the methods of its cells, every
     other setting (limits, per-method limits, target, batch size, seeds, parameters) the grid's own, so each
     cell gets the key, the samples and the seeds it has in the full run."""
-    from .runner import PART_KEYS, RunConfig, grids
+    from interpbench.engine.runner import PART_KEYS, RunConfig, grids
 
     parts: dict[tuple, dict[str, Any]] = {}
     for g, grid in enumerate(grids(config)):
@@ -560,8 +561,8 @@ def rounding_config(config: Any, cells: set[tuple[str, str, str, str]], out: Pat
 def rounding_runs(config: Any, cells: set[tuple[str, str, str, str]], out: Path, runs: int,
                   console: Console | None = None) -> list[Any]:
     """Re-run ``cells`` of ``config`` ``runs`` times under :func:`~interpbench.ops.rounding.rounding_noise`
-    (seeds 1 .. runs) into ``out/1 ..``; returns the :class:`~interpbench.tables.Experiment` of each run."""
-    from .runner import Runner
+    (seeds 1 .. runs) into ``out/1 ..``; returns the :class:`~interpbench.publish.tables.Experiment` of each run."""
+    from interpbench.engine.runner import Runner
 
     results = []
     for r in range(1, runs + 1):
@@ -570,7 +571,7 @@ def rounding_runs(config: Any, cells: set[tuple[str, str, str, str]], out: Path,
             console.print(f"rounding run {r} of {runs}: {len(cells)} cell(s) whose numbers are not identical, "
                           f"re-run with {rnd.NOISE_ULPS:g} ulps of noise on every layer's output")
         with rnd.rounding_noise(seed=r):
-            Runner(sub, console).run()
+            Runner(sub, console).run(publish=write_leaderboard)
         results.append(load_experiment(out / str(r)))
     return results
 
@@ -657,7 +658,7 @@ def reproduce(directory: str | Path, out: str | Path | None = None, *, device: s
     afterwards unless ``keep``) and compare (module docstring). Numbers that are not identical are judged
     against the spread of ``rounding`` re-runs of their cells under rounding noise; with ``exact`` or
     ``rounding=0``, against the explicit ``atol`` / ``rtol``."""
-    from .runner import Runner
+    from interpbench.engine.runner import Runner
 
     if rounding < 0:
         raise ComponentError(f"--rounding-runs {rounding}: must be 0 (explicit tolerance) or more")
@@ -682,7 +683,7 @@ def reproduce(directory: str | Path, out: str | Path | None = None, *, device: s
         config, problems = run_config(manifest, out, device=device, datasets_config=datasets_config, progress=progress)
         failures += problems
         runner = Runner(config, console)
-        runner.run()
+        runner.run(publish=write_leaderboard)
         new = load_experiment(out)
         comparisons = compare_tables(reference, new.table, atol=atol, rtol=rtol, exact=exact, judge=False,
                                      decimals=None if committed is not None else JSON_DECIMALS)

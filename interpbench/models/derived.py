@@ -17,85 +17,22 @@ Spec grammar (beside ``SOURCE:NAME[@WEIGHTS]``):
   re-initialised with its own ``reset_parameters()`` under a seed derived from (SEED, module name), so the
   stages re-initialised at depth ``K`` hold the same random weights at every depth ``K' > K``.
 - ``sanity:SPEC``: shorthand for the pairs ``SPEC=>SPEC~cascade:1`` ... ``SPEC=>SPEC~cascade:L`` (one row per
-  depth; ``L``: all stages), expanded by :func:`expand_specs` (``interpbench run --pairs sanity:SPEC``,
+  depth; ``L``: all stages), expanded by :func:`interpbench.api.expand_specs` (``interpbench run --pairs sanity:SPEC``,
   ``interpbench drift --sanity SPEC``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any
 
 import torch
 from torch import nn
 
-from .base import ComponentError, Model
+from interpbench.core.base import ComponentError, Model
+from interpbench.core.config import pair_spec, parse_cascade
 
-PAIR = "=>"
-SANITY = "sanity:"
-_CASCADE = re.compile(r"^(?P<base>.+)~cascade:(?P<depth>\d+|all)(?::(?P<seed>\d+))?$")
 HEAD = "head"
-
-
-# --------------------------------------------------------------------------------------------- parsing
-
-
-def is_derived(spec: str) -> bool:
-    """True for specs this module loads: pairs, randomised models, ``sanity:`` shorthands."""
-    return isinstance(spec, str) and (PAIR in spec or spec.startswith(SANITY) or _CASCADE.match(spec) is not None)
-
-
-def parse_pair(spec: str) -> tuple[str, str]:
-    """``"A=>B"`` -> ``("A", "B")``."""
-    parts = [p.strip() for p in spec.split(PAIR)]
-    if len(parts) != 2 or not all(parts):
-        raise ComponentError(f"model pair {spec!r} must be of the form A=>B with one '=>' between two model specs "
-                             "(e.g. 'shapes:cnn=>shapes:cnn.shape2color')")
-    return parts[0], parts[1]
-
-
-def parse_cascade(spec: str) -> tuple[str, str, int] | None:
-    """``"SPEC~cascade:K[:SEED]"`` -> ``(SPEC, K or "all", SEED)``; None when ``spec`` has no such suffix."""
-    match = _CASCADE.match(spec)
-    if match is None:
-        return None
-    return match["base"], match["depth"], int(match["seed"] or 0)
-
-
-def pair_spec(a: str, b: str) -> str:
-    return f"{a}{PAIR}{b}"
-
-
-# --------------------------------------------------------------------------------------------- loading
-
-
-def load_derived(spec: str, device: str | None = None) -> Model:
-    """Load a pair, a randomised model or fail on ``sanity:`` (which names several models), in eval mode."""
-    from . import api
-
-    if spec.startswith(SANITY) and PAIR not in spec:
-        raise ComponentError(
-            f"model spec {spec!r} names one pair per randomisation depth, not one model; expand it first: "
-            f"interpbench.pairs.sanity_pairs({spec[len(SANITY):]!r}), `interpbench run --pairs {spec}` or "
-            f"`interpbench drift --sanity {spec[len(SANITY):]}`"
-        )
-    if PAIR in spec:
-        a_spec, b_spec = parse_pair(spec)
-        for part in (a_spec, b_spec):
-            if part.startswith(SANITY):
-                raise ComponentError(f"model pair {spec!r}: {part!r} is not a model spec; 'sanity:SPEC' stands for "
-                                     "several pairs and cannot be half of one")
-        a, b = api.load_model(a_spec), api.load_model(b_spec)
-        model: Model = PairModel(a, b)
-    else:
-        base, depth, seed = parse_cascade(spec)  # type: ignore[misc]
-        model = api.load_model(base)  # on the CPU: the re-initialisation draws from the CPU generator
-        randomize_top(model, depth, seed)
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return model
 
 
 class PairModel(Model):
@@ -232,8 +169,8 @@ def randomize_top(model: Model, depth: int | str, seed: int = 0) -> Model:
     """Re-initialise the top ``depth`` stages of :func:`cascade_stages` in place (``"all"``: every stage); update
     the model's spec (``~cascade:K``) and weights identity. Run it on the CPU so the draws are the same on every
     device."""
-    from .manifest import stable_hash
-    from .models.weights import state_dict_sha256
+    from interpbench.core.identity import stable_hash
+    from interpbench.models.weights import state_dict_sha256
 
     stages = cascade_stages(model)
     total = len(stages)
@@ -258,38 +195,9 @@ def randomize_top(model: Model, depth: int | str, seed: int = 0) -> Model:
     return model
 
 
-def sanity_pairs(spec: str, depths: list[int] | None = None) -> list[str]:
-    """``[SPEC=>SPEC~cascade:1, ..., SPEC=>SPEC~cascade:L]``: the model-randomisation check, one pair per depth."""
-    from . import api
-
-    if is_derived(spec):
-        raise ComponentError(f"sanity:{spec}: give a plain model spec (SOURCE:NAME[@WEIGHTS]), not a pair or a "
-                             "randomised model")
-    total = len(cascade_stages(api.load_model(spec)))
-    chosen = list(range(1, total + 1)) if depths is None else depths
-    return [pair_spec(spec, f"{spec}~cascade:{k}") for k in chosen]
-
-
-def expand_specs(specs: list[str]) -> list[str]:
-    """Model specs with every ``sanity:SPEC`` replaced by its pairs (order kept, duplicates dropped)."""
-    out: list[str] = []
-    for spec in specs:
-        for item in (sanity_pairs(spec[len(SANITY):]) if spec.startswith(SANITY) and PAIR not in spec else [spec]):
-            if item not in out:
-                out.append(item)
-    return out
-
-
 __all__ = [
     "PairModel",
     "cascade_stages",
-    "expand_specs",
-    "is_derived",
-    "load_derived",
-    "pair_spec",
-    "parse_cascade",
-    "parse_pair",
     "randomize_top",
-    "sanity_pairs",
     "shares_label_space",
 ]

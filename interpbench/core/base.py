@@ -1,6 +1,6 @@
 """The contracts every component follows: Model, Method, Metric, Batch, Sample, DatasetSource.
 
-Data conventions (interpbench/base.py):
+Data conventions (interpbench/core/base.py):
 
 - images: float ``B x 3 x H x W`` in ``[0, 1]``, RGB, on the model's device. Normalisation lives in the model.
 - targets: ``LongTensor[B]``, the class being explained.
@@ -75,6 +75,9 @@ class Method(Component):
     requires_grad: ClassVar[bool] = False
     deterministic: ClassVar[bool] = True
     defaults: ClassVar[dict[str, Any]] = {}
+    #: True for a baseline whose maps peak at the image centre by construction (``center``): the pointing game then
+    #: scores TorchRay's centre point (W/2, H/2) instead of the map's maximum (``centre_point=True``, its default).
+    points_at_centre: ClassVar[bool] = False
 
     def explain(self, model: "Model", images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -102,7 +105,7 @@ class Metric(Component):
     needs: ClassVar[frozenset[str]] = frozenset()
     scope: ClassVar[str] = "explanation"
     defaults: ClassVar[dict[str, Any]] = {}
-    # Distributed runs (interpbench.distributed): a dataset-level metric names its state attributes and how the
+    # Distributed runs (interpbench.engine.distributed): a dataset-level metric names its state attributes and how the
     # ranks' parts combine ("cat", "sum", "max", "min", "first" or a function (metric, values) -> value); without
     # them it runs on rank 0 alone. A model-scope metric sets ``distributed = True`` when ``evaluate`` shards its
     # work over ``ctx.dist``; otherwise it runs on rank 0 alone.
@@ -146,7 +149,7 @@ class RunContext:
     out_dir: Any = None  # pathlib.Path where artefacts (CSV, PNG) go, or None
     progress: Callable[[int, int], None] | None = None  # progress(done, total)
     limit: int | None = None
-    dist: Any = None  # interpbench.distributed.Dist of a distributed run (metrics with distributed = True), else None
+    dist: Any = None  # interpbench.engine.distributed.Dist of a distributed run (metrics with distributed = True), else None
     workers: int = 0  # data-loading worker processes (the run's --workers)
 
 

@@ -6,8 +6,8 @@ metric. Per-sample scores go to the store one transaction per batch; batches who
 every cell are skipped, so a killed run resumes and ends with the numbers of an uninterrupted one. Batches are
 formed from the dataset order alone and seeds from the identity of the cell and the batch, never from the order
 in which cells run. Under torchrun each rank computes a contiguous block of the batches and rank 0 alone writes
-(:mod:`interpbench.distributed`, docs/scale.md); ``--workers`` processes decode the batches ahead
-(:mod:`interpbench.feeding`).
+(:mod:`interpbench.engine.distributed`, docs/scale.md); ``--workers`` processes decode the batches ahead
+(:mod:`interpbench.engine.feeding`).
 """
 
 from __future__ import annotations
@@ -20,19 +20,37 @@ import traceback
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable
 
 import pandas as pd
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
-from . import api, distributed, feeding
-from .base import Batch, ComponentError, Method, Metric, Model, NotApplicable, RunContext
-from .manifest import config_key, environment, portable, stable_hash
-from .registry import get_registry
-from .store import Store
+from interpbench import api
+from interpbench.core.base import (
+    Batch,
+    ComponentError,
+    Method,
+    Metric,
+    Model,
+    NotApplicable,
+    RunContext,
+)
+from interpbench.core.config import resolve_device
+from interpbench.core.identity import config_key, environment, portable, stable_hash
+from interpbench.core.registry import get_registry
+from interpbench.core.tabular import slug
+from interpbench.engine import distributed, feeding
+from interpbench.engine.store import Store
 
 TARGETS = ("predicted", "label")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,11 +59,11 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile 
 
 def warn_if_identified_by_path_alone(name: str, identity: dict[str, Any]) -> None:
     """Warn when a dataset's identity has a ``path`` but no digest (``*sha256``) of what lies there: cell keys leave
-    the path out (:func:`~interpbench.manifest.portable`), so another folder with the same description would share
+    the path out (:func:`~interpbench.core.identity.portable`), so another folder with the same description would share
     this one's cells."""
     if "path" in identity and not any(str(k).endswith("sha256") for k in identity):
         warnings.warn(f"dataset {name!r}: its identity() names a path but no digest of its files, and cell keys leave "
-                      "the path out; add one (interpbench.manifest.lines_sha256 of the file list, or file_sha256 of "
+                      "the path out; add one (interpbench.core.identity.lines_sha256 of the file list, or file_sha256 of "
                       "an index file) so that another folder is another dataset", RuntimeWarning, stacklevel=2)
 
 
@@ -179,15 +197,6 @@ def grids(config: RunConfig) -> list[RunConfig]:
         grid.__dict__.update(fields, parts=[])
         out.append(grid)
     return out
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ComponentError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
-    return dev
 
 
 COMPILE_SCOPE = ("the model's forward passes while no hook is registered on its modules; hooked passes (Grad-CAM "
@@ -350,9 +359,10 @@ class Runner:
     def _metric(self, name: str) -> Metric:
         return api.load_metric(name, **self.config.metric_params.get(name, {}))
 
-    def run(self) -> pd.DataFrame:
-        from .leaderboard import write_leaderboard
-
+    def run(self, publish: Callable[[Any, Path, int], pd.DataFrame] | None = None) -> pd.DataFrame | None:
+        """Run the grid into ``out/store.sqlite``; then, on the main rank, ``publish(store, out, run_id)`` writes
+        the tables and its result is returned (``interpbench.publish.leaderboard.write_leaderboard`` is the usual
+        one; the engine does not import the publishing layer above it). Without ``publish``: None."""
         cfg = self.config
         store = distributed.open_store(self.dist, self.out / "store.sqlite")  # rank 0 alone opens the file
         manifest: dict[str, Any] = {
@@ -398,7 +408,9 @@ class Runner:
         ]
         store.finish_run(run_id, manifest)
         self.ok = self.ok and all(c["status"] in ("done", "skipped", "not_applicable") for c in manifest["cells"])
-        table = write_leaderboard(distributed.local_store(store), self.out, run_id) if self.dist.is_main else None
+        table = None
+        if publish is not None and self.dist.is_main:
+            table = publish(distributed.local_store(store), self.out, run_id)
         self.ok, table = distributed.finish(self.dist, self.ok, table)
         store.close()
         return table
@@ -817,23 +829,3 @@ class LimitedDataset(torch.utils.data.Dataset):
         return getattr(self.__dict__["dataset"], name)
 
 
-def slug(text: str) -> str:
-    """A file-name-safe form of a model spec or name."""
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
-
-
-def run(
-    methods: Iterable[str],
-    models: Iterable[str],
-    metrics: Iterable[str],
-    datasets: Iterable[str] | None = None,
-    out: str | Path = "runs/default",
-    **options: Any,
-) -> pd.DataFrame:
-    """Run the grid and write the leaderboard under ``out``; returns the long results table."""
-    config = RunConfig(methods=list(methods), models=list(models), metrics=list(metrics),
-                       datasets=None if datasets is None else list(datasets), out=out, **options)
-    runner = Runner(config)
-    table = runner.run()
-    table.attrs["ok"] = runner.ok
-    return table

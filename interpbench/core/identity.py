@@ -14,6 +14,9 @@ from typing import Any, Iterable
 
 import torch
 
+#: interpbench's version (``interpbench.__version__``), recorded in every manifest and recipe record.
+VERSION = "0.1.0"
+
 LIBRARIES = ("torch", "torchvision", "timm", "numpy", "scipy", "pandas", "pluggy", "scikit-image")
 
 
@@ -111,10 +114,8 @@ def device_info(device: torch.device) -> dict[str, Any]:
 
 
 def environment(device: torch.device, registry: Any) -> dict[str, Any]:
-    from . import __version__
-
     return {
-        "interpbench": {"version": __version__, "git_sha": git_sha()},
+        "interpbench": {"version": VERSION, "git_sha": git_sha()},
         "libraries": library_versions(),
         "device": device_info(device),
         "plugins": [

@@ -1,7 +1,7 @@
 """``interpbench report DIR``: one self-contained HTML file per experiment (``DIR/report.html``).
 
 It holds the leaderboards (best per column in bold), the ranking with paired significance tests and the rank
-agreement between metrics (from :mod:`interpbench.tables`), the mean deletion / insertion curve of every method
+agreement between metrics (from :mod:`interpbench.publish.tables`), the mean deletion / insertion curve of every method
 (any per-sample metric that stores ``{"curve": [...]}`` in its extras) as inline SVG, a gallery of the maps of
 every method on the same images (the runner's ``artifacts/maps/*.pt`` snapshots) and every PNG other metrics
 leave under ``artifacts/`` (dissection unit images, drift heatmaps), embedded as base64. No script, font,
@@ -22,8 +22,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .tables import ALPHA, GROUP, Experiment, PaperTables, _isnan, half_width, load_experiment
-from .runner import slug, snapshot_path
+from interpbench.core.tabular import slug
+from interpbench.engine.runner import snapshot_path
+from interpbench.publish.tables import (
+    ALPHA,
+    GROUP,
+    Experiment,
+    PaperTables,
+    _isnan,
+    half_width,
+    load_experiment,
+)
 
 HELP = "write DIR/report.html: leaderboards, curves, map gallery and artifact images in one self-contained file"
 
@@ -374,7 +383,7 @@ def _png(path: Path, alt: str) -> str:
 def sanity_section(exp: Experiment) -> str:
     """The model-randomisation test as Adebayo et al. (NeurIPS 2018, Fig. 2) draw it: the rank correlation of each
     method's maps with the original model's as the model is re-initialised from the top, one line per method."""
-    from .summary import sanity_checks
+    from interpbench.publish.summary import sanity_checks
 
     threshold = float(((exp.manifest.get("metrics") or {}).get("explanation_drift") or {}).get("params", {}).get(
         "sanity_threshold", 0.5))
@@ -607,7 +616,7 @@ def render_html(exp: Experiment, *, alpha: float = ALPHA, digits: int = 3,
     """The page: the end-of-run summary, one section per metric family with its plots, the map gallery, every
     value (leaderboards with confidence intervals, bookkeeping columns, rankings, agreement) in a collapsed
     block, and the environment."""
-    from .summary import render_html as summary_html
+    from interpbench.publish.summary import render_html as summary_html
 
     tables = PaperTables.from_experiment(exp, alpha=alpha, digits=digits)
     name = html.escape(exp.name)
@@ -687,7 +696,7 @@ def configure(parser) -> None:
 
 
 def main(args, console) -> int:
-    from .base import ComponentError
+    from interpbench.core.base import ComponentError
 
     if not 0 < args.alpha < 1 or args.digits < 0 or args.max_images < 0:
         console.print("[red]error:[/red] --alpha must lie in (0, 1), --digits and --max-images be >= 0")

@@ -16,8 +16,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .base import ComponentError
-from .base import collate as collate_samples
+from interpbench.core.base import ComponentError
+from interpbench.core.base import collate as collate_samples
 
 
 class SampleList(list):
@@ -101,7 +101,7 @@ def stack_samples(samples: list[dict]) -> _Loaded:
 
 
 def collate(samples: Sequence[dict]) -> dict:
-    """:func:`interpbench.base.collate`, reusing the stacked (pinned) images of a :class:`SampleList`."""
+    """:func:`interpbench.core.base.collate`, reusing the stacked (pinned) images of a :class:`SampleList`."""
     images = getattr(samples, "images", None)
     if images is None or len(images) != len(samples):
         return collate_samples(list(samples))

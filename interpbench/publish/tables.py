@@ -36,8 +36,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .leaderboard import ARROW, headline_mask, results_table
-from .store import Store
+from interpbench.core.tabular import ARROW
+from interpbench.engine.store import Store
+from interpbench.publish.leaderboard import headline_mask, results_table
 
 HELP = "paper tables of an experiment: LaTeX, Markdown, CSV, significance ranking, rank agreement between metrics"
 
@@ -350,7 +351,7 @@ class Selection:
                 have = [h for h in have if h != "-"]
             unknown = [n for n in names if n not in have]
             if unknown:
-                from .base import ComponentError
+                from interpbench.core.base import ComponentError
 
                 raise ComponentError(f"{flag} {','.join(unknown)}: not in this experiment; it has {have}")
             keep &= table[column].isin(names) | ((column == "method") & (table[column] == "-"))
@@ -361,7 +362,7 @@ class Selection:
             return pd.Series(True, index=table.index)
         if self.values == "headline":
             return headline_mask(table)
-        from .leaderboard import _pattern
+        from interpbench.publish.leaderboard import _pattern
 
         patterns = [_pattern(v) for v in self.values]
         names = table["value_name"].astype(str)
@@ -370,7 +371,7 @@ class Selection:
         mask = pd.Series([any(p.match(n) or p.match(f) or (o and p.match(m)) for p in patterns)
                           for n, f, o, m in zip(names, full, own, table["metric"].astype(str))], index=table.index)
         if not mask.any():
-            from .base import ComponentError
+            from interpbench.core.base import ComponentError
 
             have = sorted(set(full))
             raise ComponentError(f"--values {','.join(self.values)}: no value of this experiment has that name; "
@@ -706,7 +707,7 @@ def _group_header(model: str, dataset: str) -> str:
 
 def _sanity_pair(model: str) -> bool:
     """A pair ``A=>A~cascade:K`` of the model-randomisation test (its numbers go to the sanity table)."""
-    from .pairs import parse_cascade
+    from interpbench.core.config import parse_cascade
 
     _, arrow, b = str(model).partition("=>")
     return bool(arrow) and parse_cascade(b) is not None
@@ -721,7 +722,7 @@ def _label(text: str) -> str:
 
 def _value_order(metric: str, names: list[str]) -> list[str]:
     """A metric's value names in table order: its own value, then its headline patterns' order, then the rest."""
-    from .leaderboard import _pattern, declared_headline
+    from interpbench.publish.leaderboard import _pattern, declared_headline
 
     patterns = [_pattern(p) for p in (declared_headline(metric) or ())]
 
@@ -1306,7 +1307,7 @@ def configure(parser) -> None:
 
 
 def main(args, console) -> int:
-    from .base import ComponentError
+    from interpbench.core.base import ComponentError
 
     if not 0 < args.alpha < 1:
         console.print(f"[red]error:[/red] --alpha {args.alpha}: must lie between 0 and 1, e.g. 0.05")

@@ -13,7 +13,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from .base import ComponentError
+from interpbench.core.base import ComponentError
 
 BASELINES = ["gradient", "gradcam", "random", "center"]
 ALL_METHODS = ["gradient", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop", "gradcam",
@@ -79,9 +79,9 @@ DEFAULT_METRICS = ["deletion", "insertion"]
 
 # Subcommands that live in their own modules: each has HELP, configure(parser) and main(args, console) -> int.
 EXTRA_COMMANDS: dict[str, str] = {
-    "reproduce": "interpbench.reproduce",
-    "table": "interpbench.tables",
-    "report": "interpbench.report",
+    "reproduce": "interpbench.publish.reproduce",
+    "table": "interpbench.publish.tables",
+    "report": "interpbench.publish.report",
     "check": "interpbench.commands.check",
     "export-broden": "interpbench.commands.export_broden",
     "pointing-center": "interpbench.commands.pointing_center",
@@ -172,9 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from .pairs import expand_specs
-    from .runner import RunConfig, Runner
-    from .summary import render_text, written_files
+    from interpbench.api import expand_specs
+    from interpbench.engine.runner import RunConfig, Runner
+    from interpbench.publish.leaderboard import write_leaderboard
+    from interpbench.publish.summary import render_text, written_files
 
     is_default = not any([args.methods, args.models, args.metrics, args.datasets, args.pairs])
     base = dict(DEFAULT_EXPERIMENT) if is_default else {"experiment": args.experiment or "custom",
@@ -219,11 +220,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         command="interpbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     runner = Runner(config, console)
-    table = runner.run()
+    table = runner.run(publish=write_leaderboard)
     if not runner.dist.is_main:  # under torchrun only rank 0 reports
         return 0 if runner.ok else 1
     if not args.no_report:
-        from .report import write_report
+        from interpbench.publish.report import write_report
 
         try:
             write_report(config.out)
@@ -246,8 +247,8 @@ LIST_COLUMNS = {
 
 def list_rows(kind: str) -> list[dict[str, str]]:
     """What ``interpbench list KIND`` shows: one dict per entry, with the columns of :data:`LIST_COLUMNS`."""
-    from .config import read_datasets
-    from .registry import get_registry
+    from interpbench.core.config import read_datasets
+    from interpbench.core.registry import get_registry
 
     reg = get_registry()
     if kind == "plugins":
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         if args.strict:
-            from .registry import get_registry
+            from interpbench.core.registry import get_registry
 
             get_registry(refresh=True, strict=True)
         if args.command == "run":
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in EXTRA_COMMANDS:
             return int(importlib.import_module(EXTRA_COMMANDS[args.command]).main(args, console))
         if args.command == "leaderboard":
-            from .leaderboard import regenerate
+            from interpbench.publish.leaderboard import regenerate
 
             regenerate(args.directory)
             console.print(f"tables regenerated in {args.directory}")

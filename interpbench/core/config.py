@@ -1,7 +1,7 @@
 """Named datasets (``datasets.yaml``) and model specs (``SOURCE:NAME[@WEIGHTS]``).
 
 ``datasets.yaml`` is looked up in this order, later files overriding earlier entries of the same name:
-the packaged default (``interpbench/datasets.yaml``), ``./datasets.yaml`` in the working directory, the file
+the packaged default (``datasets.yaml``), ``./datasets.yaml`` in the working directory, the file
 named by ``$INTERPBENCH_DATASETS``, and the file given on the command line (``--datasets-config``).
 Each entry::
 
@@ -20,9 +20,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
-from .base import ComponentError
+from interpbench.core.base import ComponentError
 
 PACKAGED = Path(__file__).with_name("datasets.yaml")
 
@@ -109,3 +110,46 @@ def parse_model_spec(spec: str) -> ModelSpec:
             "(e.g. 'timm:resnet50', 'timm:resnet50@random', 'shapes:cnn')"
         )
     return ModelSpec(source.strip(), name.strip(), weights.strip() or None)
+
+
+# --------------------------------------------------------------------------------------------- derived models
+# The grammar of pairs and randomised models (interpbench.models.derived builds them; interpbench.api loads them).
+
+PAIR = "=>"
+SANITY = "sanity:"
+_CASCADE = re.compile(r"^(?P<base>.+)~cascade:(?P<depth>\d+|all)(?::(?P<seed>\d+))?$")
+
+
+def is_derived(spec: str) -> bool:
+    """True for specs this module loads: pairs, randomised models, ``sanity:`` shorthands."""
+    return isinstance(spec, str) and (PAIR in spec or spec.startswith(SANITY) or _CASCADE.match(spec) is not None)
+
+
+def parse_pair(spec: str) -> tuple[str, str]:
+    """``"A=>B"`` -> ``("A", "B")``."""
+    parts = [p.strip() for p in spec.split(PAIR)]
+    if len(parts) != 2 or not all(parts):
+        raise ComponentError(f"model pair {spec!r} must be of the form A=>B with one '=>' between two model specs "
+                             "(e.g. 'shapes:cnn=>shapes:cnn.shape2color')")
+    return parts[0], parts[1]
+
+
+def parse_cascade(spec: str) -> tuple[str, str, int] | None:
+    """``"SPEC~cascade:K[:SEED]"`` -> ``(SPEC, K or "all", SEED)``; None when ``spec`` has no such suffix."""
+    match = _CASCADE.match(spec)
+    if match is None:
+        return None
+    return match["base"], match["depth"], int(match["seed"] or 0)
+
+
+def pair_spec(a: str, b: str) -> str:
+    return f"{a}{PAIR}{b}"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ComponentError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+    return dev

@@ -21,8 +21,8 @@ from typing import Any, Iterable
 
 import pluggy
 
-from . import hookspecs
-from .base import ComponentError
+from interpbench.core import hookspecs
+from interpbench.core.base import ComponentError
 
 GROUP = "interpbench"
 SELF_DIST = "interpbench"

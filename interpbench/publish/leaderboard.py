@@ -17,25 +17,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .manifest import stable_hash
-from .store import Store
-
-ARROW = {True: "↑", False: "↓"}
-N_BOOTSTRAP = 2000
-
-
-def bootstrap_ci(values: np.ndarray, seed: int, n_boot: int = N_BOOTSTRAP, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean (Efron & Tibshirani 1993, ch. 13), resampling samples."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return (math.nan, math.nan)
-    if len(values) == 1:
-        return (float(values[0]), float(values[0]))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    means = values[idx].mean(axis=1)
-    alpha = (1 - level) / 2
-    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)))
+from interpbench.core.identity import stable_hash
+from interpbench.core.tabular import to_markdown, wide_table
+from interpbench.engine.store import Store
+from interpbench.ops.stats import bootstrap_ci
 
 
 def results_table(store: Store, run_id: int) -> pd.DataFrame:
@@ -65,34 +50,6 @@ def results_table(store: Store, run_id: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def format_value(row: pd.Series) -> str:
-    if row["status"] != "done":
-        return {"failed": "failed", "not_applicable": "n/a", "skipped": "skipped"}.get(row["status"], row["status"])
-    if math.isnan(row["mean"]):
-        return "–"
-    if math.isnan(row["ci_low"]):
-        return f"{row['mean']:.4g}"
-    return f"{row['mean']:.4f} [{row['ci_low']:.4f}, {row['ci_high']:.4f}]"
-
-
-def wide_table(table: pd.DataFrame, scope: str = "explanation", directed: Any = None) -> pd.DataFrame:
-    """Rows (model, dataset, method), one column per metric value with its arrow (the metric's own value, and the
-    values of the boolean Series ``directed`` aligned with ``table``, e.g. a metric's headline values)."""
-    part = table[table["scope"] == scope]
-    if part.empty:
-        return pd.DataFrame()
-    arrow = (part["value_name"] == part["metric"]) if directed is None else directed.reindex(part.index).fillna(False)
-    part = part.assign(
-        column=[f"{v if v == m else f'{m}.{v}'}" + (f" {ARROW[bool(h)]}" if a else "") for v, m, h, a in
-                zip(part["value_name"], part["metric"], part["higher_is_better"], arrow | (part["value_name"] == part["metric"]))],
-        cell=part.apply(format_value, axis=1),
-    )
-    wide = part.pivot_table(index=["model", "dataset", "method"], columns="column", values="cell", aggfunc="first", sort=False)
-    wide = wide.reset_index()
-    wide.columns.name = None
-    return wide
-
-
 def _pattern(pattern: str) -> re.Pattern:
     """A headline pattern as a regular expression: ``*`` one dot-free part of a name, ``**`` one or more parts."""
     parts = [".+" if p == "**" else "[^.]+" if p == "*" else re.escape(p).replace(r"\*", "[^.]*")
@@ -103,7 +60,7 @@ def _pattern(pattern: str) -> re.Pattern:
 def declared_headline(metric: str) -> tuple[str, ...] | None:
     """The ``headline_values`` the registered metric class declares, or None (not declared, or the plugin that made
     the run is not installed)."""
-    from .registry import get_registry
+    from interpbench.core.registry import get_registry
 
     try:
         cls = get_registry().get("metrics", metric)
@@ -147,7 +104,7 @@ def headline_table(table: pd.DataFrame, scope: str = "explanation") -> pd.DataFr
     if table.empty:
         return pd.DataFrame()
     keep = headline_mask(table)
-    from .tables import _value_order
+    from interpbench.publish.tables import _value_order
 
     part = table[keep]
     metrics = list(dict.fromkeys(part["metric"]))
@@ -182,23 +139,13 @@ def metric_sections(table: pd.DataFrame, scope: str = "explanation") -> str:
 def _metric_class(name: str) -> Any:
     """The registered metric class if it lays out its own leaderboard section, else None (also when the plugin
     that made the run is not installed: the generic table is then used)."""
-    from .registry import get_registry
+    from interpbench.core.registry import get_registry
 
     try:
         cls = get_registry().get("metrics", name)
     except Exception:  # noqa: BLE001 - tables must regenerate without the plugin
         return None
     return cls if callable(getattr(cls, "leaderboard_markdown", None)) else None
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    if df.empty:
-        return "_no results_\n"
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join("" if pd.isna(row[c]) else str(row[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def write_leaderboard(store: Store, out: str | Path, run_id: int | None = None) -> pd.DataFrame:
@@ -239,7 +186,7 @@ def _headline_markdown(store: Store, run_id: int, experiment: str, table: pd.Dat
     """The headline table of ``interpbench table`` (methods as rows, per model and dataset each metric's headline
     values, mean ± CI half-width, best in bold, ties by the paired test in italics), for the top of methods.md;
     None when the run has no explanation-scope value or the table cannot be built (the plain summary then)."""
-    from .tables import PaperTables
+    from interpbench.publish.tables import PaperTables
 
     if not (table["scope"] == "explanation").any():
         return None

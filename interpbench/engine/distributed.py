@@ -40,8 +40,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .base import ComponentError
-from .manifest import portable
+from interpbench.core.base import ComponentError
+from interpbench.core.identity import portable
 
 REDUCTIONS = ("cat", "sum", "max", "min", "first")
 DEFAULT_TIMEOUT_S = 12 * 3600
@@ -405,7 +405,7 @@ class DistStore:
     """
 
     def __init__(self, dist: Dist, path: str | Path) -> None:
-        from .store import Store
+        from interpbench.engine.store import Store
 
         self.dist = dist
         self.local = Store(path) if dist.is_main else None
@@ -486,8 +486,8 @@ class DistStore:
 
 
 def open_store(dist: Dist, path: str | Path):
-    """The plain :class:`~interpbench.store.Store` in one process, a :class:`DistStore` in a distributed run."""
-    from .store import Store
+    """The plain :class:`~interpbench.engine.store.Store` in one process, a :class:`DistStore` in a distributed run."""
+    from interpbench.engine.store import Store
 
     return Store(path) if dist.world == 1 else DistStore(dist, path)
 
@@ -512,7 +512,7 @@ def runs_here(dist: Dist, metric: Any, batch: int, n_batches: int) -> bool:
 
 class ShardedBatches:
     """The batches this rank computes, as ``(batch number, samples)``, loaded ahead by
-    :class:`~interpbench.feeding.Feed`.
+    :class:`~interpbench.engine.feeding.Feed`.
 
     Its block of batches (:meth:`Dist.shard`) in rounds, with a :meth:`DistStore.flush` after each round (every rank
     takes part in every round, with or without a batch); then, on rank 0, the other ranks' batches when some cell
@@ -522,7 +522,7 @@ class ShardedBatches:
 
     def __init__(self, dist: Dist, store: Any, dataset: Any, batch_size: int, plans: Sequence[Any],
                  workers: int = 0, device: torch.device | None = None) -> None:
-        from .feeding import Feed
+        from interpbench.engine.feeding import Feed
 
         self.dist, self.store = dist, store
         n = len(dataset)
