@@ -27,7 +27,8 @@ from contextlib import nullcontext
 import torch
 
 from interpbench.core.base import Batch, Model
-from interpbench.engine.runner import PRECISIONS, compile_model
+from interpbench.engine.compile import compile_model
+from interpbench.engine.config import PRECISIONS
 from interpbench.metrics.causal import Deletion, Insertion, auto_chunk, num_causal_steps
 
 

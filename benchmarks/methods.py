@@ -35,7 +35,7 @@ import torch
 
 import interpbench as ib
 from interpbench.core.base import NotApplicable
-from interpbench.engine.runner import PRECISIONS
+from interpbench.engine.config import PRECISIONS
 
 DEFAULT_MODELS = ("timm:tf_efficientnet_lite0", "shapes:cnn")
 # method -> the parameter its cost is proportional to (the default value is read from the method's class)

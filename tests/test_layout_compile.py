@@ -15,7 +15,7 @@ import torch._dynamo.exc
 import interpbench as ib
 from interpbench.commands.cli import main
 from interpbench.core.base import ComponentError
-from interpbench.engine.runner import RunConfig
+from interpbench.engine.config import RunConfig
 from interpbench.methods.gradients import Gradient
 
 RUN = dict(methods=["gradcam", "gradient"], models=["shapes:cnn"], metrics=["deletion", "pointing_game"], limit=8,

@@ -235,7 +235,7 @@ def test_keys_and_seeds_do_not_depend_on_where_the_weights_lie(toy, tmp_path, mo
 def test_a_dataset_identified_by_its_path_alone_is_warned_about():
     import warnings
 
-    from interpbench.engine.runner import warn_if_identified_by_path_alone
+    from interpbench.engine.guards import warn_if_identified_by_path_alone
 
     with pytest.warns(RuntimeWarning, match=r"dataset 'mine': its identity\(\) names a path but no digest"):
         warn_if_identified_by_path_alone("mine", {"loader": "mine", "path": "/data/mine", "n": 10})

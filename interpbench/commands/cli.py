@@ -79,9 +79,9 @@ DEFAULT_METRICS = ["deletion", "insertion"]
 
 # Subcommands that live in their own modules: each has HELP, configure(parser) and main(args, console) -> int.
 EXTRA_COMMANDS: dict[str, str] = {
-    "reproduce": "interpbench.publish.reproduce",
-    "table": "interpbench.publish.tables",
-    "report": "interpbench.publish.report",
+    "reproduce": "interpbench.commands.reproduce",
+    "table": "interpbench.commands.table",
+    "report": "interpbench.commands.report",
     "check": "interpbench.commands.check",
     "export-broden": "interpbench.commands.export_broden",
     "pointing-center": "interpbench.commands.pointing_center",
@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from interpbench.api import expand_specs
-    from interpbench.engine.runner import RunConfig, Runner
+    from interpbench.engine.config import RunConfig
+    from interpbench.engine.runner import Runner
     from interpbench.publish.leaderboard import write_leaderboard
     from interpbench.publish.summary import render_text, written_files
 

@@ -72,7 +72,8 @@ def plan(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
 
 def main(args: argparse.Namespace, console: Console) -> int:
     from interpbench.commands.cli import _params
-    from interpbench.engine.runner import RunConfig, Runner
+    from interpbench.engine.config import RunConfig
+    from interpbench.engine.runner import Runner
     from interpbench.metrics.drift import drift_table, sanity_table
     from interpbench.publish.leaderboard import write_leaderboard
 

@@ -11,7 +11,11 @@ Data conventions (interpbench/core/base.py):
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import re
+import warnings
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import torch
@@ -42,6 +46,9 @@ class Component:
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
+    #: Optional: conformance checks (``interpbench.testing``) this component fails by design, check name -> why;
+    #: the kit reports them as expected failures instead of failures.
+    expected_failures: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(self.default_params())
@@ -87,15 +94,19 @@ class Method(Component):
 
 
 class Metric(Component):
-    """A metric.
+    """A metric: one of three protocols, each with its base class (docs/plugins.md, "Metric protocols").
 
-    ``scope = "explanation"``: scores a method's maps. Per-sample metrics implement
-    ``score(model, batch, maps) -> Tensor[B]`` (or a dict with key ``"score"`` and extra per-sample tensors,
-    e.g. a curve, stored beside the score). Dataset-level ones implement ``update(model, batch, maps)``,
-    ``compute() -> dict[str, float]`` and ``reset()`` (the torchmetrics shape).
+    - :class:`PerSampleMetric` (``kind = "per_sample"``, ``scope = "explanation"``): ``score(model, batch, maps) ->
+      Tensor[B]`` (or a dict with key ``"score"`` and extra per-sample tensors, e.g. a curve, stored beside the score).
+    - :class:`DatasetMetric` (``kind = "dataset"``, ``scope = "explanation"``): ``update(model, batch, maps)`` and
+      ``compute() -> dict[str, float]`` (the torchmetrics shape), its state declared with ``add_state``.
+    - :class:`ModelMetric` (``kind = "model"``, ``scope = "model"``): scores a model's representation on a dataset
+      (e.g. dissection); ``evaluate(model, dataset, ctx) -> dict[str, float]``, artefacts under ``ctx.out_dir``.
 
-    ``scope = "model"``: scores a model's representation on a dataset (e.g. dissection); implement
-    ``evaluate(model, dataset, ctx) -> dict[str, float]`` and write any tables or images under ``ctx.out_dir``.
+    ``kind`` tells the runner which protocol a metric follows. A class that subclasses ``Metric`` directly (the older
+    plugin API) still works: its kind is inferred once, when the class is created, from what it implements (``scope
+    "model"``: model; ``score``: per sample; ``update``: dataset), with a DeprecationWarning naming the base class to
+    use instead.
 
     ``needs`` names the sample fields the metric requires (e.g. ``{"masks"}``); the runner skips and reports
     datasets that lack them.
@@ -104,12 +115,16 @@ class Metric(Component):
     higher_is_better: ClassVar[bool] = True
     needs: ClassVar[frozenset[str]] = frozenset()
     scope: ClassVar[str] = "explanation"
+    #: which protocol: "per_sample" (score), "dataset" (update / compute) or "model" (evaluate); "" for a class that
+    #: implements none of them yet (an abstract intermediate class)
+    kind: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
-    # Distributed runs (interpbench.engine.distributed): a dataset-level metric names its state attributes and how the
-    # ranks' parts combine ("cat", "sum", "max", "min", "first" or a function (metric, values) -> value); without
-    # them it runs on rank 0 alone. A model-scope metric sets ``distributed = True`` when ``evaluate`` shards its
-    # work over ``ctx.dist``; otherwise it runs on rank 0 alone.
+    #: Legacy (use ``DatasetMetric.add_state``): a dataset-level metric's state attributes and how the ranks' parts
+    #: combine (a reduction of :data:`REDUCTIONS` or a function (metric, values) -> value). Still honoured, with a
+    #: DeprecationWarning when the class is created.
     dist_state: ClassVar[dict[str, Any]] = {}
+    #: A model-scope metric sets ``distributed = True`` when ``evaluate`` shards its work over ``ctx.dist``
+    #: (:class:`interpbench.core.state.Dist`); otherwise it runs on rank 0 alone in a distributed run.
     distributed: ClassVar[bool] = False
     # The values a paper's headline table shows (``interpbench table``; the top of ``methods.md``): patterns over
     # the names the metric records, where ``*`` stands for one dot-free part of a name and ``**`` for one or more
@@ -118,10 +133,43 @@ class Metric(Component):
     # the metric, else every value with a confidence interval (every value but ``n`` where none has one).
     # Bookkeeping values (counts, skips, success rates) stay out of the headline and in ``--values all``.
     headline_values: ClassVar[tuple[str, ...] | None] = None
+    #: Value names (patterns, as in ``headline_values``) that are the metric's internals: recorded in the store and
+    #: the CSVs, but left out of the tables a person reads (e.g. adversarial detection's baseline and cross-attack
+    #: detectors, which its own leaderboard section lays out apart). See :meth:`is_internal`.
+    internal_values: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("dist_state"):
+            warnings.warn(f"{cls.__module__}.{cls.__qualname__}: dist_state (and the hand-written reset() it must "
+                          "match) is deprecated; subclass interpbench.DatasetMetric and declare each state with "
+                          "self.add_state(name, default, reduce=...) in __init__ (docs/plugins.md)",
+                          DeprecationWarning, stacklevel=2)
+        if any(base.__dict__.get("_protocol_base", False) for base in cls.__mro__):
+            return  # a PerSampleMetric / DatasetMetric / ModelMetric: its kind is declared
+        kind = _infer_kind(cls)
+        if kind:
+            cls.kind = kind
+            warnings.warn(f"{cls.__module__}.{cls.__qualname__} ({cls.name!r}) subclasses interpbench.Metric "
+                          f"directly; subclass interpbench.{PROTOCOL_BASES[kind]} instead (its kind, {kind!r}, is "
+                          "inferred from the methods it implements; docs/plugins.md)", DeprecationWarning,
+                          stacklevel=2)
 
     @property
     def per_sample(self) -> bool:
-        return type(self).score is not Metric.score
+        """Whether this metric scores each sample (``kind == "per_sample"``)."""
+        return self.kind == "per_sample"
+
+    @classmethod
+    def is_internal(cls, value_name: str) -> bool:
+        """Whether ``value_name`` is one of the metric's internals (:attr:`internal_values`)."""
+        return any(value_pattern(p).match(value_name) for p in cls.internal_values)
+
+    @classmethod
+    def leaderboard_markdown(cls, rows: Any) -> str | None:
+        """Optional: the metric's section of ``methods.md`` from its rows of the long results table (a metric with
+        many values lays them out itself); None: the generic table of all its values."""
+        return None
 
     def score(self, model: "Model", batch: "Batch", maps: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -139,6 +187,107 @@ class Metric(Component):
         raise NotImplementedError
 
 
+#: The metric kinds and the base class of each.
+PROTOCOL_BASES = {"per_sample": "PerSampleMetric", "dataset": "DatasetMetric", "model": "ModelMetric"}
+
+#: How the ranks' values of a declared state combine (``DatasetMetric.add_state``; applied by
+#: :func:`interpbench.core.state.merge_values`), besides a function of the list of the ranks' values.
+REDUCTIONS = ("cat", "sum", "max", "min", "first")
+
+
+def _infer_kind(cls: type) -> str:
+    """The protocol a class that subclasses ``Metric`` directly implements ("" when none yet)."""
+    if cls.scope == "model" or cls.evaluate is not Metric.evaluate:
+        return "model"
+    if cls.score is not Metric.score:
+        return "per_sample"
+    if cls.update is not Metric.update or cls.compute is not Metric.compute:
+        return "dataset"
+    return ""
+
+
+def value_pattern(pattern: str) -> re.Pattern:
+    """A value-name pattern (``headline_values``, ``internal_values``) as a regular expression: ``*`` one dot-free
+    part of a name, ``**`` one or more parts."""
+    parts = [".+" if p == "**" else "[^.]+" if p == "*" else re.escape(p).replace(r"\*", "[^.]*")
+             for p in pattern.split(".")]
+    return re.compile("^" + r"\.".join(parts) + "$")
+
+
+class PerSampleMetric(Metric):
+    """A metric that scores each sample: implement ``score(model, batch, maps) -> Tensor[B]`` (or a dict with key
+    ``"score"`` and extra per-sample tensors). The runner stores one score per sample, skips stored samples on
+    resume, and splits a batch into chunks on out-of-memory errors."""
+
+    _protocol_base: ClassVar[bool] = True
+    kind: ClassVar[str] = "per_sample"
+    scope: ClassVar[str] = "explanation"
+
+
+class DatasetMetric(Metric):
+    """A dataset-level metric: ``update(model, batch, maps)`` per batch, ``compute() -> dict[str, float]`` at the end.
+
+    Its state is declared in ``__init__``, one attribute at a time, as torchmetrics does::
+
+        self.add_state("trials", [], reduce="cat")
+        self.add_state("skipped", 0, reduce="sum")
+
+    ``add_state`` sets the attribute to a fresh copy of ``default``; :meth:`reset` restores every declared state to
+    a fresh copy of its default (never a shared mutable object). In a distributed run every rank updates its own
+    state over its batches and rank 0 merges the ranks' states, in rank order, as the declarations say
+    (:func:`interpbench.core.state.merge_metric`): ``reduce`` is one of :data:`REDUCTIONS` (``"cat"`` puts the
+    ranks' parts end to end, which is the one-process order), a function of the list of the ranks' values, or
+    None (a state each rank keeps for itself, e.g. the model last seen: reset, never merged). A metric that
+    declares no merged state runs on rank 0 alone, over every batch.
+    """
+
+    _protocol_base: ClassVar[bool] = True
+    kind: ClassVar[str] = "dataset"
+    scope: ClassVar[str] = "explanation"
+    #: Set by the runner before the first ``update``: the run's context (device, seed, ``out_dir`` for artefacts).
+    run_context: "RunContext | None" = None
+    #: Optional: where ``compute()`` writes artefacts when the metric is used outside a run (an attribute, not a
+    #: parameter); a run's ``run_context.out_dir`` takes its place.
+    out_dir: Any = None
+
+    def add_state(self, name: str, default: Any, *, reduce: str | Callable[[list[Any]], Any] | None) -> None:
+        """Declare the state attribute ``name``: set it to a fresh copy of ``default`` (and :meth:`reset` does again)
+        and say how the ranks' values combine (``reduce``: one of :data:`REDUCTIONS`, a function of the list of the
+        ranks' values in rank order, or None: kept by each rank, never merged)."""
+        if not (reduce is None or callable(reduce) or reduce in REDUCTIONS):
+            raise ComponentError(f"{type(self).__name__}.add_state({name!r}): unknown reduction {reduce!r}; use one of "
+                                 f"{list(REDUCTIONS)}, a function of the list of the ranks' values, or None")
+        if not name.isidentifier() or name in ("params", "run_context", "out_dir"):
+            raise ComponentError(f"{type(self).__name__}.add_state({name!r}): the name must be an attribute name "
+                                 "that is not already the metric's own")
+        self.__dict__.setdefault("_declared_state", {})[name] = (default, reduce)
+        setattr(self, name, copy.deepcopy(default))
+
+    def states(self) -> dict[str, str | Callable[[list[Any]], Any] | None]:
+        """The declared states, in declaration order: name -> reduction (legacy ``dist_state`` entries after them,
+        their functions bound to this metric)."""
+        out = {name: reduce for name, (_, reduce) in self.__dict__.get("_declared_state", {}).items()}
+        for name, how in (type(self).dist_state or {}).items():
+            if name not in out:
+                out[name] = functools.partial(how, self) if callable(how) else how
+        return out
+
+    def reset(self) -> None:
+        """Every declared state back to a fresh copy of its default."""
+        for name, (default, _) in self.__dict__.get("_declared_state", {}).items():
+            setattr(self, name, copy.deepcopy(default))
+
+
+class ModelMetric(Metric):
+    """A model-scope metric: ``evaluate(model, dataset, ctx) -> dict[str, float]`` once per (model, dataset), with
+    tables or images written under ``ctx.out_dir``. Set ``distributed = True`` when ``evaluate`` shards its work over
+    ``ctx.dist`` (:class:`interpbench.core.state.Dist`)."""
+
+    _protocol_base: ClassVar[bool] = True
+    kind: ClassVar[str] = "model"
+    scope: ClassVar[str] = "model"
+
+
 @dataclasses.dataclass
 class RunContext:
     """What the runner hands a model-scope metric (and what a dataset-level metric may use)."""
@@ -149,7 +298,7 @@ class RunContext:
     out_dir: Any = None  # pathlib.Path where artefacts (CSV, PNG) go, or None
     progress: Callable[[int, int], None] | None = None  # progress(done, total)
     limit: int | None = None
-    dist: Any = None  # interpbench.engine.distributed.Dist of a distributed run (metrics with distributed = True), else None
+    dist: Any = None  # interpbench.core.state.Dist of a distributed run (metrics with distributed = True), else None
     workers: int = 0  # data-loading worker processes (the run's --workers)
 
 

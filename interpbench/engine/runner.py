@@ -8,6 +8,11 @@ formed from the dataset order alone and seeds from the identity of the cell and 
 in which cells run. Under torchrun each rank computes a contiguous block of the batches and rank 0 alone writes
 (:mod:`interpbench.engine.distributed`, docs/scale.md); ``--workers`` processes decode the batches ahead
 (:mod:`interpbench.engine.feeding`).
+
+Each metric's ``kind`` (interpbench/core/base.py) picks its protocol: per-sample scores, a dataset-level ``update`` /
+``compute``, or a model-scope ``evaluate``. What a run is asked to do is :class:`~interpbench.engine.config.RunConfig`
+(:mod:`interpbench.engine.config`); ``--compile`` is :mod:`interpbench.engine.compile`; the checks of what methods
+and metrics return and the out-of-memory retry are :mod:`interpbench.engine.guards`.
 """
 
 from __future__ import annotations
@@ -16,8 +21,6 @@ import dataclasses
 import json
 import math
 import time
-import traceback
-import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +36,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from torch import nn
 
 from interpbench import api
 from interpbench.core.base import (
@@ -50,261 +52,17 @@ from interpbench.core.identity import config_key, environment, portable, stable_
 from interpbench.core.registry import get_registry
 from interpbench.core.tabular import slug
 from interpbench.engine import distributed, feeding
+from interpbench.engine.compile import COMPILE_SCOPE, compile_model
+from interpbench.engine.config import PRECISIONS, RunConfig, grids
+from interpbench.engine.guards import (
+    call_in_chunks,
+    check_maps,
+    check_scores,
+    describe_error,
+    slice_batch,
+    warn_if_identified_by_path_alone,
+)
 from interpbench.engine.store import Store
-
-TARGETS = ("predicted", "label")
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")  # torch.compile modes (--compile MODE)
-
-
-def warn_if_identified_by_path_alone(name: str, identity: dict[str, Any]) -> None:
-    """Warn when a dataset's identity has a ``path`` but no digest (``*sha256``) of what lies there: cell keys leave
-    the path out (:func:`~interpbench.core.identity.portable`), so another folder with the same description would share
-    this one's cells."""
-    if "path" in identity and not any(str(k).endswith("sha256") for k in identity):
-        warnings.warn(f"dataset {name!r}: its identity() names a path but no digest of its files, and cell keys leave "
-                      "the path out; add one (interpbench.core.identity.lines_sha256 of the file list, or file_sha256 of "
-                      "an index file) so that another folder is another dataset", RuntimeWarning, stacklevel=2)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
-
-
-def call_in_chunks(fn, batch: Batch, maps: torch.Tensor | None, chunk: int, on_oom) -> Any:
-    """``fn(batch, maps)`` on consecutive chunks of at most ``chunk`` samples, halving the chunk on an
-    out-of-memory error (``on_oom(new_chunk)`` records it); the results are concatenated in order. The batch, and
-    so its seeds and its place in the store, stays the same: only how it is executed changes."""
-    while True:
-        try:
-            if chunk >= len(batch):
-                return fn(batch, maps)
-            parts = [fn(_slice(batch, i, i + chunk), None if maps is None else maps[i:i + chunk])
-                     for i in range(0, len(batch), chunk)]
-            return _concat(parts)
-        except Exception as exc:  # noqa: BLE001
-            if not is_out_of_memory(exc) or min(chunk, len(batch)) <= 1:
-                raise
-            chunk = max(1, min(chunk, len(batch)) // 2)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            on_oom(chunk)
-
-
-def _concat(parts: list[Any]) -> Any:
-    if parts[0] is None:
-        return None
-    if isinstance(parts[0], dict):
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    return torch.cat(parts)
-
-
-@dataclasses.dataclass
-class RunConfig:
-    methods: list[str]
-    models: list[str]
-    metrics: list[str]
-    datasets: list[str] | None = None  # None: each model's default dataset
-    out: str | Path = "runs/default"
-    limit: int | None = None
-    batch_size: int = 16
-    device: str = "auto"
-    target: str = "predicted"
-    seed: int = 0
-    method_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    method_limits: dict[str, int] = dataclasses.field(default_factory=dict)  # method -> its first N samples
-    metric_params: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    datasets_config: str | None = None
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast for methods and metrics; see PRECISIONS)
-    channels_last: bool = False  # model parameters and input batches in torch.channels_last memory format
-    compile: str | None = None  # None: eager; else a mode of COMPILE_MODES for torch.compile (see compile_model)
-    compile_backend: str = "inductor"  # torch.compile backend ("aot_eager" / "eager": no C++ compiler needed)
-    progress: bool = True
-    experiment: str | None = None
-    command: str | None = None
-    # An experiment may be several grids: each part overrides some of PART_KEYS (e.g. every method on one model,
-    # four methods on another). The top-level methods / models / metrics are then the union of the parts'.
-    parts: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    notes: list[str] = dataclasses.field(default_factory=list)  # free text for the manifest (e.g. a budget)
-    workers: int = 0  # data-loading worker processes per rank (0: load in the main process)
-
-    def __post_init__(self) -> None:
-        self.methods, self.models, self.metrics = list(self.methods), list(self.models), list(self.metrics)
-        for i, part in enumerate(self.parts):
-            unknown = sorted(set(part) - set(PART_KEYS))
-            if unknown:
-                raise ComponentError(f"experiment part {i}: unknown keys {unknown}; a part may set {list(PART_KEYS)}")
-            for kind in ("methods", "models", "metrics"):
-                for name in part.get(kind) or []:
-                    if name not in getattr(self, kind):
-                        getattr(self, kind).append(name)
-            if part.get("target", self.target) not in TARGETS:
-                raise ComponentError(f"experiment part {i}: target {part['target']!r}: choose one of {list(TARGETS)}")
-            if not part.get("models") and not self.models:
-                raise ComponentError(f"experiment part {i}: no models")
-        if self.target not in TARGETS:
-            raise ComponentError(f"--target {self.target!r}: choose one of {list(TARGETS)}")
-        if self.batch_size < 1:
-            raise ComponentError(f"--batch-size {self.batch_size}: must be a positive integer")
-        if self.precision not in PRECISIONS:
-            raise ComponentError(f"--precision {self.precision!r}: choose one of {list(PRECISIONS)}")
-        if not isinstance(self.channels_last, bool):
-            raise ComponentError(f"--channels-last {self.channels_last!r}: must be True or False")
-        check_compile_options(self.compile, self.compile_backend)
-        if self.limit is not None and self.limit < 1:
-            raise ComponentError(f"--limit {self.limit}: must be a positive integer")
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise ComponentError(f"--workers {self.workers!r}: must be 0 (load in the main process) or a positive integer")
-        for kind, names in (("methods", self.methods), ("models", self.models), ("metrics", self.metrics)):
-            if not names:
-                raise ComponentError(f"no {kind} given; name at least one (see `interpbench list {kind}`)")
-
-
-def check_compile_options(mode: str | None, backend: str) -> None:
-    """ComponentError naming the option and the accepted values for a bad ``--compile`` / ``--compile-backend``."""
-    if mode is not None and mode not in COMPILE_MODES:
-        raise ComponentError(f"--compile {mode!r}: choose one of {list(COMPILE_MODES)}, or leave --compile off to run "
-                             "eager")
-    if mode is None and backend != "inductor":
-        raise ComponentError(f"--compile-backend {backend!r} has no effect without --compile; add --compile (mode "
-                             "'default') or drop --compile-backend")
-    if mode is None:
-        return
-    from torch import _dynamo
-
-    backends = _dynamo.list_backends(exclude_tags=())
-    if backend not in backends:
-        raise ComponentError(f"--compile-backend {backend!r}: choose one of {backends} (default 'inductor'; "
-                             "'aot_eager' and 'eager' need no C++ compiler)")
-    if mode != "default" and backend != "inductor":
-        raise ComponentError(f"--compile {mode!r} is a mode of the 'inductor' backend; use --compile default with "
-                             f"--compile-backend {backend!r}, or --compile-backend inductor")
-
-
-PART_KEYS = ("methods", "models", "metrics", "datasets", "limit", "method_limits", "target", "batch_size")
-
-
-def grids(config: RunConfig) -> list[RunConfig]:
-    """The grids of an experiment: the config itself, or one config per part (the part's keys over the rest)."""
-    if not config.parts:
-        return [config]
-    out = []
-    for part in config.parts:
-        fields = {k: v for k, v in dataclasses.asdict(config).items() if k != "parts"}
-        fields.update({"methods": [], **part})
-        grid = RunConfig.__new__(RunConfig)  # a part may have no methods (model-scope metrics only)
-        grid.__dict__.update(fields, parts=[])
-        out.append(grid)
-    return out
-
-
-COMPILE_SCOPE = ("the model's forward passes while no hook is registered on its modules; hooked passes (Grad-CAM "
-                 "family, guided backprop, dissection) and a pair's model A run eager")
-
-
-def _has_hooks(root: nn.Module) -> bool:
-    """Whether a forward / backward hook is registered on ``root`` or a submodule, or globally."""
-    from torch.nn.modules import module as nn_module
-
-    if (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks or nn_module._global_backward_hooks
-            or nn_module._global_backward_pre_hooks):
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-               for m in root.modules())
-
-
-class CompiledForward:
-    """``Model.forward`` through ``torch.compile`` while no hook is registered on the model's network, eager
-    otherwise. With torch 2.14 a compiled module ignores forward hooks registered after its first call, and the
-    output a hook records inside a compiled graph has no gradient path to the logits, so Grad-CAM on a compiled
-    module is silently wrong; here every hooked pass runs the eager forward. A compile error at a later call (e.g.
-    the first backward) switches the model to eager for good (``record``: status "fallback" and the error)."""
-
-    def __init__(self, model: Model, compiled: Any, record: dict[str, Any]) -> None:
-        self.model, self.eager, self.compiled, self.record = model, model.forward, compiled, record
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if self.compiled is None or _has_hooks(self.model.net):
-            self.record["eager_calls"] += 1
-            return self.eager(images)
-        try:
-            out = self.compiled(images)
-        except Exception as exc:  # noqa: BLE001
-            from torch._dynamo.exc import TorchDynamoException
-
-            if not isinstance(exc, TorchDynamoException):
-                raise
-            self.compiled = None
-            _fall_back(self.model, self.record, exc)
-            return self(images)
-        self.record["compiled_calls"] += 1
-        return out
-
-
-def _fall_back(model: Model, record: dict[str, Any], exc: BaseException) -> None:
-    """Record a failed compile in the manifest record and warn: the model runs eager from here on."""
-    record.update(status="fallback", error=describe_error(exc))
-    warnings.warn(f"--compile: model {model.spec} falls back to eager: {record['error']}", RuntimeWarning, stacklevel=3)
-
-
-def compile_model(model: Model, mode: str, backend: str, warmup: torch.Tensor | None = None) -> dict[str, Any]:
-    """Route ``model``'s forward through ``torch.compile(mode, backend)`` (:class:`CompiledForward`), compiling
-    once on ``warmup`` (no gradient). When compiling fails the model stays eager. Returns the manifest record:
-    status "compiled" or "fallback" with the error, and the counts of compiled and eager calls."""
-    record: dict[str, Any] = {"status": "compiled", "error": None, "compiled_calls": 0, "eager_calls": 0}
-    try:
-        compiled = torch.compile(model.forward, mode=mode, backend=backend)
-        if warmup is not None:
-            with torch.no_grad():
-                compiled(warmup)
-    except Exception as exc:  # noqa: BLE001 - an unsupported op, a missing compiler: this model runs eager
-        compiled = None
-        _fall_back(model, record, exc)
-    model.forward = CompiledForward(model, compiled, record)  # an instance attribute: nn.Module calls it
-    return record
-
-
-def check_maps(maps: Any, images: torch.Tensor, method: str) -> torch.Tensor:
-    """Maps must be a finite float tensor B x H x W at the input resolution."""
-    b, _, h, w = images.shape
-    if not isinstance(maps, torch.Tensor):
-        raise ComponentError(f"method {method!r} returned {type(maps).__name__}, expected a tensor of shape {b}x{h}x{w}")
-    if tuple(maps.shape) != (b, h, w):
-        raise ComponentError(
-            f"method {method!r} returned maps of shape {tuple(maps.shape)}, expected (B, H, W) = {(b, h, w)}: "
-            "one map per image at the input resolution (upsample low-resolution maps bilinearly)"
-        )
-    maps = maps.detach().float().contiguous()  # e.g. the maps of a channels-last batch: metrics may view() them
-    bad = (~torch.isfinite(maps)).sum().item()
-    if bad:
-        raise ComponentError(f"method {method!r} returned {bad} non-finite values (NaN or inf) in its maps")
-    return maps
-
-
-def check_scores(scores: Any, n: int, metric: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    extra: dict[str, torch.Tensor] = {}
-    if isinstance(scores, dict):
-        if "score" not in scores:
-            raise ComponentError(f"metric {metric!r} returned a dict without a 'score' entry: {sorted(scores)}")
-        extra = {k: v for k, v in scores.items() if k != "score"}
-        scores = scores["score"]
-    if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != (n,):
-        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ComponentError(f"metric {metric!r} returned scores of shape {shape}, expected ({n},): one per sample")
-    scores = scores.detach().double().cpu()
-    bad = (~torch.isfinite(scores)).sum().item()
-    if bad:
-        raise ComponentError(f"metric {metric!r} returned {bad} non-finite scores (NaN or inf)")
-    return scores, {k: v.detach().cpu() for k, v in extra.items()}
-
-
-def describe_error(exc: BaseException) -> str:
-    if isinstance(exc, ComponentError):
-        return str(exc)
-    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
-    return f"{type(exc).__name__}: {exc}{where}"
 
 
 @dataclasses.dataclass
@@ -345,7 +103,9 @@ class Runner:
         for name in config.methods:
             self.registry.get("methods", name)
         for name in config.metrics:
-            self.registry.get("metrics", name)
+            if not getattr(self.registry.get("metrics", name), "kind", ""):
+                raise ComponentError(f"metric {name!r} implements no protocol: subclass interpbench.PerSampleMetric "
+                                     "(score), DatasetMetric (update / compute) or ModelMetric (evaluate)")
         for name in config.datasets or []:
             api.dataset_entry(name, config.datasets_config)
         for failure in self.registry.failures if self.dist.is_main else []:
@@ -574,7 +334,7 @@ class Runner:
                     continue
                 manifest["metrics"][metric_name] = metric.describe()
                 identity = {**maps_identity, "metric": metric.describe()}
-                if not metric.per_sample:
+                if metric.kind == "dataset":
                     identity["limit"] = cfg.limit  # a dataset-level number depends on the whole sample set
                 key = config_key(identity)
                 self._add_cell(store, run_id, key, spec, ds_name, method_name, metric_name, "explanation",
@@ -584,14 +344,14 @@ class Runner:
                     store.reset_failed(key)
                     row = store.cell(key)
                 status = row["status"]
-                if metric.per_sample and status == "done":
+                if metric.kind == "per_sample" and status == "done":
                     status = "pending"  # per batch, stored samples are skipped; a larger --limit extends the cell
                 cell = Cell(key, metric_name, metric, store.done_samples(key), status=status)
                 missing = set(metric.needs) - set(dataset.provides)
                 if missing and cell.status != "done":
                     cell.status = "skipped"
                     store.set_status(key, "skipped", f"dataset {ds_name!r} lacks {sorted(missing)} needed by {metric_name!r}")
-                if not metric.per_sample:
+                if metric.kind == "dataset":
                     metric.reset()
                     # the run context, as model-scope metrics get it: one artefact folder per (model, dataset,
                     # metric), shared by the methods (a metric names its files after Batch.method)
@@ -635,7 +395,7 @@ class Runner:
                 if keep == 0:
                     continue
                 cells = [c for c in plan.cells if c.status == "pending"
-                         and (not c.metric.per_sample or not set(ids[:keep]) <= c.done)
+                         and (c.metric.kind != "per_sample" or not set(ids[:keep]) <= c.done)
                          and distributed.runs_here(self.dist, c.metric, b, n_batches)]
                 if cells:
                     todo.append((plan, cells, keep))
@@ -648,7 +408,7 @@ class Runner:
                 for offset, batch in views[field]:
                     if offset >= keep:
                         break
-                    part = batch if offset + len(batch) <= keep else _slice(batch, 0, keep - offset)
+                    part = batch if offset + len(batch) <= keep else slice_batch(batch, 0, keep - offset)
                     snapshot = snapshot_path(self.out, spec, ds_name, plan.name) if b == 0 and offset == 0 else None
                     self._run_batch(model, plan, cells, part, store, snapshot)
             if task is not None:
@@ -662,7 +422,7 @@ class Runner:
                     continue
                 if plan.failed is not None:
                     status, error = plan.status, plan.failed
-                elif not cell.metric.per_sample:
+                elif cell.metric.kind == "dataset":
                     try:
                         store.write_results(cell.key, {k: float(v) for k, v in cell.metric.compute().items()})
                         status, error = "done", None
@@ -741,12 +501,12 @@ class Runner:
             try:
                 with torch.random.fork_rng(devices=rng_devices), self._autocast():
                     torch.manual_seed(stable_hash([cell.key, batch.ids[0], len(batch)]))
-                    if cell.metric.per_sample:
+                    if cell.metric.kind == "per_sample":
                         result = call_in_chunks(lambda part, m: cell.metric.score(model, part, m), batch, maps,
                                                 cell.chunk, self._oom_recorder(cell, model.spec, cell.metric_name))
                     else:
                         cell.metric.update(model, batch, maps)
-                if cell.metric.per_sample:
+                if cell.metric.kind == "per_sample":
                     scores, extra = check_scores(result, len(batch), cell.metric_name)
                     for i, sid in enumerate(batch.ids):
                         blob = json.dumps({k: v[i].tolist() for k, v in extra.items()}) if extra else None
@@ -801,12 +561,6 @@ def _count_within(samples: list[dict], indices: range, limit: int, multilabel: b
         if len(images) > allowed:
             return count
     return len(samples)
-
-
-def _slice(batch: Batch, start: int, stop: int) -> Batch:
-    return dataclasses.replace(batch, ids=batch.ids[start:stop], images=batch.images[start:stop],
-                               targets=batch.targets[start:stop], samples=batch.samples[start:stop],
-                               labels=None if batch.labels is None else batch.labels[start:stop])
 
 
 class LimitedDataset(torch.utils.data.Dataset):

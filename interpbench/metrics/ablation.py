@@ -33,11 +33,12 @@ import torch
 
 from interpbench.core.base import (
     ComponentError,
-    Metric,
     Model,
+    ModelMetric,
     NotApplicable,
     RunContext,
 )
+from interpbench.core.state import SINGLE
 from interpbench.core.tabular import slug
 from interpbench.metrics.dissection import _device, in_eval_mode
 from interpbench.ops.ablation import (
@@ -136,8 +137,6 @@ def unit_ablation(model: torch.nn.Module, dataset: Any, layer: str, *, fill: str
     (highest first) and at random. ``tail``: ``"auto"`` (the network after the layer alone when it can be cut
     there, else whole-network passes with a hook), ``"tail"`` or ``"hook"``.
     """
-    from interpbench.engine.distributed import SINGLE
-
     dist = SINGLE if dist is None else dist
     if fill not in FILLS:
         raise ComponentError(f"unit ablation: fill {fill!r} must be one of {FILLS}")
@@ -521,7 +520,7 @@ class MemoryProbe(torch.utils.data.Dataset):
         return self.samples[i]
 
 
-class UnitAblation(Metric):
+class UnitAblation(ModelMetric):
     """Unit ablation (Bau et al., PNAS 2020; Morcos et al., ICLR 2018): what each class loses when units of a layer
     are removed, beside what dissection says the units detect.
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from interpbench.core.base import Batch, ComponentError, Metric, Model
+from interpbench.core.base import Batch, ComponentError, Model, PerSampleMetric
 from interpbench.ops import batching
 from interpbench.ops.blur import gaussian_blur
 
@@ -215,7 +215,7 @@ def auto_chunk(device: torch.device, height: int, width: int) -> int:
     return batching.auto_chunk(device, height, width, gpu=GPU_CHUNK)
 
 
-class _CausalMetric(Metric):
+class _CausalMetric(PerSampleMetric):
     """Shared code of :class:`Deletion` and :class:`Insertion` (they differ in direction and default substrate)."""
 
     version: ClassVar[str] = "1"

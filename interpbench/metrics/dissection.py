@@ -43,10 +43,11 @@ from torch import nn
 
 from interpbench.core.base import (
     ComponentError,
-    Metric,
     Model,
+    ModelMetric,
     RunContext,
 )
+from interpbench.core.state import SINGLE
 from interpbench.core.tabular import slug
 from interpbench.ops.dissect import (
     ConceptSet,
@@ -354,13 +355,11 @@ def dissect(
     ``label_size``: the label resolution (None: the probe's own concept maps, e.g. 112 x 112 for Broden at 224);
     ``thresholds``: fixed ``T_k`` per layer (float ``[U]``) instead of the probe's quantile; ``image_transform``:
     ``f(images, indices) -> images`` applied to each batch on the device (deterministic, it may run twice).
-    ``dist``: the :class:`interpbench.engine.distributed.Dist` of a distributed run. Each rank then reads a contiguous
+    ``dist``: the :class:`interpbench.core.state.Dist` of a distributed run. Each rank then reads a contiguous
     block of the probe's batches; the exact thresholds come from the ranks' top activations (the top ``k`` of the
     union of each rank's top ``k``), the tallies are summed over the ranks, and every rank returns what one process
     would.
     """
-    from interpbench.engine.distributed import SINGLE
-
     dist = SINGLE if dist is None else dist
     if not 0.0 <= iou_threshold < 1.0:
         raise ComponentError(f"dissection: iou_threshold {iou_threshold!r} must lie in [0, 1) (default 0.04)")
@@ -572,7 +571,7 @@ def unit_figure(model: nn.Module, dataset: Any, result: DissectionResult, layer:
 # --------------------------------------------------------------------------------------------- metric
 
 
-class Dissection(Metric):
+class Dissection(ModelMetric):
     """Network dissection (Bau et al., CVPR 2017): interpretable units and unique concepts per layer.
 
     Parameters: ``layers`` (None: the model's ``cam_layer``; a name, ``"a,b"`` or a list), ``quantile`` (0.005,

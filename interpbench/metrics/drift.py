@@ -34,11 +34,13 @@ import torch
 from interpbench.core.base import (
     Batch,
     ComponentError,
-    Metric,
+    DatasetMetric,
     Model,
+    ModelMetric,
     NotApplicable,
     RunContext,
 )
+from interpbench.core.state import first_filled
 from interpbench.core.tabular import slug
 from interpbench.metrics.dissection import (
     dissect,
@@ -212,7 +214,7 @@ def shared_layers(model_a: Model, model_b: Model) -> list[tuple[str, str]]:
     return [(name, name) for name in model_a._layer_names if name in names_b]
 
 
-class UnitDrift(Metric):
+class UnitDrift(ModelMetric):
     """How the units of model A changed in model B (a pair ``A=>B``): dissection of both on the same probe,
     concept / category retention and the category-switch matrix under three matchings, IoU change, IoU-profile
     rank correlation, activation correlation, detector counts, concept-set overlap and linear CKA.
@@ -457,7 +459,7 @@ def switch_heatmap(matrices: dict[str, torch.Tensor], names: Sequence[str], path
 # --------------------------------------------------------------------------------------------- explanation drift
 
 
-class ExplanationDrift(Metric):
+class ExplanationDrift(DatasetMetric):
     """How much a method's maps change from model A to model B of a pair, for the same images and the same class.
 
     For each batch the metric explains model A itself (``batch.method`` on ``model.reference``) under the seed the
@@ -502,12 +504,6 @@ class ExplanationDrift(Metric):
     higher_is_better: ClassVar[bool] = True  # in the randomisation test, drift is what a model-dependent map shows
     defaults: ClassVar[dict[str, Any]] = {"top_fraction": 0.1, "reference_target": "auto",
                                           "sanity_threshold": 0.5}
-    # Distributed runs: the per-image lists of tensors put end to end in rank order (the one-process order, which
-    # the bootstrap intervals depend on); the pair's description from any rank that saw a batch (all hold the same).
-    dist_state: ClassVar[dict[str, Any]] = {
-        "_rho": "cat", "_rho_abs": "cat", "_ssim": "cat", "_overlap": "cat", "_agree": "cat", "_tv": "cat",
-        "_pair": lambda metric, values: next((v for v in values if v), {})}
-
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         if self.params["reference_target"] not in ("auto", "predicted", "same"):
@@ -517,16 +513,11 @@ class ExplanationDrift(Metric):
         fraction = self.params["top_fraction"]
         if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise ComponentError(f"explanation_drift: top_fraction {fraction!r} must lie in (0, 1] (default 0.1)")
-        self.reset()
-
-    def reset(self) -> None:
-        self._rho: list[torch.Tensor] = []
-        self._rho_abs: list[torch.Tensor] = []
-        self._ssim: list[torch.Tensor] = []
-        self._overlap: list[torch.Tensor] = []
-        self._agree: list[torch.Tensor] = []
-        self._tv: list[torch.Tensor] = []
-        self._pair: dict[str, Any] = {}
+        # Distributed runs: the per-image lists of tensors put end to end in rank order (the one-process order, which
+        # the bootstrap intervals depend on); the pair's description from any rank that saw a batch (all hold the same).
+        for name in ("_rho", "_rho_abs", "_ssim", "_overlap", "_agree", "_tv"):
+            self.add_state(name, [], reduce="cat")  # list[torch.Tensor]
+        self.add_state("_pair", {}, reduce=first_filled)
 
     def update(self, model: Model, batch: Batch, maps: torch.Tensor) -> None:
         reference = reference_of(model, self.name)
@@ -634,7 +625,7 @@ def _split_value(name: str) -> tuple[str, str | None, str]:
 
 
 def drift_table(table: Any) -> Any:
-    """The unit-drift table of a run (from :func:`interpbench.publish.leaderboard.results_table`): one row per (pair,
+    """The unit-drift table of a run (from :func:`interpbench.publish.results.results_table`): one row per (pair,
     dataset, layer, matching) with detectors and unique concepts A -> B, CKA, concept overlap and the unit
     measures. Empty when the run has no ``unit_drift`` result."""
     import pandas as pd

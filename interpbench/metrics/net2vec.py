@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from interpbench.core.base import ComponentError, Metric, Model, RunContext
+from interpbench.core.base import ComponentError, Model, ModelMetric, RunContext
 from interpbench.core.tabular import slug
 from interpbench.metrics.dissection import (
     ImageTransform,
@@ -282,7 +282,7 @@ def summarize(rows: list[dict[str, Any]], categories: Sequence[str]) -> dict[str
     return out
 
 
-class Net2Vec(Metric):
+class Net2Vec(ModelMetric):
     """Net2Vec (Fong & Vedaldi, CVPR 2018): held-out set IoU of a learned combination of units per concept,
     beside the best single unit's. Results per layer: ``concepts``, ``net2vec_iou``, ``single_iou`` (means over
     concepts), ``net2vec_better`` (share of concepts), and per category the means; ``LAYER-net2vec.csv`` per concept.

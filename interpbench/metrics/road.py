@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from interpbench.core.base import Batch, ComponentError, Metric, Model
+from interpbench.core.base import Batch, ComponentError, Model, PerSampleMetric
 from interpbench.metrics.causal import _check_targets, saliency_rank, validate_maps
 from interpbench.ops import batching
 from interpbench.ops.imputation import noisy_linear_imputation
@@ -89,7 +89,7 @@ def road_curves(
     return curves.view(batch, n_frac), info
 
 
-class _Road(Metric):
+class _Road(PerSampleMetric):
     """Shared code of :class:`RoadMoRF` and :class:`RoadLeRF`."""
 
     version: ClassVar[str] = "1"
