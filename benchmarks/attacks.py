@@ -60,7 +60,8 @@ def main() -> None:
 
     import interpbench
     from interpbench.core.base import Batch
-    from interpbench.metrics.adversarial import ATTACK_CACHE, AdversarialDetection
+    from interpbench.metrics.adversarial import AdversarialDetection
+    from interpbench.ops.attack_specs import ATTACK_CACHE
     from interpbench.ops.attacks import carlini_wagner_l2, fgsm, pgd_linf
 
     if args.threads:

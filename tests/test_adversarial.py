@@ -19,23 +19,21 @@ import interpbench as ib
 from interpbench.core.base import Batch, ComponentError, Model, RunContext
 from interpbench.datasets.shapes import ShapesWorld
 from interpbench.metrics import adversarial as adv
-from interpbench.metrics.adversarial import (
-    AdversarialConsistency,
-    AdversarialDetection,
-    auroc,
-    bootstrap_auroc,
-    bootstrap_tpr,
-    consistency_measures,
+from interpbench.metrics.adversarial import AdversarialConsistency, AdversarialDetection
+from interpbench.ops.attack_specs import parse_attacks
+from interpbench.ops.attacks import carlini_wagner_l2, fgsm, pgd_linf
+from interpbench.ops.detection import (
     cross_validated_scores,
     fit_logistic_regression,
     image_folds,
+)
+from interpbench.ops.detection_features import (
     logit_features,
     map_dispersion_features,
     map_grid_features,
-    parse_attacks,
-    tpr_at_fpr,
 )
-from interpbench.ops.attacks import carlini_wagner_l2, fgsm, pgd_linf
+from interpbench.ops.stats import auroc, bootstrap_auroc, bootstrap_tpr, tpr_at_fpr
+from interpbench.ops.unit_consistency import consistency_measures
 
 # --------------------------------------------------------------------------------------------- fixtures
 
@@ -553,7 +551,7 @@ def test_consistency_under_pgd_matches_the_dissections(shapes_model, probe):
 def test_consistency_on_successful_attacks_only_dissects_the_fooled_images(shapes_model, probe):
     # PGD at 2/255 fools about two thirds of the probe: the clean and the adversarial dissections are those of the
     # fooled images alone, and the failed attacks (clean images, unchanged) no longer count as labels kept
-    from interpbench.metrics.adversarial import _ProbeSubset
+    from interpbench.metrics.adversarial_units import _ProbeSubset
     from interpbench.metrics.dissection import dissect
 
     metric = AdversarialConsistency(attacks=["pgd2"], bootstrap=20, ci_blocks=12)

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from interpbench.metrics.adversarial import (
-    auroc,
+from interpbench.ops.detection import (
     cross_validated_scores,
     fit_logistic_regression,
     fold_models,
 )
-from interpbench.ops.stats import fixed_solve, fixed_sum, roc_curve
+from interpbench.ops.stats import auroc, fixed_solve, fixed_sum, roc_curve
 
 
 def test_roc_points_by_hand_and_their_area_is_the_auroc():
@@ -114,8 +113,8 @@ def test_the_fit_has_the_same_bits_with_another_cpus_vector_kernels():
     import subprocess
     import sys
 
-    code = ("import torch, sys; sys.path.insert(0, %r); from test_detector_stats import detection_features; "
-            "from interpbench.metrics.adversarial import fit_logistic_regression as fit; c, a = detection_features(); "
+    code = ("import torch, sys; sys.path.insert(0, %r); from test_detection import detection_features; "
+            "from interpbench.ops.detection import fit_logistic_regression as fit; c, a = detection_features(); "
             "w, b = fit(torch.cat([c, a]), torch.cat([torch.zeros(len(c)), torch.ones(len(a))]).double()); "
             "print(torch.cat([w, b[None]]).numpy().tobytes().hex())") % os.path.dirname(__file__)
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}

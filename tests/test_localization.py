@@ -19,6 +19,8 @@ from interpbench.metrics.localization import (
     GridPointingGame,
     PointingGame,
     ShortcutLocalization,
+)
+from interpbench.ops.regions import (
     argmax_points,
     boxes_to_mask,
     choose_grid_classes,
@@ -427,7 +429,7 @@ def test_shortcut_model_uses_the_patch_and_gradient_shows_it(tmp_path):
 
 def test_metrics_pass_the_conformance_checks(monkeypatch):
     from interpbench.testing import check_metric
-    from interpbench.testing import components as conformance
+    from interpbench.testing import world as conformance
 
     for name in ("pointing_game", "energy_pointing_game", "energy_pointing_game_masks", "grid_pointing_game"):
         report = check_metric(name)

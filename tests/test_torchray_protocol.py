@@ -22,8 +22,8 @@ from interpbench.datasets.shapes import ShapesWorld
 from interpbench.datasets.voc import VOC_CLASSES, VOCSource, torchray_input_size
 from interpbench.engine.feeding import SampleList, same_size_runs
 from interpbench.engine.runner import method_params_for
-from interpbench.metrics.localization import (
-    PointingGame,
+from interpbench.metrics.localization import PointingGame
+from interpbench.ops.regions import (
     dataset_tolerance,
     smooth_maps,
 )

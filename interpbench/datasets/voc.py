@@ -52,7 +52,7 @@ from PIL import Image
 from interpbench.core.base import ComponentError, DatasetSource
 from interpbench.core.identity import lines_sha256
 from interpbench.datasets.imagefolder import size_hw, to_tensor
-from interpbench.metrics.localization import TORCHRAY_TOLERANCE, difficult_pairs
+from interpbench.ops.regions import TORCHRAY_TOLERANCE, difficult_pairs
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",

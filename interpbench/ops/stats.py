@@ -1,11 +1,16 @@
-"""Statistics: the bootstrap CI of a mean; for detectors, the ROC curve, and sums and linear solves whose rounding does not depend on the machine.
+"""Statistics: the bootstrap CI of a mean; for detectors, the ROC curve, AUROC and TPR at a fixed FPR (plain and
+under bootstrap weights), bootstrap resampling counts and percentile intervals, and sums, linear solves and
+sigmoids whose rounding does not depend on the machine.
 
 ``fixed_sum`` adds along a dimension in one fixed pairwise (tree) order made of elementwise additions, each a
 correctly rounded IEEE-754 operation; torch's reductions and BLAS products instead pick their order from the
 vector width of the CPU, its blocking and the number of threads, so their last bits move between machines.
 ``fixed_solve`` is a Cholesky factorisation written with the same elementwise operations. Together they make a
 Newton fit of a logistic regression give the same bits on any CPU with any number of threads, given the same
-inputs (the transcendental functions, exp and log1p, are torch's, accurate to an ulp).
+inputs (the transcendental functions, exp and log1p, are torch's, accurate to an ulp; ``scalar_sigmoid`` and
+``scalar_softplus`` take the C library's scalar ones instead, as the adversarial detector's fit does).
+
+Layer: ops (imports nothing from the package); the detector built on these is in :mod:`interpbench.ops.detection`.
 """
 
 from __future__ import annotations
@@ -141,4 +146,101 @@ def _cholesky_solve(a: list[list[float]], b: list[float]) -> list[float]:
     return x
 
 
-__all__ = ["fixed_matvec", "fixed_solve", "fixed_sum", "roc_curve"]
+def scalar_sigmoid(z: torch.Tensor) -> torch.Tensor:
+    """``1 / (1 + exp(-z))`` element by element with Python's ``math`` (the C library's scalar exp): torch's
+    vectorised exp differs from its scalar one by an ulp, so a CPU with other vector units would round otherwise."""
+    values = [1.0 / (1.0 + math.exp(-v)) if v >= 0 else math.exp(v) / (1.0 + math.exp(v)) for v in z.tolist()]
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def scalar_softplus(z: torch.Tensor) -> torch.Tensor:
+    """``log(1 + exp(z))`` element by element with Python's ``math`` (see :func:`scalar_sigmoid`)."""
+    values = [v + math.log1p(math.exp(-v)) if v > 0 else math.log1p(math.exp(v)) for v in z.tolist()]
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def auroc(clean: np.ndarray, adversarial: np.ndarray) -> float:
+    """Area under the ROC curve = P(adversarial score > clean score) + P(tie) / 2 (Mann-Whitney U / (n1 n2))."""
+    return float(bootstrap_auroc(clean, adversarial, np.ones((1, len(clean))), np.ones((1, len(adversarial))))[0])
+
+
+def tpr_at_fpr(clean: np.ndarray, adversarial: np.ndarray, fpr: float = 0.05) -> float:
+    """Largest true-positive rate over thresholds whose false-positive rate is at most ``fpr`` (the ROC's
+    operating point, no interpolation): flag scores above the ``floor(fpr n) + 1``-th largest clean score."""
+    return float(bootstrap_tpr(clean, adversarial, np.ones((1, len(clean))), np.ones((1, len(adversarial))), fpr)[0])
+
+
+def bootstrap_auroc(clean: np.ndarray, adversarial: np.ndarray, weights: np.ndarray,
+                    adversarial_weights: np.ndarray | None = None) -> np.ndarray:
+    """AUROC under sample weights, one value per row of ``weights`` (``R x n_clean``; the adversarial scores take
+    ``adversarial_weights``, by default the same rows: paired samples resampled together).
+
+    Weighted Mann-Whitney: ``sum_j v_j G(a_j) / (sum w)(sum v)`` with ``G(s) = sum_i w_i ([c_i < s] + [c_i = s]/2)``.
+    """
+    clean = np.asarray(clean, np.float64)
+    adversarial = np.asarray(adversarial, np.float64)
+    weights = np.atleast_2d(np.asarray(weights, np.float64))
+    v = weights if adversarial_weights is None else np.atleast_2d(np.asarray(adversarial_weights, np.float64))
+    order = np.argsort(clean, kind="stable")
+    sorted_clean = clean[order]
+    cum = np.concatenate([np.zeros((weights.shape[0], 1)), np.cumsum(weights[:, order], axis=1)], axis=1)
+    below = np.searchsorted(sorted_clean, adversarial, side="left")
+    at_or_below = np.searchsorted(sorted_clean, adversarial, side="right")
+    g = 0.5 * (cum[:, below] + cum[:, at_or_below])
+    return (v * g).sum(axis=1) / (weights.sum(axis=1) * v.sum(axis=1))
+
+
+def bootstrap_tpr(clean: np.ndarray, adversarial: np.ndarray, clean_weights: np.ndarray,
+                  adversarial_weights: np.ndarray, fpr: float) -> np.ndarray:
+    """:func:`tpr_at_fpr` under integer sample weights (one value per row of the weights)."""
+    clean = np.asarray(clean, np.float64)
+    adversarial = np.asarray(adversarial, np.float64)
+    wc = np.atleast_2d(np.asarray(clean_weights, np.float64))
+    wa = np.atleast_2d(np.asarray(adversarial_weights, np.float64))
+    order = np.argsort(-clean, kind="stable")
+    descending = clean[order]
+    cum = np.cumsum(wc[:, order], axis=1)
+    allowed = np.floor(fpr * wc.sum(axis=1) + 1e-9)  # false positives allowed
+    first = np.argmax(cum >= allowed[:, None] + 1, axis=1)  # the (allowed + 1)-th largest clean score
+    threshold = descending[first]
+    order_a = np.argsort(adversarial, kind="stable")
+    ascending = adversarial[order_a]
+    cum_a = np.concatenate([np.zeros((wa.shape[0], 1)), np.cumsum(wa[:, order_a], axis=1)], axis=1)
+    at_or_below = np.searchsorted(ascending, threshold, side="right")
+    total = cum_a[:, -1]
+    return (total - cum_a[np.arange(wa.shape[0]), at_or_below]) / total
+
+
+def bootstrap_weights(n: int, replicates: int, seed: int) -> np.ndarray:
+    """``replicates x n`` resampling counts (multinomial, with replacement) over ``n`` units."""
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(replicates, n))
+    weights = np.zeros((replicates, n))
+    np.add.at(weights, (np.arange(replicates)[:, None], draws), 1.0)
+    return weights
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13)."""
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (math.nan, math.nan)
+    alpha = (1 - level) / 2
+    return (float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha)))
+
+
+__all__ = [
+    "auroc",
+    "bootstrap_auroc",
+    "bootstrap_ci",
+    "bootstrap_tpr",
+    "bootstrap_weights",
+    "fixed_matvec",
+    "fixed_solve",
+    "fixed_sum",
+    "percentile_interval",
+    "roc_curve",
+    "scalar_sigmoid",
+    "scalar_softplus",
+    "tpr_at_fpr",
+]
