@@ -19,9 +19,12 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from interpbench.commands import table as table_cmd
 from interpbench.core.base import ComponentError
 from interpbench.publish import tables as tb
-from interpbench.publish.leaderboard import _pattern, headline_mask, headline_table
+from interpbench.publish.grid import TEXTWIDTH_PT
+from interpbench.publish.headline import _pattern, headline_mask
+from interpbench.publish.leaderboard import headline_table
 
 GOLDEN = Path(__file__).parent / "golden" / "layouts"
 DEFAULT = Path(__file__).parents[1] / "leaderboards" / "default" / "store.sqlite"
@@ -229,7 +232,7 @@ def test_a_wide_experiment_splits_into_tables_that_each_fit(tmp_path):
     latex = paper.latex()
     parts = re.findall(r"part (\d+) of (\d+)", latex)
     assert len(parts) >= 3 and parts[-1][0] == parts[-1][1]
-    assert all(float(w) <= tb.TEXTWIDTH_PT for w in re.findall(r"estimated width (\d+) pt", latex))
+    assert all(float(w) <= TEXTWIDTH_PT for w in re.findall(r"estimated width (\d+) pt", latex))
     (tmp_path / "wide.tex").write_text(latex)
     (tmp_path / "wide-t.tex").write_text(tb.PaperTables.build("wide", table, {}, selection=tb.Selection(
         transpose=True)).latex())
@@ -267,12 +270,12 @@ def test_values_all_gives_every_number_the_store_holds(default_experiment, tmp_p
 def test_selection_options(tmp_path, default_experiment, capsys):
     directory = default_experiment.directory
     parser = argparse.ArgumentParser()
-    tb.configure(parser)
+    table_cmd.configure(parser)
     console = Console(stderr=True)
     args = [str(directory), "--out", str(tmp_path / "a"), "--methods", "gradcam,random", "--metrics",
             "deletion,pointing_game", "--models", "shapes:cnn", "--values", "pointing_game.difficult,deletion",
             "--print", "csv"]
-    assert tb.main(parser.parse_args(args), console) == 0
+    assert table_cmd.main(parser.parse_args(args), console) == 0
     csv = pd.read_csv(tmp_path / "a" / "methods.csv")
     assert set(csv["method"]) == {"gradcam", "random"} and set(csv["model"]) == {"shapes:cnn"}
     assert sorted(set(zip(csv["metric"], csv["value"]))) == [("deletion", "deletion"), ("pointing_game", "difficult")]
@@ -285,7 +288,7 @@ def test_selection_options(tmp_path, default_experiment, capsys):
     assert re.search(r"Deletion \$\\downarrow\$ \(n = 12--128\) & [^&]+ & ", transposed)
     with pytest.raises(ComponentError, match=r"--values no_such_value: no value of this experiment has that name"):
         tb.PaperTables.from_experiment(default_experiment, selection=tb.Selection(values=["no_such_value"])).csv()
-    assert tb.main(parser.parse_args([str(directory), "--methods", "gradcam,nope"]), console) == 2
+    assert table_cmd.main(parser.parse_args([str(directory), "--methods", "gradcam,nope"]), console) == 2
     assert "--methods nope: not in this experiment" in capsys.readouterr().err
 
 

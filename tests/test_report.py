@@ -25,8 +25,9 @@ from PIL import Image
 from rich.console import Console
 
 import interpbench as ib
+from interpbench.commands import report as report_cmd
 from interpbench.publish import report
-from interpbench.publish.tables import load_experiment
+from interpbench.publish.results import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
@@ -217,7 +218,7 @@ def experiment(toy, tmp_path):
 
 def test_the_report_loads_offline_with_every_table_and_image(experiment, tmp_path):
     args = argparse.Namespace(directory=str(experiment), out=None, alpha=0.05, digits=3, max_images=200)
-    assert report.main(args, Console(stderr=True)) == 0
+    assert report_cmd.main(args, Console(stderr=True)) == 0
     path = experiment / "report.html"
     page, errors, requests, failed = load_in_chromium(path, tmp_path / "profile")
 
@@ -275,7 +276,7 @@ def test_mean_curves_and_overlays_by_hand():
 
 def test_a_missing_experiment_is_a_usage_error(tmp_path, capsys):
     args = argparse.Namespace(directory=str(tmp_path / "none"), out=None, alpha=0.05, digits=3, max_images=10)
-    assert report.main(args, Console(stderr=True)) == 2
+    assert report_cmd.main(args, Console(stderr=True)) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

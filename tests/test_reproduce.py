@@ -13,6 +13,8 @@ import pytest
 from rich.console import Console
 
 import interpbench as ib
+from interpbench.commands import reproduce as reproduce_cmd
+from interpbench.publish import compare
 from interpbench.publish import reproduce as rp
 
 METHODS = ["gradient", "center", "toy_noise"]
@@ -34,7 +36,7 @@ def tree_digest(directory):
 
 def cli(directory, *extra):
     parser = argparse.ArgumentParser()
-    rp.configure(parser)
+    reproduce_cmd.configure(parser)
     return parser.parse_args([str(directory), "--no-progress", *extra])
 
 
@@ -61,7 +63,7 @@ def test_a_committed_experiment_reproduces_and_is_left_untouched(committed, caps
     assert rp.reproduce(committed, exact=True).ok  # CI bounds and per-sample scores equal too
     assert tree_digest(committed) == before  # no -wal / -shm, nothing rewritten
 
-    assert rp.main(cli(committed), Console(stderr=True)) == 0
+    assert reproduce_cmd.main(cli(committed), Console(stderr=True)) == 0
     out = capsys.readouterr().out
     assert "9 identical, 0 equal within numerical tolerance, 0 different" in out
     assert "reproduced: identical" in out and "NOT reproduced" not in out
@@ -78,7 +80,7 @@ def test_a_changed_parameter_fails_and_names_the_cells(committed, capsys):
     assert set(bad) == {f"toy:net / toy / {m} / deletion" for m in METHODS}
     for problems in bad.values():
         assert any("metric.params.step: null -> 64" in p for p in problems)
-    assert rp.main(cli(committed), Console(stderr=True)) == 1
+    assert reproduce_cmd.main(cli(committed), Console(stderr=True)) == 1
     out = capsys.readouterr().out
     assert "toy:net / toy / center / deletion" in out and "NOT reproduced" in out
 
@@ -170,7 +172,7 @@ def test_a_different_environment_warns_but_passes(committed):
 
 
 def test_a_missing_experiment_is_a_usage_error(tmp_path, capsys):
-    assert rp.main(cli(tmp_path / "nothing"), Console(stderr=True)) == 2
+    assert reproduce_cmd.main(cli(tmp_path / "nothing"), Console(stderr=True)) == 2
     assert "neither manifest.json nor store.sqlite" in capsys.readouterr().err
 
 
@@ -214,7 +216,7 @@ def test_cell_configuration_differences_are_classified():
            "model": {"weights": {"path": "/a/w.pt", "sha256": "x"}}, "target": "predicted"}
     new = {"method": {"name": "m", "version": "2", "params": {"k": 2}}, "seed": 0, "dataset": {"size": [32, 32]},
            "model": {"weights": {"path": "/b/w.pt", "sha256": "y"}}, "target": "label"}
-    failures, warnings = rp.cell_config_differences(old, new)  # weights: checked per model, not per cell
+    failures, warnings = compare.cell_config_differences(old, new)  # weights: checked per model, not per cell
     assert failures == ["dataset.size: [16, 16] -> [32, 32]", "method.params.k: 1 -> 2", "target: predicted -> label"]
     assert warnings == ["method.version: 1 -> 2"]
 
@@ -223,9 +225,9 @@ def test_where_files_lie_is_never_a_difference_at_any_depth():
     old = {"loader": "coco", "path": {"annotations": "/a/instances.json", "images": "/a/val2014"},
            "annotations_sha256": "x", "n": 5}
     moved = {**old, "path": {"annotations": "/b/instances.json", "images": "/b/val2014"}}
-    assert rp.dict_differences(old, moved) == []
-    assert rp.dict_differences(old, {**moved, "annotations_sha256": "y"}) == [("annotations_sha256", "x", "y")]
-    assert rp.dict_differences({"path": 1}, {"path": 2}, local=False) == [("path", 1, 2)]  # method parameters
+    assert compare.dict_differences(old, moved) == []
+    assert compare.dict_differences(old, {**moved, "annotations_sha256": "y"}) == [("annotations_sha256", "x", "y")]
+    assert compare.dict_differences({"path": 1}, {"path": 2}, local=False) == [("path", 1, 2)]  # method parameters
 
 
 def test_reproducing_into_the_experiment_itself_is_refused(committed):

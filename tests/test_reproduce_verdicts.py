@@ -16,11 +16,13 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from interpbench.engine.runner import RunConfig, Runner
+from interpbench.commands.reproduce import render
+from interpbench.engine.config import RunConfig
+from interpbench.engine.runner import Runner
 from interpbench.ops import rounding as rnd
 from interpbench.publish import reproduce as rp
 from interpbench.publish.leaderboard import regenerate, write_leaderboard
-from interpbench.publish.tables import load_experiment
+from interpbench.publish.results import load_experiment
 
 BASE = dict(methods=["gradient", "random"], models=["toy:net"], metrics=["deletion"], limit=8, batch_size=8,
             progress=False)
@@ -120,7 +122,7 @@ def test_scores_jittered_at_float32_rounding_reproduce_within_tolerance(toy, tmp
     levels = {c.method: c.level for c in result.comparisons}
     assert levels == {"gradient": rp.WITHIN, "random": rp.IDENTICAL}
     assert result.level == rp.WITHIN and result.ok and result.rounding_runs == 2 and result.rounding_cells == 1
-    rp.render(result, Console())
+    render(result, Console())
     text = capsys.readouterr().out
     assert "1 identical, 1 equal within numerical tolerance, 0 different" in text
     assert "reproduced: equal within numerical tolerance" in text

@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
+from interpbench.commands import table as table_cmd
 from interpbench.engine.store import Store
+from interpbench.publish import ranking
 from interpbench.publish import tables as tb
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -105,15 +107,15 @@ def test_identical_methods_are_tied_and_a_clearly_better_one_wins():
 def test_wilcoxon_pairs_only_the_same_samples():
     a = scores_of([0.1, 0.2, 0.3, 0.4])
     b = pd.Series([0.3, 0.5, 9.0], index=["img/001", "img/002", "img/999"])  # img/999 is not in a
-    t = tb.wilcoxon_paired(a, b)
+    t = ranking.wilcoxon_paired(a, b)
     assert t["n"] == 2 and t["mean_diff"] == pytest.approx(-0.15) and t["direction"] == -1
 
 
 def test_holm_by_hand():
-    adjusted = tb.holm_adjust([0.01, 0.04, 0.03, 0.005, math.nan])
+    adjusted = ranking.holm_adjust([0.01, 0.04, 0.03, 0.005, math.nan])
     # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04; running maximum 0.02, 0.03, 0.06, 0.06
     assert adjusted[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and math.isnan(adjusted[4])
-    assert tb.holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert ranking.holm_adjust([0.5, 0.9]) == pytest.approx([1.0, 1.0])
 
 
 def test_rank_agreement_orients_each_metric_by_its_direction():
@@ -130,7 +132,7 @@ def test_rank_agreement_orients_each_metric_by_its_direction():
     assert tau[("deletion ↓", "reversed ↑")] == pytest.approx(-1.0)
     assert tau[("insertion ↑", "reversed ↑")] == pytest.approx(-1.0)
     assert math.isnan(tau[("deletion ↓", "flat ↑")])  # a constant ranking has no tau
-    assert tb.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(2 / 3)  # 5 concordant, 1 discordant pair
+    assert ranking.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(2 / 3)  # 5 concordant, 1 discordant pair
 
 
 def make_store(directory):
@@ -155,8 +157,8 @@ def make_store(directory):
 def test_the_command_writes_every_table_from_a_store(tmp_path, capsys):
     directory = make_store(tmp_path / "exp")
     parser = argparse.ArgumentParser()
-    tb.configure(parser)
-    assert tb.main(parser.parse_args([str(directory), "--print", "ranking"]), Console(stderr=True)) == 0
+    table_cmd.configure(parser)
+    assert table_cmd.main(parser.parse_args([str(directory), "--print", "ranking"]), Console(stderr=True)) == 0
     out = capsys.readouterr().out
     assert "| 1 | close | 0.755" in out and "grad_cam, twin, worse" in out
     written = sorted(p.name for p in (directory / "tables").iterdir())
@@ -171,14 +173,14 @@ def test_the_command_writes_every_table_from_a_store(tmp_path, capsys):
     assert row["ci_low"] < row["mean"] < row["ci_high"]  # the leaderboard's bootstrap CI, recomputed from the store
     md = (directory / "tables" / "methods.md").read_text()
     assert "| grad_cam | **0.490 ±" in md and "| close | _0.491 ±" in md
-    assert tb.main(parser.parse_args([str(tmp_path / "missing")]), Console(stderr=True)) == 2
+    assert table_cmd.main(parser.parse_args([str(tmp_path / "missing")]), Console(stderr=True)) == 2
 
 
 def test_the_three_commands_wire_into_the_cli(tmp_path, monkeypatch, capsys):
     from interpbench.commands import cli
 
-    for name, module in (("table", "interpbench.publish.tables"), ("report", "interpbench.publish.report"),
-                         ("reproduce", "interpbench.publish.reproduce")):
+    for name, module in (("table", "interpbench.commands.table"), ("report", "interpbench.commands.report"),
+                         ("reproduce", "interpbench.commands.reproduce")):
         monkeypatch.setitem(cli.EXTRA_COMMANDS, name, module)
     args = cli.build_parser().parse_args(["reproduce", "leaderboards/default", "--exact", "--atol", "1e-4"])
     assert (args.directory, args.exact, args.atol, args.strict) == ("leaderboards/default", True, 1e-4, False)

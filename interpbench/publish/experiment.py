@@ -7,7 +7,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from interpbench.engine.runner import RunConfig, Runner
+from interpbench.engine.config import RunConfig
+from interpbench.engine.runner import Runner
 from interpbench.publish.leaderboard import write_leaderboard
 
 
@@ -21,7 +22,7 @@ def run(
 ) -> pd.DataFrame:
     """Run the grid and write the leaderboard under ``out``; returns the long results table.
 
-    ``options`` are the fields of :class:`interpbench.engine.runner.RunConfig` (``batch_size``, ``device``,
+    ``options`` are the fields of :class:`interpbench.engine.config.RunConfig` (``batch_size``, ``device``,
     ``limit``, ``method_params``, ...). ``table.attrs["ok"]`` is False when a cell failed.
     """
     config = RunConfig(methods=list(methods), models=list(models), metrics=list(metrics),

@@ -8,8 +8,6 @@ and its n; an arrow says which direction is better.
 from __future__ import annotations
 
 import json
-import math
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,85 +15,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from interpbench.core.identity import stable_hash
 from interpbench.core.tabular import to_markdown, wide_table
 from interpbench.engine.store import Store
-from interpbench.ops.stats import bootstrap_ci
-
-
-def results_table(store: Store, run_id: int) -> pd.DataFrame:
-    """One row per cell (per-sample metrics) or per cell and result name (dataset-level and model-scope)."""
-    rows: list[dict[str, Any]] = []
-    for cell in store.run_cells(run_id):
-        base = {k: cell[k] for k in ("model", "dataset", "method", "metric", "scope", "status", "error", "key")}
-        base["higher_is_better"] = bool(cell["higher_is_better"])
-        base["wall_time"] = cell["wall_time"]
-        scores = store.scores(cell["key"])
-        results = store.results(cell["key"])
-        if scores:
-            values = np.array([v for _, v in scores])
-            lo, hi = bootstrap_ci(values, stable_hash(cell["key"]))
-            rows.append({**base, "value_name": cell["metric"], "mean": float(values.mean()), "ci_low": lo,
-                         "ci_high": hi, "n": len(values)})
-        for name, value in results.items():
-            if name.endswith(("_ci_low", "_ci_high")):
-                continue
-            rows.append({**base, "value_name": name, "mean": value, "ci_low": results.get(f"{name}_ci_low", math.nan),
-                         "ci_high": results.get(f"{name}_ci_high", math.nan), "n": int(results.get("n", 0) or 0)})
-        if not scores and not results:
-            rows.append({**base, "value_name": cell["metric"], "mean": math.nan, "ci_low": math.nan,
-                         "ci_high": math.nan, "n": 0})
-    columns = ["model", "dataset", "method", "metric", "value_name", "mean", "ci_low", "ci_high", "n",
-               "higher_is_better", "status", "error", "scope", "wall_time", "key"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _pattern(pattern: str) -> re.Pattern:
-    """A headline pattern as a regular expression: ``*`` one dot-free part of a name, ``**`` one or more parts."""
-    parts = [".+" if p == "**" else "[^.]+" if p == "*" else re.escape(p).replace(r"\*", "[^.]*")
-             for p in pattern.split(".")]
-    return re.compile("^" + r"\.".join(parts) + "$")
-
-
-def declared_headline(metric: str) -> tuple[str, ...] | None:
-    """The ``headline_values`` the registered metric class declares, or None (not declared, or the plugin that made
-    the run is not installed)."""
-    from interpbench.core.registry import get_registry
-
-    try:
-        cls = get_registry().get("metrics", metric)
-    except Exception:  # noqa: BLE001 - tables must regenerate without the plugin
-        return None
-    declared = getattr(cls, "headline_values", None)
-    if declared is None:
-        return None
-    if isinstance(declared, str) or not all(isinstance(p, str) for p in declared):
-        warnings.warn(f"metric {metric!r}: headline_values must be a tuple of name patterns, e.g. ('{metric}',), "
-                      f"got {declared!r}; its headline falls back to the default", stacklevel=2)
-        return None
-    return tuple(declared)
-
-
-def headline_mask(table: pd.DataFrame) -> pd.Series:
-    """Which rows of a long results table hold a headline value: the names the metric's ``headline_values``
-    patterns match; for a metric that declares none, the value named after the metric, else (a metric with only
-    named values) every value with a confidence interval somewhere in the table. A cell that did not run keeps
-    its one row (it shows as failed / n/a in the headline). A metric whose values have no interval at all shows
-    every value but ``n``."""
-    mask = pd.Series(False, index=table.index)
-    for metric, rows in table.groupby("metric", sort=False):
-        names = rows["value_name"].astype(str)
-        declared = declared_headline(str(metric))
-        if declared is not None:
-            patterns = [_pattern(p) for p in declared]
-            keep = names.map(lambda n: any(p.match(n) for p in patterns))
-        elif (names == metric).any():
-            keep = names == metric
-        else:
-            with_ci = set(names[rows["ci_low"].notna()])
-            keep = names.isin(with_ci) if with_ci else names != "n"
-        mask[rows.index] = keep.to_numpy(bool)
-    return mask | ((table["status"] != "done") & (table["value_name"] == table["metric"]))
+from interpbench.publish.headline import _value_order, headline_mask
+from interpbench.publish.results import results_table
+from interpbench.publish.tables import PaperTables
 
 
 def headline_table(table: pd.DataFrame, scope: str = "explanation") -> pd.DataFrame:
@@ -104,8 +28,6 @@ def headline_table(table: pd.DataFrame, scope: str = "explanation") -> pd.DataFr
     if table.empty:
         return pd.DataFrame()
     keep = headline_mask(table)
-    from interpbench.publish.tables import _value_order
-
     part = table[keep]
     metrics = list(dict.fromkeys(part["metric"]))
     order = {m: _value_order(str(m), list(part.loc[part["metric"] == m, "value_name"].astype(str))) for m in metrics}
@@ -186,8 +108,6 @@ def _headline_markdown(store: Store, run_id: int, experiment: str, table: pd.Dat
     """The headline table of ``interpbench table`` (methods as rows, per model and dataset each metric's headline
     values, mean ± CI half-width, best in bold, ties by the paired test in italics), for the top of methods.md;
     None when the run has no explanation-scope value or the table cannot be built (the plain summary then)."""
-    from interpbench.publish.tables import PaperTables
-
     if not (table["scope"] == "explanation").any():
         return None
     try:

@@ -6,6 +6,9 @@ agreement between metrics (from :mod:`interpbench.publish.tables`), the mean del
 every method on the same images (the runner's ``artifacts/maps/*.pt`` snapshots) and every PNG other metrics
 leave under ``artifacts/`` (dissection unit images, drift heatmaps), embedded as base64. No script, font,
 stylesheet or image is fetched from anywhere: the file opens in a browser with no network.
+
+Part of the publishing layer (docs/design.md); the command line (arguments, messages, exit codes) is in
+:mod:`interpbench.commands.report`.
 """
 
 from __future__ import annotations
@@ -24,17 +27,10 @@ import torch
 
 from interpbench.core.tabular import slug
 from interpbench.engine.runner import snapshot_path
-from interpbench.publish.tables import (
-    ALPHA,
-    GROUP,
-    Experiment,
-    PaperTables,
-    _isnan,
-    half_width,
-    load_experiment,
-)
-
-HELP = "write DIR/report.html: leaderboards, curves, map gallery and artifact images in one self-contained file"
+from interpbench.publish.grid import half_width
+from interpbench.publish.ranking import ALPHA, GROUP, _isnan
+from interpbench.publish.results import Experiment, load_experiment
+from interpbench.publish.tables import PaperTables
 
 # matplotlib's "inferno" at 9 evenly spaced points (Smith & van der Walt's perceptually uniform colour maps)
 INFERNO = np.array([[0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85], [227, 89, 51],
@@ -681,30 +677,3 @@ def write_report(directory: str | Path, out: str | Path | None = None, *, alpha:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(exp, alpha=alpha, digits=digits, max_images=max_images), encoding="utf-8")
     return path
-
-
-# --------------------------------------------------------------------------------------------- CLI
-
-
-def configure(parser) -> None:
-    parser.add_argument("directory", help="an experiment directory (holding store.sqlite)")
-    parser.add_argument("--out", help="the HTML file to write (default: DIR/report.html)")
-    parser.add_argument("--alpha", type=float, default=ALPHA, help="significance level after Holm's correction")
-    parser.add_argument("--digits", type=int, default=3, help="decimals shown")
-    parser.add_argument("--max-images", type=int, default=MAX_ARTIFACT_IMAGES,
-                        help=f"most artifact PNGs embedded ({MAX_ARTIFACT_IMAGES})")
-
-
-def main(args, console) -> int:
-    from interpbench.core.base import ComponentError
-
-    if not 0 < args.alpha < 1 or args.digits < 0 or args.max_images < 0:
-        console.print("[red]error:[/red] --alpha must lie in (0, 1), --digits and --max-images be >= 0")
-        return 2
-    try:
-        path = write_report(args.directory, args.out, alpha=args.alpha, digits=args.digits, max_images=args.max_images)
-    except (FileNotFoundError, ComponentError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        return 2
-    console.print(f"report written to {path} ({path.stat().st_size / 1e6:.2f} MB)")
-    return 0

@@ -2,7 +2,7 @@
 summary as HTML at the top of ``report.html``.
 
 Per model and dataset, one row per method and one column per headline value of each metric
-(:func:`interpbench.publish.leaderboard.headline_mask`), means only (the confidence intervals stay in the files), the best
+(:func:`interpbench.publish.headline.headline_mask`), means only (the confidence intervals stay in the files), the best
 value of each column marked ``*``, ``–`` where a cell does not apply. Columns are headed by the value's full name
 when the table fits the width, else by a short code explained in a legend below it, and a table still too wide is
 split into column blocks: no name or number is ever cut. Explanation drift takes one line per method, and the
@@ -23,7 +23,7 @@ from typing import Iterable
 import pandas as pd
 
 from interpbench.core.tabular import ARROW
-from interpbench.publish.leaderboard import headline_mask
+from interpbench.publish.headline import headline_mask
 
 GROUP = ["model", "dataset"]
 BEST = "*"
