@@ -18,19 +18,25 @@ from interpbench.api import (  # noqa: E402
     load_metric,
     load_model,
 )
+from interpbench.core import compat as _compat  # noqa: E402
 from interpbench.core.base import (  # noqa: E402
     Batch,
     ComponentError,
+    DatasetMetric,
     DatasetSource,
     Method,
     Metric,
     Model,
+    ModelMetric,
     ModelSource,
     NotApplicable,
+    PerSampleMetric,
     RunContext,
 )
 from interpbench.core.hookspecs import hookimpl  # noqa: E402
 from interpbench.core.identity import VERSION as __version__  # noqa: E402
+
+_compat.install()  # `import interpbench.base` and the other old paths of moved modules (interpbench.core.compat)
 
 
 def __getattr__(name: str):
@@ -40,18 +46,25 @@ def __getattr__(name: str):
         from interpbench.publish.experiment import run
 
         return run
+    # ``ib.registry``, ``ib.base``, ...: a module that moved into a layer folder (interpbench.core.compat).
+    moved = _compat.moved_attribute(name)
+    if moved is not None:
+        return moved
     raise AttributeError(f"module 'interpbench' has no attribute {name!r}")
 
 
 __all__ = [
     "Batch",
     "ComponentError",
+    "DatasetMetric",
     "DatasetSource",
     "Method",
     "Metric",
     "Model",
+    "ModelMetric",
     "ModelSource",
     "NotApplicable",
+    "PerSampleMetric",
     "RunContext",
     "hookimpl",
     "list_datasets",

@@ -38,7 +38,7 @@ from interpbench.metrics.localization import (
     PointingGame,
 )
 from interpbench.testing import check_dataset
-from interpbench.testing import components as conformance
+from interpbench.testing import world as conformance
 
 DOG, CAT, PERSON = VOC_CLASSES.index("dog"), VOC_CLASSES.index("cat"), VOC_CLASSES.index("person")
 # the ground-truth fields these loaders add (interpbench.metrics.localization, interpbench.datasets.shortcut);

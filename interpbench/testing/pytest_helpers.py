@@ -90,14 +90,14 @@ def checks_for(component: Any, **options: Any) -> tuple[Any, str, list[Check]]:
         if kind == "method":
             from interpbench.testing import method_checks as make
         else:
-            from interpbench.testing.components import metric_checks as make
+            from interpbench.testing.metrics import metric_checks as make
         component = component() if isinstance(component, type) else component
         return component, component_name(component), make(component, **_accepted(make, options))
     if kind == "model":
-        from interpbench.testing.components import model_checks
+        from interpbench.testing.models import model_checks
 
         return component, component_name(component), model_checks(component)
-    from interpbench.testing.components import (
+    from interpbench.testing.datasets import (
         _resolve_dataset,
         dataset_checks,
         dataset_label,

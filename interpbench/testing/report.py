@@ -2,7 +2,8 @@
 
 A check is a named callable that raises ``AssertionError`` (or any exception) when the component breaks the
 contract, and returns ``None`` (or a short string with what it measured) when it passes. ``run_checks`` runs
-them all and never stops at the first failure, so an author sees every problem at once.
+them all and never stops at the first failure, so an author sees every problem at once. ``run_expected`` runs them
+with the component's declared expected failures (every ``check_*`` entry point uses it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import traceback
 from typing import Any, Callable, Iterable
+
+from interpbench.core.base import ComponentError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,3 +87,17 @@ def apply_expected_failures(report: CheckReport, declared: dict[str, str]) -> Ch
                             "remove the declaration")
         results.append(r)
     return CheckReport(report.component, results)
+
+
+def run_expected(component: str, checks: list[Check], instance: Any,
+                 expected_failures: dict[str, str] | None = None) -> CheckReport:
+    """Run ``checks``; a declared expected failure (the instance's ``expected_failures`` merged with the argument)
+    that fails is reported n/a with its reason, one that passes is reported failed (stale declarations must not
+    hide) - the convention of ``check_method``."""
+    declared = {**dict(getattr(instance, "expected_failures", {}) or {}), **dict(expected_failures or {})}
+    names = [c.name for c in checks]
+    unknown = set(declared) - set(names)
+    if unknown:
+        raise ComponentError(f"{component}: expected failures name unknown checks {sorted(unknown)}; the checks are "
+                             f"{names}")
+    return apply_expected_failures(run_checks(component, checks), declared)

@@ -21,20 +21,19 @@ from typing import Any
 import torch
 
 from interpbench.core.base import Batch, Method, Metric, Model
-from interpbench.testing.components import (
-    _dataset_result,
-    _instance,
-    _label,
-    _scores,
-    reference_batch,
-    reference_model,
-    region_mask,
-)
+from interpbench.testing.metrics import _dataset_result, _scores
 from interpbench.testing.report import (
     Check,
     CheckReport,
     apply_expected_failures,
     run_checks,
+)
+from interpbench.testing.world import (
+    _instance,
+    _label,
+    reference_batch,
+    reference_model,
+    region_mask,
 )
 
 FACTORS = (1e-9, 1e9)
