@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_causal_metrics import IMAGENET_MEAN, IMAGENET_STD, TinyConvNet, wrap
+from test_causal import IMAGENET_MEAN, IMAGENET_STD, TinyConvNet, wrap
 
 import interpbench as ib
 from interpbench.core.base import ComponentError

@@ -14,8 +14,8 @@ import interpbench as ib
 from interpbench.commands import cli
 from interpbench.core.registry import get_registry
 from interpbench.publish import summary
-from interpbench.publish.leaderboard import headline_mask
-from interpbench.publish.tables import load_experiment
+from interpbench.publish.headline import headline_mask
+from interpbench.publish.results import load_experiment
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "leaderboards" / "default"
@@ -184,7 +184,8 @@ def test_on_a_terminal_progress_bars_say_what_runs_and_no_log_lines(toy, tmp_pat
 
     from rich.console import Console
 
-    from interpbench.engine.runner import RunConfig, Runner
+    from interpbench.engine.config import RunConfig
+    from interpbench.engine.runner import Runner
     from interpbench.publish.leaderboard import write_leaderboard
 
     screen = io.StringIO()
@@ -196,3 +197,37 @@ def test_on_a_terminal_progress_bars_say_what_runs_and_no_log_lines(toy, tmp_pat
     assert "experiment mine: 1 model runs" in text and "toy:net on toy" in text  # what runs ...
     assert re.search(r"0:00:\d\d", text)  # ... with elapsed and remaining time
     assert "] done" not in text  # the log lines are for logs
+
+
+def test_the_default_experiment_covers_every_builtin_and_records_its_budget(monkeypatch):
+    from test_cli import captured_config
+
+    from interpbench.engine.config import grids
+
+    config = captured_config(monkeypatch, ["run", "--no-progress"])
+    builtin = {n for n in ib.list_methods() if ":" not in n}  # plugins' methods carry their prefix
+    transformer_only = {"attention_rollout", "transformer_attribution"}  # not applicable to the CNN
+    builtin -= transformer_only
+    parts = grids(config)
+    cells = {(m, d, x) for g in parts for m in g.models for d in (g.methods or ["-"]) for x in g.metrics}
+    for method in builtin:  # every built-in method on the shapes world with every explanation metric
+        for metric in ("deletion", "insertion", "pointing_game", "energy_pointing_game", "grid_pointing_game",
+                       "adversarial_detection"):
+            assert ("shapes:cnn", method, metric) in cells, (method, metric)
+    for method in [*sorted(transformer_only), "gradcam", "random"]:  # the same world in a vision transformer
+        for metric in ("deletion", "insertion", "pointing_game"):
+            assert ("shapes:vit", method, metric) in cells, (method, metric)
+    for model in ("shapes:cnn", "shapes:cnn@random"):
+        assert (model, "-", "dissection") in cells
+    assert ("shapes:cnn", "-", "adversarial_consistency") in cells
+    for method in ("gradient", "gradcam", "random", "center"):
+        assert ("timm:tf_efficientnet_lite0", method, "deletion") in cells
+    assert any("=>" in m for g in parts for m in g.models)  # a fine-tuning pair for the drift metrics
+    # the budget is recorded: limits per part and method, reduced parameters named in the notes
+    assert all(g.limit for g in parts) and config.notes
+    for name, params in config.method_params.items():
+        assert all(k in ib.load_method(name).params for k in params)
+        assert name in " ".join(config.notes)
+    # --limit shrinks every part (and no method limit exceeds it)
+    small = grids(captured_config(monkeypatch, ["run", "--no-progress", "--limit", "8"]))
+    assert all(g.limit == 8 and all(v <= 8 for v in g.method_limits.values()) for g in small)

@@ -16,7 +16,7 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
-from test_causal_metrics import (
+from test_causal import (
     reference_curve,  # RISE's single_run: one image, one forward pass per step
 )
 

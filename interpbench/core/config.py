@@ -1,8 +1,10 @@
 """Named datasets (``datasets.yaml``) and model specs (``SOURCE:NAME[@WEIGHTS]``).
 
 ``datasets.yaml`` is looked up in this order, later files overriding earlier entries of the same name:
-the packaged default (``datasets.yaml``), ``./datasets.yaml`` in the working directory, the file
-named by ``$INTERPBENCH_DATASETS``, and the file given on the command line (``--datasets-config``).
+the packaged default (``interpbench/core/datasets.yaml``: in a checkout a link to the ``datasets.yaml`` at the top
+of the repository, the registry a user reads and edits; a pip install carries a copy), ``./datasets.yaml`` in the
+working directory, the file named by ``$INTERPBENCH_DATASETS``, and the file given on the command line
+(``--datasets-config``).
 Each entry::
 
     imagenet-val:
