@@ -48,3 +48,17 @@ def test_model_spec_grammar():
     assert str(parse_model_spec("shapes:cnn@random")) == "shapes:cnn@random"
     with pytest.raises(ib.ComponentError):
         parse_model_spec(":x")
+
+
+def test_a_run_records_the_commit_of_the_checkout_it_runs_from():
+    # interpbench/core/identity.py finds the checkout two folders above itself; a wrong depth records no commit
+    # (manifests then say git_sha None and `interpbench reproduce` cannot tell which code made a table).
+    import subprocess
+
+    from interpbench.core.identity import git_sha
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if (ROOT / ".git").exists() and head.returncode == 0:
+        assert git_sha() is not None and git_sha().split("-")[0] == head.stdout.strip()
+    else:
+        assert git_sha() is None

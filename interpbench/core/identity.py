@@ -71,7 +71,7 @@ CODE_PATHS = ("interpbench", "plugins", "pyproject.toml")
 def git_sha(root: str | Path | None = None) -> str | None:
     """The commit of the checkout at ``root`` (default: interpbench's own), with ``-dirty`` when the code
     (:data:`CODE_PATHS`) differs from it; None outside git."""
-    root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]  # interpbench/core/identity.py
     if not (root / ".git").exists():
         return None
     try:
