@@ -14,7 +14,16 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from interpbench import api
 from interpbench.core.base import ComponentError
+from interpbench.core.config import parse_model_spec, read_datasets
+from interpbench.core.registry import get_registry, unknown_message
+from interpbench.testing.datasets import _resolve_dataset, dataset_checks
+from interpbench.testing.methods import method_checks
+from interpbench.testing.metrics import metric_checks
+from interpbench.testing.models import model_checks
+from interpbench.testing.pytest_helpers import _accepted
+from interpbench.testing.report import run_expected
 
 HELP = "check a method, metric, model or dataset against interpbench's contract (the plugin conformance kit)"
 KINDS = ("method", "metric", "dataset", "model")
@@ -45,9 +54,6 @@ def parse_params(items: list[str] | None) -> dict[str, Any]:
 
 def resolve(name: str, kind: str | None = None) -> tuple[str, str]:
     """``(kind, what)``: which kind of component ``name`` is (``what`` says where it was found)."""
-    from interpbench.core.config import parse_model_spec, read_datasets
-    from interpbench.core.registry import get_registry, unknown_message
-
     reg = get_registry()
     found: list[tuple[str, str]] = []
     if name in reg.names("methods"):
@@ -72,38 +78,29 @@ def resolve(name: str, kind: str | None = None) -> tuple[str, str]:
 def build_checks(name: str, kind: str, what: str, params: dict[str, Any], model_spec: str | None,
                  samples: int) -> tuple[Any, str, list]:
     """(the component, its label, its checks)."""
-    from interpbench import api
-    from interpbench.core.registry import get_registry
-    from interpbench.testing import components
-    from interpbench.testing.pytest_helpers import _accepted
-
     if params and kind not in ("method", "metric", "dataset"):
         raise ComponentError(f"--param applies to methods, metrics and dataset loaders, not to the model {name!r}")
     model = api.load_model(model_spec) if model_spec else None
     if kind == "method":
-        from interpbench.testing import method_checks
-
         method = api.load_method(name, **params)
         options = {"model": model} if model is not None else {}
         return method, f"method {name}", method_checks(method, **_accepted(method_checks, options))
     if kind == "metric":
         metric = api.load_metric(name, **params)
-        return metric, f"metric {name}", components.metric_checks(metric, model=model)
+        return metric, f"metric {name}", metric_checks(metric, model=model)
     if kind == "model":
         loaded = api.load_model(name)
-        return loaded, f"model {name}", components.model_checks(loaded)
+        return loaded, f"model {name}", model_checks(loaded)
     if what == "dataset loader":
         source = get_registry().get("datasets", name)()
         dataset = source.load(**params)
-        return dataset, f"dataset loader {name}", components.dataset_checks(dataset, n=samples, source=source,
+        return dataset, f"dataset loader {name}", dataset_checks(dataset, n=samples, source=source,
                                                                             options=params)
-    dataset, source, options = components._resolve_dataset(name, **params)
-    return dataset, f"dataset {name}", components.dataset_checks(dataset, n=samples, source=source, options=options)
+    dataset, source, options = _resolve_dataset(name, **params)
+    return dataset, f"dataset {name}", dataset_checks(dataset, n=samples, source=source, options=options)
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from interpbench.testing.components import run_expected
-
     try:
         kind, what = resolve(args.name, args.kind)
         component, label, checks = build_checks(args.name, kind, what, parse_params(args.param), args.model,

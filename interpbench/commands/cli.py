@@ -13,7 +13,14 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from interpbench.api import expand_specs
 from interpbench.core.base import ComponentError
+from interpbench.core.config import read_datasets
+from interpbench.core.registry import get_registry
+from interpbench.engine.config import RunConfig
+from interpbench.publish.leaderboard import regenerate, write_leaderboard
+from interpbench.publish.report import write_report
+from interpbench.publish.summary import render_text, written_files
 
 BASELINES = ["gradient", "gradcam", "random", "center"]
 ALL_METHODS = ["gradient", "input_x_gradient", "integrated_gradients", "smoothgrad", "guided_backprop", "gradcam",
@@ -172,11 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from interpbench.api import expand_specs
-    from interpbench.engine.config import RunConfig
+    # looked up when the run starts: tests replace interpbench.engine.runner.Runner to capture the config
     from interpbench.engine.runner import Runner
-    from interpbench.publish.leaderboard import write_leaderboard
-    from interpbench.publish.summary import render_text, written_files
 
     is_default = not any([args.methods, args.models, args.metrics, args.datasets, args.pairs])
     base = dict(DEFAULT_EXPERIMENT) if is_default else {"experiment": args.experiment or "custom",
@@ -225,8 +229,6 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if not runner.dist.is_main:  # under torchrun only rank 0 reports
         return 0 if runner.ok else 1
     if not args.no_report:
-        from interpbench.publish.report import write_report
-
         try:
             write_report(config.out)
         except Exception as exc:  # noqa: BLE001 - the numbers are written; a report failure does not lose them
@@ -248,9 +250,6 @@ LIST_COLUMNS = {
 
 def list_rows(kind: str) -> list[dict[str, str]]:
     """What ``interpbench list KIND`` shows: one dict per entry, with the columns of :data:`LIST_COLUMNS`."""
-    from interpbench.core.config import read_datasets
-    from interpbench.core.registry import get_registry
-
     reg = get_registry()
     if kind == "plugins":
         rows = [dict(zip(LIST_COLUMNS["plugins"], (p.name, p.dist, p.version, p.module))) for p in reg.plugins.values()]
@@ -313,8 +312,6 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     try:
         if args.strict:
-            from interpbench.core.registry import get_registry
-
             get_registry(refresh=True, strict=True)
         if args.command == "run":
             return cmd_run(args, console)
@@ -323,8 +320,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in EXTRA_COMMANDS:
             return int(importlib.import_module(EXTRA_COMMANDS[args.command]).main(args, console))
         if args.command == "leaderboard":
-            from interpbench.publish.leaderboard import regenerate
-
             regenerate(args.directory)
             console.print(f"tables regenerated in {args.directory}")
             return 0

@@ -8,6 +8,7 @@ import argparse
 from rich.console import Console
 
 from interpbench.commands.recipe_args import add_training_arguments, common, report
+from interpbench.engine.recipes import distil
 
 HELP = "distil a teacher into a (smaller) student with soft targets (writes a checkpoint + record)"
 
@@ -23,8 +24,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from interpbench.engine.recipes import distil
-
     result = distil(args.teacher, args.student, args.dataset, temperature=args.temperature, alpha=args.alpha,
                     epochs=args.epochs, **common(args))
     return report(result, console)

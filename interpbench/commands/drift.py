@@ -15,7 +15,14 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from interpbench.api import sanity_pairs
+from interpbench.commands.cli import _params
 from interpbench.core.base import ComponentError
+from interpbench.core.config import pair_spec
+from interpbench.engine.config import RunConfig
+from interpbench.engine.runner import Runner
+from interpbench.metrics.drift import drift_table, sanity_table
+from interpbench.publish.leaderboard import write_leaderboard
 
 HELP = "unit drift and explanation drift from model A to model B (or the model-randomisation sanity check)"
 DEFAULT_METHODS = "gradient,gradcam,random,center"
@@ -49,9 +56,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def plan(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
     """``(models, methods, metrics)`` of the run the arguments ask for."""
-    from interpbench.api import sanity_pairs
-    from interpbench.core.config import pair_spec
-
     if args.sanity:
         if args.source or args.target:
             raise ComponentError("drift: give either --sanity SPEC or --from A --to B, not both")
@@ -71,12 +75,6 @@ def plan(args: argparse.Namespace) -> tuple[list[str], list[str], list[str]]:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from interpbench.commands.cli import _params
-    from interpbench.engine.config import RunConfig
-    from interpbench.engine.runner import Runner
-    from interpbench.metrics.drift import drift_table, sanity_table
-    from interpbench.publish.leaderboard import write_leaderboard
-
     models, methods, metrics = plan(args)
     metric_params = _params(args.metric_param, "--metric-param")
     if args.layers:

@@ -11,7 +11,10 @@ import argparse
 
 from rich.console import Console
 
+from interpbench import api
 from interpbench.core.base import ComponentError
+from interpbench.datasets.broden import write_broden
+from interpbench.engine.runner import LimitedDataset
 
 HELP = "write a probe with concept labels (default: the shapes world) in the Broden layout (index.csv, label PNGs)"
 
@@ -30,9 +33,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from interpbench import api
-    from interpbench.datasets.broden import write_broden
-
     try:
         if args.limit is not None and args.limit < 1:
             raise ComponentError(f"--limit {args.limit}: must be a positive integer")
@@ -41,8 +41,6 @@ def main(args: argparse.Namespace, console: Console) -> int:
             raise ComponentError(f"dataset {args.dataset!r} has no concept labels ('concepts'); export a probe such "
                                  "as 'shapes'")
         if args.limit is not None and args.limit < len(dataset):
-            from interpbench.engine.runner import LimitedDataset
-
             dataset = LimitedDataset(dataset, args.limit)
     except ComponentError as exc:
         console.print(f"[red]export-broden: {exc}[/red]")

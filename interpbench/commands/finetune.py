@@ -8,6 +8,7 @@ import argparse
 from rich.console import Console
 
 from interpbench.commands.recipe_args import add_training_arguments, common, report
+from interpbench.engine.recipes import finetune
 
 HELP = "fine-tune a model on another task or dataset (writes a checkpoint + record, prints its model spec)"
 
@@ -22,7 +23,5 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from interpbench.engine.recipes import finetune
-
     result = finetune(args.model, args.dataset, epochs=args.epochs, head=args.head, **common(args))
     return report(result, console)

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from interpbench import api
 from interpbench.core.base import Batch, ComponentError
 from interpbench.methods.baselines import CenterMap
 from interpbench.metrics.localization import PointingGame
@@ -32,8 +33,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from interpbench import api
-
     try:
         if args.limit is not None and args.limit < 1:
             raise ComponentError(f"--limit {args.limit}: must be a positive integer")

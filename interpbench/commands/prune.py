@@ -8,6 +8,7 @@ import argparse
 from rich.console import Console
 
 from interpbench.commands.recipe_args import add_training_arguments, common, report
+from interpbench.engine.recipes import prune
 
 HELP = "prune a model's Conv/Linear weights by global magnitude to a sparsity (writes a checkpoint + record)"
 
@@ -21,8 +22,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
-    from interpbench.engine.recipes import prune
-
     result = prune(args.model, args.sparsity, args.dataset, include_head=not args.no_head,
                    finetune_epochs=args.epochs, **common(args))
     return report(result, console)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from interpbench.core.base import ComponentError, DatasetSource
+from interpbench.ops.consistency import jaccard_similarity
 
 GENERATOR_VERSION = "shapes-world-2"
 
@@ -336,8 +337,6 @@ class ShapesWorld(torch.utils.data.Dataset):
         for the shape task, the Jaccard overlap of the shapes' geometric attributes (:data:`SHAPE_ATTRIBUTES`);
         the colour and texture tasks have no attribute table, so their classes are only similar to themselves (the
         identity)."""
-        from interpbench.ops.consistency import jaccard_similarity
-
         if self.task == "shape":
             return jaccard_similarity([SHAPE_ATTRIBUTES[name] for name in SHAPES])
         return torch.eye(len(self.classes), dtype=torch.float64)

@@ -55,6 +55,8 @@ from interpbench.core.state import (
     state_of,
     to_transport,
 )
+from interpbench.engine.feeding import Feed
+from interpbench.engine.store import Store
 
 DEFAULT_TIMEOUT_S = 12 * 3600
 
@@ -147,8 +149,6 @@ class DistStore:
     """
 
     def __init__(self, dist: Dist, path: str | Path) -> None:
-        from interpbench.engine.store import Store
-
         self.dist = dist
         self.local = Store(path) if dist.is_main else None
         self.buffering = False
@@ -229,8 +229,6 @@ class DistStore:
 
 def open_store(dist: Dist, path: str | Path):
     """The plain :class:`~interpbench.engine.store.Store` in one process, a :class:`DistStore` in a distributed run."""
-    from interpbench.engine.store import Store
-
     return Store(path) if dist.world == 1 else DistStore(dist, path)
 
 
@@ -264,8 +262,6 @@ class ShardedBatches:
 
     def __init__(self, dist: Dist, store: Any, dataset: Any, batch_size: int, plans: Sequence[Any],
                  workers: int = 0, device: torch.device | None = None) -> None:
-        from interpbench.engine.feeding import Feed
-
         self.dist, self.store = dist, store
         n = len(dataset)
         n_batches = math.ceil(n / batch_size)

@@ -37,7 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from interpbench import api
 from interpbench.core.base import ComponentError, Model
+from interpbench.core.config import is_derived, parse_model_spec
+from interpbench.core.tabular import slug
 from interpbench.models.training import (
     OPTIMIZER,
     _environment,
@@ -52,6 +55,7 @@ from interpbench.models.training import (
     rewrap,
     soft_target_loss,
 )
+from interpbench.models.weights import atomic_save, file_sha256, state_dict_sha256
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +74,6 @@ class RecipeResult:
 
 
 def load_recipe_dataset(name: str, split: str, model: Model, config: Any = None):
-    from interpbench import api
-
     return api.load_dataset(name, split=split, size=model.input_size, config=config)
 
 
@@ -79,9 +81,6 @@ def load_recipe_dataset(name: str, split: str, model: Model, config: Any = None)
 
 
 def as_model(model: Model | str, what: str) -> Model:
-    from interpbench import api
-    from interpbench.core.config import is_derived
-
     if isinstance(model, Model):
         return model
     if not isinstance(model, str) or is_derived(model):
@@ -93,8 +92,6 @@ def as_model(model: Model | str, what: str) -> Model:
 def checkpoint_spec(source_spec: str, path: Path, label_space: str | None = None) -> str:
     """The spec that loads a checkpoint of ``source_spec``'s architecture: ``SOURCE:NAME@PATH``; for the shapes
     source with a new head, the name of the head's task (``shapes:cnn.color@PATH``)."""
-    from interpbench.core.config import parse_model_spec
-
     parsed = parse_model_spec(source_spec)
     name = parsed.name
     if parsed.source == "shapes" and label_space is not None:
@@ -110,8 +107,6 @@ def checkpoint_spec(source_spec: str, path: Path, label_space: str | None = None
 
 
 def _save(net: nn.Module, record: dict[str, Any], out: Path, accuracy_value: float) -> tuple[Path, Path]:
-    from interpbench.models.weights import atomic_save
-
     out = Path(out).expanduser()
     atomic_save({"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
                   "recipe": json.loads(json.dumps(record, default=str)), "test_accuracy": float(accuracy_value)}, out)
@@ -123,9 +118,6 @@ def _finish(result_net: nn.Module, record: dict[str, Any], out: Path, acc: float
             probe: torch.Tensor, device: torch.device) -> RecipeResult:
     """Save the checkpoint, check that its spec loads the same network (``record["_probe_logits"]``: the trained
     network's logits on ``probe``), write the JSON record."""
-    from interpbench import api
-    from interpbench.models.weights import file_sha256, state_dict_sha256
-
     expected = record.pop("_probe_logits")
     path, record_path = _save(result_net, record, out, acc)
     spec = spec_of(path)
@@ -144,8 +136,6 @@ def _finish(result_net: nn.Module, record: dict[str, Any], out: Path, acc: float
 
 
 def _default_out(kind: str, source: str, tag: str, seed: int) -> Path:
-    from interpbench.core.tabular import slug
-
     return Path("checkpoints") / f"{slug(source)}.{kind}-{slug(tag)}-seed{seed}.pt"
 
 

@@ -31,6 +31,8 @@ from torch import nn
 
 from interpbench.core.base import ComponentError, Model
 from interpbench.core.config import pair_spec, parse_cascade
+from interpbench.core.identity import stable_hash
+from interpbench.models.weights import state_dict_sha256
 
 HEAD = "head"
 
@@ -169,9 +171,6 @@ def randomize_top(model: Model, depth: int | str, seed: int = 0) -> Model:
     """Re-initialise the top ``depth`` stages of :func:`cascade_stages` in place (``"all"``: every stage); update
     the model's spec (``~cascade:K``) and weights identity. Run it on the CPU so the draws are the same on every
     device."""
-    from interpbench.core.identity import stable_hash
-    from interpbench.models.weights import state_dict_sha256
-
     stages = cascade_stages(model)
     total = len(stages)
     k = total if depth == "all" else int(depth)

@@ -32,7 +32,16 @@ from torch import nn
 from interpbench.core.base import ComponentError, Model, ModelSource
 from interpbench.core.identity import file_sha256
 from interpbench.datasets.shapes import GENERATOR_VERSION, TASKS, ShapesWorld
+from interpbench.datasets.shortcut import (
+    PATCH_FRACTION,
+    SHORTCUT_VERSION,
+    TRAIN_RELABEL,
+    ShortcutWorld,
+)
+from interpbench.models.timm_source import timm_cam_layer
+from interpbench.models.training import OPTIMIZER, RECIPES_VERSION, finetune_model
 from interpbench.models.weights import atomic_save, state_dict_sha256
+from interpbench.ops.tokens import token_grid_of
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +93,6 @@ def label_task(task: str) -> str:
 def _world(task: str, split: str, n: int):
     """The training / test world of ``task`` (a task of TASKS or a variant)."""
     if task == "shortcut":
-        from interpbench.datasets.shortcut import ShortcutWorld
-
         return ShortcutWorld(split, INPUT_SIZE, n=n, mode="agree")  # train: a quarter relabelled; test: agreeing
     return ShapesWorld(split, INPUT_SIZE, n=n, task=task)
 
@@ -93,11 +100,6 @@ def _world(task: str, split: str, n: int):
 def _variant_recipe(task: str) -> dict[str, Any]:
     if task != "shortcut":
         return {}
-    from interpbench.datasets.shortcut import (
-        PATCH_FRACTION,
-        SHORTCUT_VERSION,
-        TRAIN_RELABEL,
-    )
 
     return {"shortcut": SHORTCUT_VERSION, "patch": PATCH_FRACTION, "relabel": TRAIN_RELABEL}
 
@@ -353,8 +355,6 @@ def _packaged_or_cached(name: str, make: Callable[[Path], None]) -> Path:
 def transfer_recipe(tag: str, seed: int) -> dict[str, Any]:
     """Everything that determines the weights of a transfer (``shape2color``): the source's recipe hash, the target
     task, the fine-tuning recipe and its code version; its hash names the cached checkpoint."""
-    from interpbench.models.training import OPTIMIZER, RECIPES_VERSION
-
     source, target = TRANSFERS[tag]
     return {"recipe": "finetune", "recipes_version": RECIPES_VERSION, "optimizer": OPTIMIZER,
             "source": f"shapes:cnn.{source}", "source_recipe": recipe_hash(recipe(source, seed)), "target": target,
@@ -364,8 +364,6 @@ def transfer_recipe(tag: str, seed: int) -> dict[str, Any]:
 def cached_transfer(tag: str, seed: int = 0, *, show_progress: bool | None = None) -> Path:
     """The checkpoint of transfer ``tag`` (e.g. ``shape2color``) for ``seed``, fine-tuning and caching it first if
     needed (from the cached ``shapes:cnn`` of the source task; about 15 s on 2 CPU cores)."""
-    from interpbench.models.training import finetune_model
-
     rec = transfer_recipe(tag, seed)
 
     def make(path: Path) -> None:
@@ -457,9 +455,6 @@ class ShapesModelSource(ModelSource):
                         test_accuracy=meta.get("test_accuracy"))
         labels = label_task(task)
         if arch == "vit":
-            from interpbench.models.timm_source import timm_cam_layer
-            from interpbench.ops.tokens import token_grid_of
-
             cam_layer = timm_cam_layer(net)  # blocks.3.norm1
             layers = ["patch_embed", *[f"blocks.{i}" for i in range(len(net.blocks))], cam_layer]
         else:

@@ -24,6 +24,7 @@ from interpbench.models.weights import (
     seeded,
     state_dict_sha256,
 )
+from interpbench.ops.tokens import token_grid_of
 
 IMAGENET_1K = "imagenet-1k"
 _HEAD_NAMES = {"global_pool", "head", "fc", "classifier", "pre_logits", "head_drop", "flatten", "fc_norm"}
@@ -103,8 +104,6 @@ def timm_cam_layer(net: nn.Module) -> str:
     """
     from timm.models.efficientnet import EfficientNet
 
-    from interpbench.ops.tokens import token_grid_of
-
     modules = dict(net.named_modules())
     if isinstance(net, EfficientNet) and "bn2" in modules and "conv_head" in modules:
         return "bn2"
@@ -156,8 +155,6 @@ def wrap_timm(net: nn.Module, spec: str, weights: dict[str, Any]) -> Model:
         weights=weights,
         layers=timm_layers(net, cam_layer),
     ).eval()
-    from interpbench.ops.tokens import token_grid_of
-
     model.token_grid = token_grid_of(net)  # None for CNNs; how token layers fold into B x C x h x w maps
     return model
 

@@ -13,6 +13,8 @@ import warnings
 
 import pandas as pd
 
+from interpbench.core.registry import get_registry
+
 
 def _pattern(pattern: str) -> re.Pattern:
     """A headline pattern as a regular expression: ``*`` one dot-free part of a name, ``**`` one or more parts."""
@@ -24,8 +26,6 @@ def _pattern(pattern: str) -> re.Pattern:
 def declared_headline(metric: str) -> tuple[str, ...] | None:
     """The ``headline_values`` the registered metric class declares, or None (not declared, or the plugin that made
     the run is not installed)."""
-    from interpbench.core.registry import get_registry
-
     try:
         cls = get_registry().get("metrics", metric)
     except Exception:  # noqa: BLE001 - tables must regenerate without the plugin

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from interpbench.core.registry import get_registry
 from interpbench.core.tabular import to_markdown, wide_table
 from interpbench.engine.store import Store
 from interpbench.publish.headline import _value_order, headline_mask
@@ -61,8 +62,6 @@ def metric_sections(table: pd.DataFrame, scope: str = "explanation") -> str:
 def _metric_class(name: str) -> Any:
     """The registered metric class if it lays out its own leaderboard section, else None (also when the plugin
     that made the run is not installed: the generic table is then used)."""
-    from interpbench.core.registry import get_registry
-
     try:
         cls = get_registry().get("metrics", name)
     except Exception:  # noqa: BLE001 - tables must regenerate without the plugin

@@ -46,6 +46,8 @@ import pandas as pd
 from rich.console import Console
 
 from interpbench.core.base import ComponentError
+from interpbench.engine.config import PART_KEYS, RunConfig, grids
+from interpbench.engine.runner import Runner
 from interpbench.ops import rounding as rnd
 from interpbench.publish.compare import (
     ATOL,
@@ -122,8 +124,6 @@ def run_config(manifest: dict[str, Any], out: Path, *, device: str | None, datas
 
     Returns ``(config, problems)``: problems are inconsistencies of the manifest itself.
     """
-    from interpbench.engine.config import RunConfig
-
     recorded = dict(manifest.get("config") or {})
     if not recorded:
         raise ComponentError("the manifest has no 'config' (written by an older interpbench?); it cannot be re-run")
@@ -167,8 +167,6 @@ def rounding_config(config: Any, cells: set[tuple[str, str, str, str]], out: Pat
     metric), into ``out``: one part per (grid, model, dataset, metric) with the methods of its cells, every
     other setting (limits, per-method limits, target, batch size, seeds, parameters) the grid's own, so each
     cell gets the key, the samples and the seeds it has in the full run."""
-    from interpbench.engine.config import PART_KEYS, RunConfig, grids
-
     parts: dict[tuple, dict[str, Any]] = {}
     for g, grid in enumerate(grids(config)):
         for model, dataset, method, metric in sorted(cells):
@@ -192,8 +190,6 @@ def rounding_runs(config: Any, cells: set[tuple[str, str, str, str]], out: Path,
                   console: Console | None = None) -> list[Any]:
     """Re-run ``cells`` of ``config`` ``runs`` times under :func:`~interpbench.ops.rounding.rounding_noise`
     (seeds 1 .. runs) into ``out/1 ..``; returns the :class:`~interpbench.publish.results.Experiment` of each run."""
-    from interpbench.engine.runner import Runner
-
     results = []
     for r in range(1, runs + 1):
         sub = rounding_config(config, cells, out / str(r))
@@ -288,8 +284,6 @@ def reproduce(directory: str | Path, out: str | Path | None = None, *, device: s
     afterwards unless ``keep``) and compare (module docstring). Numbers that are not identical are judged
     against the spread of ``rounding`` re-runs of their cells under rounding noise; with ``exact`` or
     ``rounding=0``, against the explicit ``atol`` / ``rtol``."""
-    from interpbench.engine.runner import Runner
-
     if rounding < 0:
         raise ComponentError(f"--rounding-runs {rounding}: must be 0 (explicit tolerance) or more")
     directory = Path(directory)

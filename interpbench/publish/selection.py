@@ -10,6 +10,7 @@ import dataclasses
 
 import pandas as pd
 
+from interpbench.core.base import ComponentError
 from interpbench.publish.headline import _pattern, headline_mask
 
 VALUE_CHOICES = ("headline", "all")
@@ -42,8 +43,6 @@ class Selection:
                 have = [h for h in have if h != "-"]
             unknown = [n for n in names if n not in have]
             if unknown:
-                from interpbench.core.base import ComponentError
-
                 raise ComponentError(f"{flag} {','.join(unknown)}: not in this experiment; it has {have}")
             keep &= table[column].isin(names) | ((column == "method") & (table[column] == "-"))
         return table[keep]
@@ -60,8 +59,6 @@ class Selection:
         mask = pd.Series([any(p.match(n) or p.match(f) or (o and p.match(m)) for p in patterns)
                           for n, f, o, m in zip(names, full, own, table["metric"].astype(str))], index=table.index)
         if not mask.any():
-            from interpbench.core.base import ComponentError
-
             have = sorted(set(full))
             raise ComponentError(f"--values {','.join(self.values)}: no value of this experiment has that name; "
                                  f"use headline, all, or names such as {have[:12]}")

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from interpbench.core.config import parse_cascade
 from interpbench.core.tabular import ARROW
 from interpbench.publish.grid import (
     Cell,
@@ -72,8 +73,6 @@ def _group_header(model: str, dataset: str) -> str:
 
 def _sanity_pair(model: str) -> bool:
     """A pair ``A=>A~cascade:K`` of the model-randomisation test (its numbers go to the sanity table)."""
-    from interpbench.core.config import parse_cascade
-
     _, arrow, b = str(model).partition("=>")
     return bool(arrow) and parse_cascade(b) is not None
 

@@ -24,12 +24,13 @@ The checks are listed in the docstrings of :func:`method_checks`, :func:`metric_
 
 One module per kit, each check also a function of its own that a plugin author can call alone (as scikit-learn's
 ``sklearn.utils.estimator_checks``), with a docstring that says what it checks and the fix when it fails:
-``interpbench.testing.methods`` (the oracle model, ``method_checks``), ``interpbench.testing.metrics``
-(``check_metric_contract``, ``check_metric_batch_independence``, ...), ``interpbench.testing.models``
-(``check_model_logits``, ``check_model_cam_layer``, ...), ``interpbench.testing.datasets``
-(``check_dataset_sample_format``, ...) and ``interpbench.testing.rescaling``. The metric, model and dataset kits
-run on the shared reference world of ``interpbench.testing.world`` (``reference_model``, ``ReferenceDataset``,
-``reference_batch``, ``ReferenceWorld``); ``interpbench.testing.report`` holds the report they return.
+``interpbench.testing.methods`` (``check_method_output``, ``check_method_oracle``, ...),
+``interpbench.testing.metrics`` (``check_metric_contract``, ``check_metric_batch_independence``, ...),
+``interpbench.testing.models`` (``check_model_logits``, ``check_model_cam_layer``, ...),
+``interpbench.testing.datasets`` (``check_dataset_sample_format``, ...) and ``interpbench.testing.rescaling``. The
+kits run on the shared reference world of ``interpbench.testing.world`` (``reference_model``, ``ReferenceDataset``,
+``reference_batch``, ``ReferenceWorld``; for methods, whose right answer depends on the target class, the
+``oracle_model`` and ``oracle_images``); ``interpbench.testing.report`` holds the report they return.
 
 Layer: ``interpbench.testing`` sits beside ``interpbench.publish``, above the engine (docs/design.md).
 """

@@ -16,7 +16,10 @@ from typing import Any
 
 import torch
 
+from interpbench.api import load_dataset
 from interpbench.core.base import ComponentError, DatasetSource
+from interpbench.core.config import read_datasets
+from interpbench.core.registry import get_registry, unknown_message
 from interpbench.testing.report import Check, CheckReport, run_expected
 from interpbench.testing.world import _json_ok, _label, known_fields
 
@@ -246,14 +249,8 @@ def _resolve_dataset(dataset: Any, size: Any = None, **options: Any) -> tuple[An
         opts = {**options, **({"size": size} if size is not None else {})}
         return source.load(**opts), source, options
     if isinstance(dataset, str):
-        from interpbench.api import load_dataset
-        from interpbench.core.config import read_datasets
-        from interpbench.core.registry import get_registry
-
         entries = read_datasets()
         if dataset not in entries:
-            from interpbench.core.registry import unknown_message
-
             raise ComponentError(unknown_message("dataset", dataset, entries))
         entry = entries[dataset]
         source = get_registry().get("datasets", entry.loader)()

@@ -8,182 +8,55 @@
     print(report)
     report.raise_if_failed()
 
-:func:`method_checks` lists the checks (see its docstring). Most run on the **oracle model**
-(:func:`oracle_model`): a small ReLU convnet on 32 x 32 images whose logit for class ``c`` reads only the pixels of
-a known box ``R_c`` (the boxes of the classes do not overlap and are off-centre). Its input gradient is exactly
-zero outside ``R_c``, its CAM-layer features for class ``c`` live only in ``R_c``, and blanking ``R_c`` (to the
-mean colour) drops the logit to its bias, so any method that explains the model's computation puts its evidence
-for ``c`` inside ``R_c``; one that ignores the model (noise, a centred blob, edges of the image) does not.
+Layer: part of ``interpbench.testing`` (beside ``interpbench.publish``, docs/design.md); it runs on the oracle model
+of interpbench.testing.world and imports only ``interpbench.core``, that world and the report.
+
+Each check is a function a plugin author can call on its own: ``check_method_<name>(method, case=None)`` raises
+``AssertionError`` with a message that names the method, the value it saw and the fix, and returns ``None`` or a
+short string with what it measured. ``case`` is a :class:`MethodCase`: the model, images and targets the checks run
+on and one seeded run of the method on them (``None``: the oracle model's). :func:`method_checks` lists the checks
+(see its docstring) as :class:`~interpbench.testing.report.Check` objects that share one case; :func:`check_method`
+runs them all and returns a :class:`~interpbench.testing.report.CheckReport`.
+
+Most checks run on the **oracle model** (:func:`~interpbench.testing.world.oracle_model`): a small ReLU convnet on
+32 x 32 images whose logit for class ``c`` reads only the pixels of a known box ``R_c`` (the boxes of the classes do
+not overlap and are off-centre). Its input gradient is exactly zero outside ``R_c``, its CAM-layer features for
+class ``c`` live only in ``R_c``, and blanking ``R_c`` (to the mean colour) drops the logit to its bias, so any
+method that explains the model's computation puts its evidence for ``c`` inside ``R_c``; one that ignores the model
+(noise, a centred blob, edges of the image) does not.
 """
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from interpbench.core.base import ComponentError, Method, Model, NotApplicable
+from interpbench.core.registry import get_registry
 from interpbench.testing.report import (
     Check,
     CheckReport,
     apply_expected_failures,
     run_checks,
 )
+from interpbench.testing.world import (  # the oracle model; re-exported, its former home was this module
+    ORACLE_REGIONS,
+    ORACLE_SIZE,
+    oracle_images,
+    oracle_model,
+    positive_mass_inside,
+    region_masks,
+)
 
-ORACLE_SIZE = 32
-# (top, left, bottom, right) in pixels, bottom/right exclusive; multiples of 4 (the CAM layer's stride).
-ORACLE_REGIONS: tuple[tuple[int, int, int, int], ...] = ((0, 4, 12, 28), (20, 4, 32, 28))
-ORACLE_MEAN = (0.5, 0.5, 0.5)
-ORACLE_STD = (0.25, 0.25, 0.25)
-ORACLE_WIDTHS = (8, 16, 16)  # channels per class group in the three conv blocks
-ORACLE_LOGIT_SCALE = 8.0  # mean target-logit increase over the blank image on the oracle images
 ORACLE_THRESHOLD = 0.5  # "most of the positive mass"
 TARGET_DIFFERENCE = 0.1  # relative L2 difference between the maps of two targets
 TOLERANCE = 1e-4  # relative to the largest |map value|, for batch independence and determinism
 CHECK_IMAGES = 2  # images per check batch (small: methods with costly defaults run many times)
 CHECK_NAMES = ("contract", "output", "inputs_unchanged", "model_unchanged", "batch_independence", "determinism",
                "invalid_target", "target_sensitivity", "oracle")
-
-
-# --------------------------------------------------------------------------------------------- the oracle model
-
-
-def region_masks(size: int = ORACLE_SIZE, regions: Sequence[Sequence[int]] = ORACLE_REGIONS,
-                 stride: int = 1) -> torch.Tensor:
-    """``G x (size/stride) x (size/stride)`` float masks, 1 inside each region (box coordinates divided by stride)."""
-    n = size // stride
-    masks = torch.zeros(len(regions), n, n)
-    for g, (top, left, bottom, right) in enumerate(regions):
-        masks[g, top // stride:bottom // stride, left // stride:right // stride] = 1
-    return masks
-
-
-class RegionGate(nn.Module):
-    """``B x C x H x W`` -> ``B x (G C) x H x W``: channel group g is the input times region g's mask."""
-
-    def __init__(self, masks: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("masks", masks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x[:, None] * self.masks[None, :, None]).flatten(1, 2)
-
-
-class GroupMask(nn.Module):
-    """Multiplies channel group g of ``B x (G K) x h x w`` features by region g's mask (at that resolution)."""
-
-    def __init__(self, masks: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("masks", masks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        g = self.masks.shape[0]
-        return (x.view(b, g, c // g, h, w) * self.masks[None, :, None]).view(b, c, h, w)
-
-
-def build_oracle_net(size: int = ORACLE_SIZE, regions: Sequence[Sequence[int]] = ORACLE_REGIONS,
-                     widths: Sequence[int] = ORACLE_WIDTHS, seed: int = 0) -> nn.Sequential:
-    """gate -> 3 x (grouped conv 3x3, nn.ReLU, region mask) with max-pooling -> average pool -> grouped linear.
-
-    Group g (class g) sees only region g: the input is masked before the first conv and every block's output is
-    masked again, so the 3 x 3 convs cannot leak across the box border. Convs have seeded random weights and no
-    bias; the last layer averages each group's channels with positive weights into its class logit, so a logit is
-    a positively homogeneous function of the normalised pixels of its box (0 on a blank box).
-    """
-    g = len(regions)
-    w1, w2, w3 = widths
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = nn.Sequential(OrderedDict(
-            gate=RegionGate(region_masks(size, regions)),
-            block1=nn.Sequential(nn.Conv2d(3 * g, w1 * g, 3, padding=1, groups=g, bias=False), nn.ReLU(),
-                                 GroupMask(region_masks(size, regions))),
-            pool1=nn.MaxPool2d(2),
-            block2=nn.Sequential(nn.Conv2d(w1 * g, w2 * g, 3, padding=1, groups=g, bias=False), nn.ReLU(),
-                                 GroupMask(region_masks(size, regions, 2))),
-            pool2=nn.MaxPool2d(2),
-            block3=nn.Sequential(nn.Conv2d(w2 * g, w3 * g, 3, padding=1, groups=g, bias=False), nn.ReLU(),
-                                 GroupMask(region_masks(size, regions, 4))),
-            pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-            fc=nn.Linear(w3 * g, g),
-        ))
-        with torch.no_grad():
-            readout = torch.zeros(g, w3 * g)
-            for c in range(g):
-                readout[c, c * w3:(c + 1) * w3] = 0.5 + torch.rand(w3)  # positive, only its own group
-            net.fc.weight.copy_(readout)
-            net.fc.bias.zero_()
-    return net
-
-
-def oracle_images(n: int = 3, size: int = ORACLE_SIZE, seed: int = 0) -> torch.Tensor:
-    """``n x 3 x size x size`` images of uniform noise in [0, 1] (seeded): content everywhere, in every region."""
-    generator = torch.Generator().manual_seed(1000 + seed)
-    return torch.rand(n, 3, size, size, generator=generator)
-
-
-def oracle_model(size: int = ORACLE_SIZE, regions: Sequence[Sequence[int]] | None = None, seed: int = 0) -> Model:
-    """The oracle model: class ``c``'s logit can be changed only by the pixels of ``regions[c]``.
-
-    ``regions``: boxes ``(top, left, bottom, right)`` in pixels (bottom/right exclusive), multiples of 4, one per
-    class (default :data:`ORACLE_REGIONS`: two 12 x 12 boxes in opposite quadrants of a 32 x 32 image). Returns an
-    ``ib.Model`` in eval mode (mean 0.5, std 0.25, ``cam_layer = "block3"`` at 1/4 of the input resolution, only
-    ``nn.ReLU`` nonlinearities) with ``model.regions`` and ``model.region_masks`` (``G x H x W`` bool). The readout
-    is scaled so that the target logit rises by :data:`ORACLE_LOGIT_SCALE` on average over the blank image.
-    """
-    regions = tuple(tuple(int(v) for v in r) for r in (ORACLE_REGIONS if regions is None else regions))
-    if size % 4:
-        raise ComponentError(f"oracle_model: size must be a multiple of 4 (the CAM layer's stride), got {size}")
-    for r in regions:
-        top, left, bottom, right = r
-        if len(r) != 4 or any(v % 4 for v in r) or not (0 <= top < bottom <= size and 0 <= left < right <= size):
-            raise ComponentError(
-                f"oracle_model: region {r} must be (top, left, bottom, right) with multiples of 4 inside the "
-                f"{size} x {size} image"
-            )
-    masks = region_masks(size, regions)
-    if bool((masks.sum(0) > 1).any()):
-        raise ComponentError(f"oracle_model: regions {regions} overlap; each class needs its own pixels")
-    net = build_oracle_net(size, regions, seed=seed)
-    model = Model(
-        net,
-        spec="oracle",
-        mean=ORACLE_MEAN,
-        std=ORACLE_STD,
-        input_size=(size, size),
-        class_names=[f"region{c}" for c in range(len(regions))],
-        cam_layer="block3",
-        label_space="interpbench:oracle",
-        default_dataset="none",
-        weights={"source": "interpbench.testing.methods", "tag": "constructed", "seed": seed},
-        layers=["block1", "block2", "block3"],
-    ).eval()
-    with torch.no_grad():  # calibrate the logit scale on seeded noise images (positively homogeneous readout)
-        rise = model(oracle_images(8, size, seed=seed + 1)).mean(0)
-        net.fc.weight.mul_((ORACLE_LOGIT_SCALE / rise.clamp(min=1e-6))[:, None])
-    model.regions = regions
-    model.region_masks = masks.bool()
-    return model
-
-
-def positive_mass_inside(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
-    """Share of each map's positive mass, measured from the map's median, that lies inside its region.
-
-    ``maps`` and ``regions`` (bool) are ``B x H x W``; returns Tensor[B] in [0, 1] (0 for a map with no mass above
-    its median). Measuring from the median makes the score blind to a constant offset (RISE maps are a mean
-    probability everywhere, a gradient map is 0 outside the evidence), which leaves the ranking of the pixels
-    unchanged; with regions under half the image the median is the level of "no evidence".
-    """
-    flat = maps.detach().double().flatten(1)
-    excess = (flat - flat.median(dim=1, keepdim=True).values).clamp(min=0)
-    inside = (excess * regions.flatten(1).to(excess.dtype)).sum(1)
-    total = excess.sum(1)
-    safe = torch.where(total > 0, total, torch.ones_like(total))
-    return torch.where(total > 0, inside / safe, torch.zeros_like(total))
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -193,8 +66,6 @@ def _instance(method: Any, params: Mapping[str, Any] | None) -> Method:
     """A Method instance from an instance, a class or a registered name, built with ``params`` (for an instance:
     its own parameters overridden by ``params``)."""
     if isinstance(method, str):
-        from interpbench.core.registry import get_registry
-
         method = get_registry().get("methods", method)
     if isinstance(method, type):
         if not issubclass(method, Method):
@@ -298,7 +169,270 @@ class _Call:
         return self.maps
 
 
+def _label(method: Method) -> str:
+    return method.name or type(method).__name__
+
+
+def _explain(method: Method, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, seed: int) -> torch.Tensor:
+    images = images.detach().clone()  # a method that writes into its images must not change the other checks' inputs
+    return _seeded(lambda: method.explain(model, images, targets), seed)
+
+
+class MethodCase:
+    """What the checks of one method share: the model, images and targets the general checks run on, the oracle
+    model with its images and targets, and one seeded run of the method on each (:class:`_Call`).
+
+    ``model``, ``images`` and ``targets`` default to the oracle model, :data:`CHECK_IMAGES` oracle images and
+    targets 0 and 1; on another model, to seeded noise images at its input size and its predicted classes.
+    ``oracle`` replaces the default oracle model (one built by :func:`~interpbench.testing.world.oracle_model`).
+    The method runs here, once on the model and once on the oracle (when they differ), so that a method that
+    raises ``NotApplicable`` there is known before the checks run.
+    """
+
+    def __init__(self, method: Method, model: Model | None = None, images: torch.Tensor | None = None,
+                 targets: torch.Tensor | None = None, *, seed: int = 0, oracle: Model | None = None) -> None:
+        oracle_net = oracle if oracle is not None else oracle_model()
+        oracle_x = oracle_images(CHECK_IMAGES, oracle_net.input_size[0]).to(oracle_net.device)
+        oracle_t = torch.arange(CHECK_IMAGES, device=oracle_net.device) % oracle_net.num_classes
+        oracle_other = (oracle_t + 1) % oracle_net.num_classes
+        on_default = model is None and images is None and targets is None
+        if model is None:
+            model = oracle_net
+            images = oracle_x if images is None else images
+            targets = oracle_t if targets is None else targets
+        if images is None:
+            generator = torch.Generator().manual_seed(2024 + seed)
+            images = torch.rand(CHECK_IMAGES, 3, *model.input_size, generator=generator).to(model.device)
+        if targets is None:
+            with torch.no_grad():
+                targets = model(images).argmax(dim=1)
+        targets = torch.as_tensor(targets, device=images.device)
+        self.model, self.images, self.targets, self.seed = model, images, targets, seed
+        self.oracle, self.oracle_images, self.oracle_targets, self.oracle_other = (
+            oracle_net, oracle_x, oracle_t, oracle_other)
+        self.main = _Call(method, model, images, targets, seed)
+        self.on_oracle = self.main if on_default else _Call(method, oracle_net, oracle_x, oracle_t, seed)
+        self.swapped: dict[str, torch.Tensor] = {}  # the oracle maps for the other targets, made on first use
+
+
+def _case(method: Method, case: MethodCase | None) -> MethodCase:
+    return case if case is not None else MethodCase(method)
+
+
+def _oracle_pair(method: Method, case: MethodCase) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Maps of the oracle images for targets t = (0, 1) and for the next classes t + 1 (mod G)."""
+    label = _label(method)
+    oracle_x = case.oracle_images
+    if "maps" not in case.swapped:
+        case.swapped["maps"] = _explain(method, case.oracle, oracle_x, case.oracle_other, case.seed)
+    pair = case.on_oracle.result(), case.swapped["maps"]
+    for maps in pair:  # the statistics below need maps of the right shape, with numbers in them
+        assert isinstance(maps, torch.Tensor) and tuple(maps.shape) == (oracle_x.shape[0], *oracle_x.shape[-2:]), (
+            f"{label}: maps of shape {tuple(getattr(maps, 'shape', ()))} on the oracle images, expected "
+            f"{(oracle_x.shape[0], *oracle_x.shape[-2:])} (see the output check)")
+        assert bool(torch.isfinite(maps.detach()).all()), f"{label}: non-finite maps on the oracle images"
+    return pair[0], pair[1], case.oracle_targets
+
+
+def _check_maps(label: str, maps: Any, x: torch.Tensor, what: str) -> None:
+    b, _, h, w = x.shape
+    assert isinstance(maps, torch.Tensor), f"{label}: explain returned {type(maps).__name__}{what}, not a tensor"
+    assert tuple(maps.shape) == (b, h, w), (
+        f"{label}: maps of shape {tuple(maps.shape)}{what}, expected (B, H, W) = {(b, h, w)}: one map per image "
+        "at the input resolution (upsample low-resolution maps bilinearly)")
+    assert maps.is_floating_point(), f"{label}: maps have dtype {maps.dtype}{what}; return floats"
+    assert maps.device == x.device, (
+        f"{label}: maps on {maps.device}{what}, images on {x.device}; keep them together")
+    bad = int((~torch.isfinite(maps.detach())).sum())
+    assert bad == 0, f"{label}: {bad} non-finite values (NaN or inf) in the maps{what}"
+    assert not maps.requires_grad, (
+        f"{label}: the maps{what} are attached to an autograd graph (requires_grad=True), which keeps the "
+        "model's activations alive; return maps.detach()")
+
+
 # --------------------------------------------------------------------------------------------- the checks
+
+
+def check_method_contract(method: Method) -> str:
+    """``name`` and ``version`` are non-empty strings, ``requires_grad`` and ``deterministic`` are bools,
+    ``explain`` is implemented, ``describe()`` is JSON-serialisable (the manifest records it).
+
+    Fix: subclass ``ib.Method`` with class attributes ``name = "..."``, ``version = "1"``, implement
+    ``explain(model, images, targets)``, and keep the parameters plain numbers, strings, lists and dicts.
+    """
+    label = _label(method)
+    for attr in ("name", "version"):
+        value = getattr(method, attr, None)
+        assert isinstance(value, str) and value.strip(), (
+            f"{label}: class attribute {attr} must be a non-empty string, got {value!r}")
+    for attr in ("requires_grad", "deterministic"):
+        value = getattr(method, attr, None)
+        assert isinstance(value, bool), f"{label}: class attribute {attr} must be a bool, got {value!r}"
+    assert type(method).explain is not Method.explain, (
+        f"{label}: explain(model, images, targets) is not implemented")
+    described = method.describe()
+    try:
+        json.dumps(described, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise AssertionError(f"{label}: describe() is not JSON-serialisable ({exc}): {described!r}; the "
+                             "manifest records the parameters, so use plain numbers, strings, lists and dicts")
+    return f"version {method.version}, params {described.get('params')}"
+
+
+def check_method_output(method: Method, case: MethodCase | None = None) -> str:
+    """The maps are a floating ``B x H x W`` tensor at the input resolution, finite, on the images' device, not
+    attached to an autograd graph; also for a batch of one image.
+
+    Fix: return one map per image at the input resolution (upsample low-resolution maps bilinearly), as floats on
+    the images' device, and ``maps.detach()``.
+    """
+    case = _case(method, case)
+    label = _label(method)
+    maps = case.main.result()
+    _check_maps(label, maps, case.images, "")
+    single = _explain(method, case.model, case.images[:1], case.targets[:1], case.seed)
+    _check_maps(label, single, case.images[:1], " for a batch of one image")
+    return f"{tuple(maps.shape)} {maps.dtype}, range [{float(maps.min()):.3g}, {float(maps.max()):.3g}]"
+
+
+def check_method_inputs_unchanged(method: Method, case: MethodCase | None = None) -> None:
+    """``explain`` does not modify the images in place.
+
+    Fix: the images are shared with the metrics of the run: work on a copy (``images.clone()``).
+    """
+    case = _case(method, case)
+    case.main.result()
+    assert not case.main.images_changed, (
+        f"{_label(method)}: explain modified the input images in place; work on a copy (images.clone())")
+
+
+def check_method_model_unchanged(method: Method, case: MethodCase | None = None) -> None:
+    """After ``explain`` the model's parameters, buffers, their ``.grad``, ``requires_grad`` flags, train/eval
+    mode, hooks and the global grad mode are as before.
+
+    Fix: differentiate w.r.t. the input only (``torch.autograd.grad(..., inputs)``), remove every hook you register
+    (try/finally), use ``with torch.enable_grad():`` and leave the model's modes as they were.
+    """
+    case = _case(method, case)
+    case.main.result()
+    assert not case.main.state_changes, (f"{_label(method)}: explain changed the model: "
+                                         + "; ".join(case.main.state_changes))
+
+
+def check_method_batch_independence(method: Method, case: MethodCase | None = None,
+                                    tolerance: float = TOLERANCE) -> str:
+    """Explaining the batch equals explaining each image alone, within ``tolerance`` of the largest map value
+    (deterministic methods; a stochastic one draws different random numbers for a batch than for its images).
+
+    Fix: a map must depend on its own image only: no batch statistics, no normalisation shared across the batch.
+    """
+    case = _case(method, case)
+    label = _label(method)
+    images, targets = case.images, case.targets
+    maps = case.main.result()
+    worst = 0.0
+    for i in range(images.shape[0]):
+        alone = _explain(method, case.model, images[i:i + 1], targets[i:i + 1], case.seed)[0]
+        diff = _relative_max_difference(maps[i], alone)
+        worst = max(worst, diff)
+        assert diff <= tolerance, (
+            f"{label}: image {i} explained in a batch of {images.shape[0]} differs from it explained alone by "
+            f"{diff:.3g} of the map's largest value (tolerance {tolerance}); a map must depend on its own image "
+            "only (no batch statistics, no shared normalisation across the batch)")
+    return f"largest relative difference {worst:.2g}"
+
+
+def check_method_determinism(method: Method, case: MethodCase | None = None, tolerance: float = TOLERANCE) -> str:
+    """A stochastic method gives the same maps twice under the same seed (it draws from torch's global RNG, which
+    the runner seeds); a deterministic one gives the same maps under two different seeds.
+
+    Fix: draw all randomness from torch's global RNG, not from numpy, ``random`` or a fresh generator; set
+    ``deterministic = False`` on a method that draws random numbers.
+    """
+    case = _case(method, case)
+    label = _label(method)
+    stochastic = not bool(getattr(method, "deterministic", True))
+    seed = case.seed
+    maps = case.main.result()
+    again = _explain(method, case.model, case.images, case.targets, seed if stochastic else seed + 1)
+    diff = _relative_max_difference(maps, again)
+    if stochastic:
+        assert diff <= tolerance, (
+            f"{label}: two runs under the same seed differ by {diff:.3g} of the largest map value; draw all "
+            "randomness from torch's global RNG (the runner seeds it), not from numpy, random or a fresh "
+            "generator")
+    else:
+        assert diff <= tolerance, (
+            f"{label}: declared deterministic, but two runs under different seeds differ by {diff:.3g} of the "
+            "largest map value; set deterministic = False if it draws random numbers")
+    return f"relative difference {diff:.2g}"
+
+
+def check_method_invalid_target(method: Method, case: MethodCase | None = None) -> None:
+    """A target outside ``[0, num_classes)`` raises an exception instead of returning maps.
+
+    Fix: check the targets, e.g. with ``interpbench.methods.gradients.check_batch``.
+    """
+    case = _case(method, case)
+    n = getattr(case.model, "num_classes", None)
+    assert n, "the model has no num_classes"
+    bad = torch.full_like(case.targets[:1], int(n))
+    try:
+        _explain(method, case.model, case.images[:1], bad, case.seed)
+    except NotApplicable:
+        raise
+    except Exception:  # noqa: BLE001 - any error is the right answer
+        return
+    raise AssertionError(f"{_label(method)}: target {n} (the model has {n} classes) returned maps instead of "
+                         "raising; check targets, e.g. with interpbench.methods.gradients.check_batch")
+
+
+def check_method_target_sensitivity(method: Method, case: MethodCase | None = None) -> str:
+    """On the oracle model, the maps of each image for two classes (same seed) differ by at least
+    :data:`TARGET_DIFFERENCE` (relative L2) on every image.
+
+    Fix: explain the target class (its logit or score), not the predicted class or all classes at once.
+    """
+    case = _case(method, case)
+    label = _label(method)
+    first, second, _ = _oracle_pair(method, case)
+    oracle_t, oracle_other = case.oracle_targets, case.oracle_other
+    diffs = []
+    for i in range(first.shape[0]):
+        a, b = first[i].detach().double(), second[i].detach().double()
+        diff = float((a - b).norm() / max(float(a.norm()), float(b.norm()), 1e-12))
+        diffs.append(diff)
+        assert diff >= TARGET_DIFFERENCE, (
+            f"{label}: on the oracle model, whose classes read different regions, the maps of image {i} "
+            f"for classes {int(oracle_t[i])} and {int(oracle_other[i])} differ by only {diff:.3g} (relative L2; "
+            f"need {TARGET_DIFFERENCE}); the method ignores the target")
+    return f"smallest relative difference {min(diffs):.3g}"
+
+
+def check_method_oracle(method: Method, case: MethodCase | None = None, threshold: float = ORACLE_THRESHOLD) -> str:
+    """On the oracle model, for every image and every class, at least ``threshold`` of the map's positive mass
+    (measured from its median, :func:`~interpbench.testing.world.positive_mass_inside`) lies in the class's region.
+
+    Fix: the map must follow the model's evidence (its gradients, activations or the effect of perturbations);
+    declare this check an expected failure for a baseline that ignores the model.
+    """
+    case = _case(method, case)
+    label = _label(method)
+    oracle_net, oracle_other = case.oracle, case.oracle_other
+    first, second, t = _oracle_pair(method, case)
+    masks = oracle_net.region_masks.to(first.device)
+    shares = torch.cat([positive_mass_inside(first, masks[t]), positive_mass_inside(second, masks[oracle_other])])
+    classes = torch.cat([t, oracle_other]).tolist()
+    for j, s in enumerate(shares.tolist()):
+        c, i = classes[j], j % len(t)
+        assert s >= threshold, (
+            f"{label}: on the oracle model, only {s:.3f} of the positive mass of the map for class {c} of "
+            f"image {i} lies in the box {oracle_net.regions[c]} that alone can change that class's logit "
+            f"(need {threshold}); the map does not follow the model's evidence")
+    return f"positive mass inside the region: min {float(shares.min()):.3f}, mean {float(shares.mean()):.3f}"
+
+
+# --------------------------------------------------------------------------------------------- the kit
 
 
 def method_checks(
@@ -342,181 +476,34 @@ def method_checks(
       :data:`TARGET_DIFFERENCE` (relative L2) on every image.
     - ``oracle``: on the oracle model, for every image and every class, at least ``threshold`` of the map's
       positive mass (measured from its median, :func:`positive_mass_inside`) lies in the class's region.
+
+    Check ``x`` is the function ``check_method_x`` of this module; all of them share one :class:`MethodCase`.
     """
     method = _instance(method, params)
     label = method.name or type(method).__name__
-    oracle_net = oracle if oracle is not None else oracle_model()
-    oracle_x = oracle_images(CHECK_IMAGES, oracle_net.input_size[0]).to(oracle_net.device)
-    oracle_t = torch.arange(CHECK_IMAGES, device=oracle_net.device) % oracle_net.num_classes
-    oracle_other = (oracle_t + 1) % oracle_net.num_classes
-    on_default = model is None and images is None and targets is None
-    if model is None:
-        model = oracle_net
-        images = oracle_x if images is None else images
-        targets = oracle_t if targets is None else targets
-    if images is None:
-        generator = torch.Generator().manual_seed(2024 + seed)
-        images = torch.rand(CHECK_IMAGES, 3, *model.input_size, generator=generator).to(model.device)
-    if targets is None:
-        with torch.no_grad():
-            targets = model(images).argmax(dim=1)
-    targets = torch.as_tensor(targets, device=images.device)
+    case = MethodCase(method, model, images, targets, seed=seed, oracle=oracle)
+    main, on_oracle = case.main, case.on_oracle
     stochastic = not bool(getattr(method, "deterministic", True))
-
-    main = _Call(method, model, images, targets, seed)
-    on_oracle = main if on_default else _Call(method, oracle_net, oracle_x, oracle_t, seed)
-    spec = getattr(model, "spec", "the model")
+    spec = getattr(case.model, "spec", "the model")
     na_main = f"{label} is not applicable to {spec!r}: {main.error}" if main.not_applicable else ""
     na_oracle = f"{label} is not applicable to the oracle model: {on_oracle.error}" if on_oracle.not_applicable else ""
 
-    def explain(m, x, t, s=seed) -> torch.Tensor:
-        x = x.detach().clone()  # a method that writes into its images must not change the other checks' inputs
-        return _seeded(lambda: method.explain(m, x, t), s)
-
-    # ---------------------------------------------------------------- contract
-    def contract() -> str:
-        for attr in ("name", "version"):
-            value = getattr(method, attr, None)
-            assert isinstance(value, str) and value.strip(), (
-                f"{label}: class attribute {attr} must be a non-empty string, got {value!r}")
-        for attr in ("requires_grad", "deterministic"):
-            value = getattr(method, attr, None)
-            assert isinstance(value, bool), f"{label}: class attribute {attr} must be a bool, got {value!r}"
-        assert type(method).explain is not Method.explain, (
-            f"{label}: explain(model, images, targets) is not implemented")
-        described = method.describe()
-        try:
-            json.dumps(described, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise AssertionError(f"{label}: describe() is not JSON-serialisable ({exc}): {described!r}; the "
-                                 "manifest records the parameters, so use plain numbers, strings, lists and dicts")
-        return f"version {method.version}, params {described.get('params')}"
-
-    # ---------------------------------------------------------------- output
-    def check_output(maps: Any, x: torch.Tensor, what: str) -> None:
-        b, _, h, w = x.shape
-        assert isinstance(maps, torch.Tensor), f"{label}: explain returned {type(maps).__name__}{what}, not a tensor"
-        assert tuple(maps.shape) == (b, h, w), (
-            f"{label}: maps of shape {tuple(maps.shape)}{what}, expected (B, H, W) = {(b, h, w)}: one map per image "
-            "at the input resolution (upsample low-resolution maps bilinearly)")
-        assert maps.is_floating_point(), f"{label}: maps have dtype {maps.dtype}{what}; return floats"
-        assert maps.device == x.device, (
-            f"{label}: maps on {maps.device}{what}, images on {x.device}; keep them together")
-        bad = int((~torch.isfinite(maps.detach())).sum())
-        assert bad == 0, f"{label}: {bad} non-finite values (NaN or inf) in the maps{what}"
-        assert not maps.requires_grad, (
-            f"{label}: the maps{what} are attached to an autograd graph (requires_grad=True), which keeps the "
-            "model's activations alive; return maps.detach()")
-
-    def output() -> str:
-        maps = main.result()
-        check_output(maps, images, "")
-        single = explain(model, images[:1], targets[:1])
-        check_output(single, images[:1], " for a batch of one image")
-        return f"{tuple(maps.shape)} {maps.dtype}, range [{float(maps.min()):.3g}, {float(maps.max()):.3g}]"
-
-    def inputs_unchanged() -> None:
-        main.result()
-        assert not main.images_changed, (
-            f"{label}: explain modified the input images in place; work on a copy (images.clone())")
-
-    def model_unchanged() -> None:
-        main.result()
-        assert not main.state_changes, f"{label}: explain changed the model: " + "; ".join(main.state_changes)
-
-    def batch_independence() -> str:
-        maps = main.result()
-        worst = 0.0
-        for i in range(images.shape[0]):
-            alone = explain(model, images[i:i + 1], targets[i:i + 1])[0]
-            diff = _relative_max_difference(maps[i], alone)
-            worst = max(worst, diff)
-            assert diff <= tolerance, (
-                f"{label}: image {i} explained in a batch of {images.shape[0]} differs from it explained alone by "
-                f"{diff:.3g} of the map's largest value (tolerance {tolerance}); a map must depend on its own image "
-                "only (no batch statistics, no shared normalisation across the batch)")
-        return f"largest relative difference {worst:.2g}"
-
-    def determinism() -> str:
-        maps = main.result()
-        again = explain(model, images, targets, seed if stochastic else seed + 1)
-        diff = _relative_max_difference(maps, again)
-        if stochastic:
-            assert diff <= tolerance, (
-                f"{label}: two runs under the same seed differ by {diff:.3g} of the largest map value; draw all "
-                "randomness from torch's global RNG (the runner seeds it), not from numpy, random or a fresh "
-                "generator")
-        else:
-            assert diff <= tolerance, (
-                f"{label}: declared deterministic, but two runs under different seeds differ by {diff:.3g} of the "
-                "largest map value; set deterministic = False if it draws random numbers")
-        return f"relative difference {diff:.2g}"
-
-    def invalid_target() -> None:
-        n = getattr(model, "num_classes", None)
-        assert n, "the model has no num_classes"
-        bad = torch.full_like(targets[:1], int(n))
-        try:
-            explain(model, images[:1], bad)
-        except NotApplicable:
-            raise
-        except Exception:  # noqa: BLE001 - any error is the right answer
-            return
-        raise AssertionError(f"{label}: target {n} (the model has {n} classes) returned maps instead of raising; "
-                             "check targets, e.g. with interpbench.methods.gradients.check_batch")
-
-    swapped: dict[str, torch.Tensor] = {}
-
-    def oracle_pair() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Maps of the oracle images for targets t = (0, 1) and for the next classes t + 1 (mod G)."""
-        if "maps" not in swapped:
-            swapped["maps"] = explain(oracle_net, oracle_x, oracle_other)
-        pair = on_oracle.result(), swapped["maps"]
-        for maps in pair:  # the statistics below need maps of the right shape, with numbers in them
-            assert isinstance(maps, torch.Tensor) and tuple(maps.shape) == (oracle_x.shape[0], *oracle_x.shape[-2:]), (
-                f"{label}: maps of shape {tuple(getattr(maps, 'shape', ()))} on the oracle images, expected "
-                f"{(oracle_x.shape[0], *oracle_x.shape[-2:])} (see the output check)")
-            assert bool(torch.isfinite(maps.detach()).all()), f"{label}: non-finite maps on the oracle images"
-        return pair[0], pair[1], oracle_t
-
-    def target_sensitivity() -> str:
-        first, second, _ = oracle_pair()
-        diffs = []
-        for i in range(first.shape[0]):
-            a, b = first[i].detach().double(), second[i].detach().double()
-            diff = float((a - b).norm() / max(float(a.norm()), float(b.norm()), 1e-12))
-            diffs.append(diff)
-            assert diff >= TARGET_DIFFERENCE, (
-                f"{label}: on the oracle model, whose classes read different regions, the maps of image {i} "
-                f"for classes {int(oracle_t[i])} and {int(oracle_other[i])} differ by only {diff:.3g} (relative L2; "
-                f"need {TARGET_DIFFERENCE}); the method ignores the target")
-        return f"smallest relative difference {min(diffs):.3g}"
-
-    def oracle_check() -> str:
-        first, second, t = oracle_pair()
-        masks = oracle_net.region_masks.to(first.device)
-        shares = torch.cat([positive_mass_inside(first, masks[t]), positive_mass_inside(second, masks[oracle_other])])
-        classes = torch.cat([t, oracle_other]).tolist()
-        for j, s in enumerate(shares.tolist()):
-            c, i = classes[j], j % len(t)
-            assert s >= threshold, (
-                f"{label}: on the oracle model, only {s:.3f} of the positive mass of the map for class {c} of "
-                f"image {i} lies in the box {oracle_net.regions[c]} that alone can change that class's logit "
-                f"(need {threshold}); the map does not follow the model's evidence")
-        return f"positive mass inside the region: min {float(shares.min()):.3f}, mean {float(shares.mean()):.3f}"
+    def bound(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+        return lambda: fn(method, case, *args)
 
     checks = [
-        Check("contract", contract),
-        Check("output", output, not main.not_applicable, na_main),
-        Check("inputs_unchanged", inputs_unchanged, not main.not_applicable, na_main),
-        Check("model_unchanged", model_unchanged, not main.not_applicable, na_main),
-        Check("batch_independence", batch_independence, not stochastic and not main.not_applicable,
+        Check("contract", lambda: check_method_contract(method)),
+        Check("output", bound(check_method_output), not main.not_applicable, na_main),
+        Check("inputs_unchanged", bound(check_method_inputs_unchanged), not main.not_applicable, na_main),
+        Check("model_unchanged", bound(check_method_model_unchanged), not main.not_applicable, na_main),
+        Check("batch_independence", bound(check_method_batch_independence, tolerance),
+              not stochastic and not main.not_applicable,
               "stochastic method: a batch draws different random numbers than its images alone" if stochastic
               else na_main),
-        Check("determinism", determinism, not main.not_applicable, na_main),
-        Check("invalid_target", invalid_target, not main.not_applicable, na_main),
-        Check("target_sensitivity", target_sensitivity, not on_oracle.not_applicable, na_oracle),
-        Check("oracle", oracle_check, not on_oracle.not_applicable, na_oracle),
+        Check("determinism", bound(check_method_determinism, tolerance), not main.not_applicable, na_main),
+        Check("invalid_target", bound(check_method_invalid_target), not main.not_applicable, na_main),
+        Check("target_sensitivity", bound(check_method_target_sensitivity), not on_oracle.not_applicable, na_oracle),
+        Check("oracle", bound(check_method_oracle, threshold), not on_oracle.not_applicable, na_oracle),
     ]
     assert tuple(c.name for c in checks) == CHECK_NAMES
     return checks
@@ -556,7 +543,17 @@ __all__ = [
     "CHECK_NAMES",
     "ORACLE_REGIONS",
     "ORACLE_SIZE",
+    "MethodCase",
     "check_method",
+    "check_method_batch_independence",
+    "check_method_contract",
+    "check_method_determinism",
+    "check_method_inputs_unchanged",
+    "check_method_invalid_target",
+    "check_method_model_unchanged",
+    "check_method_oracle",
+    "check_method_output",
+    "check_method_target_sensitivity",
     "method_checks",
     "oracle_images",
     "oracle_model",

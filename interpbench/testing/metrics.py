@@ -1,7 +1,7 @@
 """Conformance checks for metrics (scikit-learn's ``check_estimator`` is the model).
 
 Layer: part of ``interpbench.testing`` (beside ``interpbench.publish``, docs/design.md); it runs on the reference
-world of interpbench.testing.world and imports the runner's score validation lazily.
+world of interpbench.testing.world and validates scores as the runner does (interpbench.engine.guards).
 
 Each check is a function a plugin author can call on its own: ``check_metric_<name>(metric, ...)`` raises
 ``AssertionError`` with a message that names the metric, the value it saw and the fix, and returns ``None`` or a
@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 
 from interpbench.core.base import Batch, ComponentError, Metric, Model, RunContext
+from interpbench.engine.guards import check_scores
 from interpbench.testing.report import Check, CheckReport, run_expected
 from interpbench.testing.world import (
     ATOL,
@@ -45,8 +46,6 @@ from interpbench.testing.world import (
 
 
 def _scores(metric: Metric, model: Model, batch: Batch, maps: torch.Tensor) -> torch.Tensor:
-    from interpbench.engine.guards import check_scores
-
     result = _seeded(lambda: metric.score(model, batch, maps))
     try:
         scores, _ = check_scores(result, len(batch), metric.name)

@@ -1,7 +1,7 @@
 """Conformance checks for models (scikit-learn's ``check_estimator`` is the model).
 
-Layer: part of ``interpbench.testing`` (beside ``interpbench.publish``, docs/design.md); it imports the api (to
-load a model spec), the hook helpers of ``interpbench.ops`` and datasets.yaml's reader inside the checks.
+Layer: part of ``interpbench.testing`` (beside ``interpbench.publish``, docs/design.md); it uses the api (to
+load a model spec), the hook helpers of ``interpbench.ops`` and datasets.yaml's reader.
 
 Each check is a function a plugin author can call on its own: ``check_model_<name>(model, images=None)`` raises
 ``AssertionError`` with a message that names the model, the value it saw and the fix. ``images`` are the probe
@@ -17,7 +17,11 @@ from typing import Any, Callable
 
 import torch
 
+from interpbench.api import load_model
 from interpbench.core.base import Model
+from interpbench.core.config import read_datasets
+from interpbench.ops.hooks import capture_outputs
+from interpbench.ops.tokens import as_feature_map, token_grid_of
 from interpbench.testing.report import Check, CheckReport, run_expected
 from interpbench.testing.world import _close, _json_ok, _label, _seeded
 
@@ -153,15 +157,12 @@ def check_model_cam_layer(model: Model, images: Images = None) -> str:
 
     Fix: name the last convolutional stage (a module that runs once, before the pooling).
     """
-    from interpbench.ops.hooks import capture_outputs
-
     label = _label(model)
     module = model.module(model.cam_layer)
     x = probe_images(model, images).clone().requires_grad_(True)
     with torch.enable_grad(), capture_outputs({model.cam_layer: module}) as cap:
         out = model(x)
     raw = cap[model.cam_layer]
-    from interpbench.ops.tokens import as_feature_map, token_grid_of
 
     folded = as_feature_map(raw, token_grid_of(model), module=module, image_size=tuple(x.shape[-2:]))
     act = raw if folded is None else folded  # a transformer's tokens, folded into their patch grid
@@ -184,8 +185,6 @@ def check_model_layers(model: Model, images: Images = None) -> None:
 
     Fix: pass ``layers=[...]`` naming the stages worth dissecting, modules that ``forward()`` calls.
     """
-    from interpbench.ops.hooks import capture_outputs
-
     label = _label(model)
     named = model.layers
     assert named, f"model {label!r} names no layers; pass layers=[...] (the stages worth dissecting)"
@@ -200,8 +199,6 @@ def check_model_default_dataset(model: Model) -> None:
 
     Fix: set ``default_dataset`` to a dataset of the model's label space listed in datasets.yaml.
     """
-    from interpbench.core.config import read_datasets
-
     label = _label(model)
     known = read_datasets()
     assert model.default_dataset in known, (
@@ -248,7 +245,5 @@ def check_model(model: Model | str, *, expected_failures: dict[str, str] | None 
     """Run :func:`model_checks` on a model (an ``ib.Model`` or a spec such as ``"shapes:cnn"``, loaded on
     ``device``); ``expected_failures`` as in :func:`~interpbench.testing.metrics.check_metric`."""
     if isinstance(model, str):
-        from interpbench.api import load_model
-
         model = load_model(model, device=device)
     return run_expected(f"model {_label(model)}", model_checks(model), model, expected_failures)

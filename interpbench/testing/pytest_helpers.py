@@ -22,6 +22,10 @@ import inspect
 from typing import Any, Iterable, Mapping
 
 from interpbench.core.base import ComponentError, DatasetSource, Method, Metric, Model
+from interpbench.testing.datasets import _resolve_dataset, dataset_checks, dataset_label
+from interpbench.testing.methods import method_checks
+from interpbench.testing.metrics import metric_checks
+from interpbench.testing.models import model_checks
 from interpbench.testing.report import Check
 
 
@@ -87,22 +91,11 @@ def checks_for(component: Any, **options: Any) -> tuple[Any, str, list[Check]]:
     """
     kind = component_kind(component)
     if kind in ("method", "metric"):
-        if kind == "method":
-            from interpbench.testing import method_checks as make
-        else:
-            from interpbench.testing.metrics import metric_checks as make
+        make = method_checks if kind == "method" else metric_checks
         component = component() if isinstance(component, type) else component
         return component, component_name(component), make(component, **_accepted(make, options))
     if kind == "model":
-        from interpbench.testing.models import model_checks
-
         return component, component_name(component), model_checks(component)
-    from interpbench.testing.datasets import (
-        _resolve_dataset,
-        dataset_checks,
-        dataset_label,
-    )
-
     label = dataset_label(component)
     declared = getattr(component, "expected_failures", None)
     dataset, source, opts = _resolve_dataset(component, size=options.get("size"))

@@ -1,8 +1,7 @@
 """The reference world every conformance kit of ``interpbench.testing`` runs on, and the helpers the kits share.
 
 Layer: ``interpbench.testing`` sits beside ``interpbench.publish``, above the engine (docs/design.md); this module
-imports only ``interpbench.core`` and torch (the kits import the engine, the registry and the api inside the checks
-that need them).
+imports only ``interpbench.core`` and torch.
 
 The world is built so that the right answer is known: a tiny model whose target logit can only be changed by the
 pixels of one known square (:data:`REGION`), images whose colour inside that square is the label, and ground truth
@@ -11,6 +10,11 @@ oracle map (1 inside the square, 0 outside) is the right explanation, so a metri
 better than the inverted map. :class:`ReferenceWorld` bundles the model, a batch of reference samples and the two
 maps, built on first use; the metric kit (interpbench.testing.metrics) and the rescaling check
 (interpbench.testing.rescaling) run on it.
+
+The method kit (interpbench.testing.methods) needs a world whose right answer depends on the target class, so it
+runs on the **oracle model** (:func:`oracle_model`), also here: a small ReLU convnet whose logit for class ``c``
+reads only the pixels of its own box ``ORACLE_REGIONS[c]``, with :func:`oracle_images` (seeded noise) and
+:func:`positive_mass_inside` (how much of a map's evidence lies in a box).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Callable
+from collections import OrderedDict
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -30,6 +35,7 @@ from interpbench.core.base import (
     Model,
     collate,
 )
+from interpbench.core.registry import get_registry
 
 # The ground-truth fields the built-in datasets and the runner know (base.py).
 KNOWN_FIELDS = frozenset({"id", "image", "label", "labels", "boxes", "masks", "difficult", "concepts", "objects"})
@@ -213,6 +219,152 @@ class ReferenceWorld:
             state["oracle"], state["anti"] = oracle, 1.0 - oracle
         return state["model"], state["batch"], state["oracle"], state["anti"]
 
+# --------------------------------------------------------------------------------------------- the oracle model
+# The method kit's world (interpbench.testing.methods): one box per class, so the right map depends on the target.
+
+ORACLE_SIZE = 32
+# (top, left, bottom, right) in pixels, bottom/right exclusive; multiples of 4 (the CAM layer's stride).
+ORACLE_REGIONS: tuple[tuple[int, int, int, int], ...] = ((0, 4, 12, 28), (20, 4, 32, 28))
+ORACLE_MEAN = (0.5, 0.5, 0.5)
+ORACLE_STD = (0.25, 0.25, 0.25)
+ORACLE_WIDTHS = (8, 16, 16)  # channels per class group in the three conv blocks
+ORACLE_LOGIT_SCALE = 8.0  # mean target-logit increase over the blank image on the oracle images
+
+
+def region_masks(size: int = ORACLE_SIZE, regions: Sequence[Sequence[int]] = ORACLE_REGIONS,
+                 stride: int = 1) -> torch.Tensor:
+    """``G x (size/stride) x (size/stride)`` float masks, 1 inside each region (box coordinates divided by stride)."""
+    n = size // stride
+    masks = torch.zeros(len(regions), n, n)
+    for g, (top, left, bottom, right) in enumerate(regions):
+        masks[g, top // stride:bottom // stride, left // stride:right // stride] = 1
+    return masks
+
+
+class RegionGate(nn.Module):
+    """``B x C x H x W`` -> ``B x (G C) x H x W``: channel group g is the input times region g's mask."""
+
+    def __init__(self, masks: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("masks", masks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[:, None] * self.masks[None, :, None]).flatten(1, 2)
+
+
+class GroupMask(nn.Module):
+    """Multiplies channel group g of ``B x (G K) x h x w`` features by region g's mask (at that resolution)."""
+
+    def __init__(self, masks: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("masks", masks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        g = self.masks.shape[0]
+        return (x.view(b, g, c // g, h, w) * self.masks[None, :, None]).view(b, c, h, w)
+
+
+def build_oracle_net(size: int = ORACLE_SIZE, regions: Sequence[Sequence[int]] = ORACLE_REGIONS,
+                     widths: Sequence[int] = ORACLE_WIDTHS, seed: int = 0) -> nn.Sequential:
+    """gate -> 3 x (grouped conv 3x3, nn.ReLU, region mask) with max-pooling -> average pool -> grouped linear.
+
+    Group g (class g) sees only region g: the input is masked before the first conv and every block's output is
+    masked again, so the 3 x 3 convs cannot leak across the box border. Convs have seeded random weights and no
+    bias; the last layer averages each group's channels with positive weights into its class logit, so a logit is
+    a positively homogeneous function of the normalised pixels of its box (0 on a blank box).
+    """
+    g = len(regions)
+    w1, w2, w3 = widths
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = nn.Sequential(OrderedDict(
+            gate=RegionGate(region_masks(size, regions)),
+            block1=nn.Sequential(nn.Conv2d(3 * g, w1 * g, 3, padding=1, groups=g, bias=False), nn.ReLU(),
+                                 GroupMask(region_masks(size, regions))),
+            pool1=nn.MaxPool2d(2),
+            block2=nn.Sequential(nn.Conv2d(w1 * g, w2 * g, 3, padding=1, groups=g, bias=False), nn.ReLU(),
+                                 GroupMask(region_masks(size, regions, 2))),
+            pool2=nn.MaxPool2d(2),
+            block3=nn.Sequential(nn.Conv2d(w2 * g, w3 * g, 3, padding=1, groups=g, bias=False), nn.ReLU(),
+                                 GroupMask(region_masks(size, regions, 4))),
+            pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+            fc=nn.Linear(w3 * g, g),
+        ))
+        with torch.no_grad():
+            readout = torch.zeros(g, w3 * g)
+            for c in range(g):
+                readout[c, c * w3:(c + 1) * w3] = 0.5 + torch.rand(w3)  # positive, only its own group
+            net.fc.weight.copy_(readout)
+            net.fc.bias.zero_()
+    return net
+
+
+def oracle_images(n: int = 3, size: int = ORACLE_SIZE, seed: int = 0) -> torch.Tensor:
+    """``n x 3 x size x size`` images of uniform noise in [0, 1] (seeded): content everywhere, in every region."""
+    generator = torch.Generator().manual_seed(1000 + seed)
+    return torch.rand(n, 3, size, size, generator=generator)
+
+
+def oracle_model(size: int = ORACLE_SIZE, regions: Sequence[Sequence[int]] | None = None, seed: int = 0) -> Model:
+    """The oracle model: class ``c``'s logit can be changed only by the pixels of ``regions[c]``.
+
+    ``regions``: boxes ``(top, left, bottom, right)`` in pixels (bottom/right exclusive), multiples of 4, one per
+    class (default :data:`ORACLE_REGIONS`: two 12 x 12 boxes in opposite quadrants of a 32 x 32 image). Returns an
+    ``ib.Model`` in eval mode (mean 0.5, std 0.25, ``cam_layer = "block3"`` at 1/4 of the input resolution, only
+    ``nn.ReLU`` nonlinearities) with ``model.regions`` and ``model.region_masks`` (``G x H x W`` bool). The readout
+    is scaled so that the target logit rises by :data:`ORACLE_LOGIT_SCALE` on average over the blank image.
+    """
+    regions = tuple(tuple(int(v) for v in r) for r in (ORACLE_REGIONS if regions is None else regions))
+    if size % 4:
+        raise ComponentError(f"oracle_model: size must be a multiple of 4 (the CAM layer's stride), got {size}")
+    for r in regions:
+        top, left, bottom, right = r
+        if len(r) != 4 or any(v % 4 for v in r) or not (0 <= top < bottom <= size and 0 <= left < right <= size):
+            raise ComponentError(
+                f"oracle_model: region {r} must be (top, left, bottom, right) with multiples of 4 inside the "
+                f"{size} x {size} image"
+            )
+    masks = region_masks(size, regions)
+    if bool((masks.sum(0) > 1).any()):
+        raise ComponentError(f"oracle_model: regions {regions} overlap; each class needs its own pixels")
+    net = build_oracle_net(size, regions, seed=seed)
+    model = Model(
+        net,
+        spec="oracle",
+        mean=ORACLE_MEAN,
+        std=ORACLE_STD,
+        input_size=(size, size),
+        class_names=[f"region{c}" for c in range(len(regions))],
+        cam_layer="block3",
+        label_space="interpbench:oracle",
+        default_dataset="none",
+        weights={"source": "interpbench.testing.methods", "tag": "constructed", "seed": seed},
+        layers=["block1", "block2", "block3"],
+    ).eval()
+    with torch.no_grad():  # calibrate the logit scale on seeded noise images (positively homogeneous readout)
+        rise = model(oracle_images(8, size, seed=seed + 1)).mean(0)
+        net.fc.weight.mul_((ORACLE_LOGIT_SCALE / rise.clamp(min=1e-6))[:, None])
+    model.regions = regions
+    model.region_masks = masks.bool()
+    return model
+
+
+def positive_mass_inside(maps: torch.Tensor, regions: torch.Tensor) -> torch.Tensor:
+    """Share of each map's positive mass, measured from the map's median, that lies inside its region.
+
+    ``maps`` and ``regions`` (bool) are ``B x H x W``; returns Tensor[B] in [0, 1] (0 for a map with no mass above
+    its median). Measuring from the median makes the score blind to a constant offset (RISE maps are a mean
+    probability everywhere, a gradient map is 0 outside the evidence), which leaves the ranking of the pixels
+    unchanged; with regions under half the image the median is the level of "no evidence".
+    """
+    flat = maps.detach().double().flatten(1)
+    excess = (flat - flat.median(dim=1, keepdim=True).values).clamp(min=0)
+    inside = (excess * regions.flatten(1).to(excess.dtype)).sum(1)
+    total = excess.sum(1)
+    safe = torch.where(total > 0, total, torch.ones_like(total))
+    return torch.where(total > 0, inside / safe, torch.zeros_like(total))
+
 # --------------------------------------------------------------------------------------------- helpers the kits share
 
 
@@ -261,8 +413,6 @@ def _label(component: Any) -> str:
 def _instance(component: Any, kind: str, base: type, params: dict[str, Any] | None = None) -> Any:
     """An instance from an instance, or a class or registered name built with ``params``."""
     if isinstance(component, str):
-        from interpbench.core.registry import get_registry
-
         component = get_registry().get(kind, component)
     if isinstance(component, type):
         if not issubclass(component, base):
