@@ -19,7 +19,8 @@ import interpbench as ib
 from interpbench.core.base import Batch, ComponentError, Model, RunContext
 from interpbench.datasets.shapes import ShapesWorld
 from interpbench.metrics import adversarial as adv
-from interpbench.metrics.adversarial import AdversarialConsistency, AdversarialDetection
+from interpbench.metrics.adversarial import AdversarialDetection
+from interpbench.metrics.adversarial_consistency import AdversarialConsistency
 from interpbench.ops.attack_specs import parse_attacks
 from interpbench.ops.attacks import carlini_wagner_l2, fgsm, pgd_linf
 from interpbench.ops.detection import (

@@ -9,7 +9,7 @@ from torch import nn
 
 from interpbench.core.base import ComponentError, RunContext
 from interpbench.datasets.shapes import ShapesWorld
-from interpbench.metrics.adversarial import AdversarialClassConsistency
+from interpbench.metrics.adversarial_consistency import AdversarialClassConsistency
 from interpbench.ops.consistency import (
     chance_consistency,
     check_similarity,

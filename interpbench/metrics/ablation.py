@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
+from PIL import Image, ImageDraw
 
 from interpbench.core.base import (
     ComponentError,
@@ -40,7 +41,13 @@ from interpbench.core.base import (
 )
 from interpbench.core.state import SINGLE
 from interpbench.core.tabular import slug
-from interpbench.metrics.dissection import _device, in_eval_mode
+from interpbench.metrics.dissection import (
+    _device,
+    dissect,
+    in_eval_mode,
+    layer_activations,
+    resolve_layers,
+)
 from interpbench.ops.ablation import (
     TailRunner,
     ablation_counts,
@@ -50,7 +57,9 @@ from interpbench.ops.ablation import (
     rank_units,
     removal_masks,
     spearman,
+    split_halves,
 )
+from interpbench.ops.dissect import upsample_maps
 from interpbench.ops.hooks import capture_outputs
 
 FILLS = ("zero", "mean")
@@ -128,8 +137,8 @@ def unit_ablation(model: torch.nn.Module, dataset: Any, layer: str, *, fill: str
     """Remove units of ``layer`` and measure every class's accuracy (Bau et al. 2020; Morcos et al. 2018).
 
     ``fill``: what a removed unit outputs, ``"zero"`` (the papers) or ``"mean"`` (its mean over the probe's images
-    and positions). The probe is split in two halves, per class, seeded with ``seed`` (:func:`split_halves`): units are ranked per
-    class on the first (the drop of the class's accuracy when the unit alone is removed, ties broken by the drop of
+    and positions). The probe is split in two halves, per class, seeded with ``seed``
+    (:func:`interpbench.ops.ablation.split_halves`): units are ranked per class on the first (the drop of the class's accuracy when the unit alone is removed, ties broken by the drop of
     its mean true-class probability) and the removal of several units is measured on the second. ``ks``: the numbers
     of units removed per class (default 1, 2, 4, ... up to all), each against ``random_draws`` random sets of ``k``
     units and the ``k`` units most important to the other classes. ``fractions``: the whole-layer curve, units
@@ -309,18 +318,6 @@ def unit_ablation(model: torch.nn.Module, dataset: Any, layer: str, *, fill: str
                           cumulative=cumulative, curve=curve, baseline=baseline)
 
 
-def split_halves(labels: torch.Tensor, seed: int) -> torch.Tensor:
-    """Long ``[N]``: 0 (ranking half) or 1 (measurement half) per image, stratified: each class's images in a
-    permutation seeded with ``seed``, the first ``ceil(n_c / 2)`` ranking, the rest measuring."""
-    generator = torch.Generator().manual_seed(int(seed) % (2**63))
-    split = torch.ones(len(labels), dtype=torch.long)
-    for c in torch.unique(labels).tolist():
-        members = torch.nonzero(labels == c).flatten()
-        members = members[torch.randperm(len(members), generator=generator)]
-        split[members[: (len(members) + 1) // 2]] = 0
-    return split
-
-
 def _agreed_units(dist: Any, units: int | None, layer: str) -> int:
     seen = [u for u in dist.all_gather_objects(units) if u is not None] if dist.world > 1 else [units]
     seen = [u for u in seen if u is not None]
@@ -366,11 +363,6 @@ def class_units_figure(model: torch.nn.Module, dataset: Any, result: AblationRes
     """A PNG with one row per (class, one of its ``units`` most important units): the unit's dissection label and
     IoU, its accuracy drop for the class, and its top-activating probe images with the unit's mask (``A_k > T_k``)
     bright and the rest dimmed, as dissection's unit images."""
-    from PIL import Image, ImageDraw
-
-    from interpbench.metrics.dissection import layer_activations
-    from interpbench.ops.dissect import upsample_maps
-
     dis = dissection.layers[result.layer]
     drop = result.accuracy_drop()
     rows = [(c, int(result.order[c, r])) for c in range(len(result.class_names)) for r in range(min(units, result.units))]
@@ -468,7 +460,7 @@ def write_tables(result: AblationResult, out_dir: str | Path, class_units: list[
 def plot_k(result: AblationResult, path: Path) -> Path | None:
     """Class accuracy against the number of units removed (top, other classes' and random units), one panel per
     class, log2 x axis; None when matplotlib is not installed."""
-    try:
+    try:  # lazy: matplotlib is optional, loaded only when the figure is drawn
         import matplotlib
 
         matplotlib.use("Agg")
@@ -564,8 +556,6 @@ class UnitAblation(ModelMetric):
     }
 
     def evaluate(self, model: Model, dataset: Any, ctx: RunContext) -> dict[str, float]:
-        from interpbench.metrics.dissection import dissect, resolve_layers
-
         p = self.params
         out: dict[str, float] = {}
         names = resolve_layers(model, p["layers"])

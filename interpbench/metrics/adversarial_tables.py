@@ -11,14 +11,14 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+import pandas as pd
+
 from interpbench.ops.attack_specs import DEFAULT_ATTACKS
 
 
 def cross_attack_table(values: Mapping[str, float]) -> "Any":
     """The cross-attack AUROC table (rows: the attack trained on, columns: the attack tested on) from a
     metric's flat results (``cross.TRAIN.TEST.auroc``; the diagonal from ``ATTACK.auroc``), as a DataFrame."""
-    import pandas as pd
-
     attacks = sorted({k.split(".")[0] for k in values if k.endswith(".auroc") and k.count(".") == 1},
                      key=lambda a: (DEFAULT_ATTACKS.index(a) if a in DEFAULT_ATTACKS else len(DEFAULT_ATTACKS), a))
     table = pd.DataFrame(index=pd.Index(attacks, name="train \\ test"), columns=attacks, dtype=float)

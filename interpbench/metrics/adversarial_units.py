@@ -2,7 +2,7 @@
 tallies per block of images (for the bootstrap), pooled activations per unit and the class similarity ``A``.
 
 Layer: metrics (imports core, ops and :mod:`interpbench.metrics.dissection`); the metrics are
-:class:`interpbench.metrics.adversarial.AdversarialConsistency` and ``AdversarialClassConsistency``
+:class:`interpbench.metrics.adversarial_consistency.AdversarialConsistency` and ``AdversarialClassConsistency``
 (docs/protocols.md).
 """
 

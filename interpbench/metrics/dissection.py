@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
+from PIL import Image, ImageDraw
 from torch import nn
 
 from interpbench.core.base import (
@@ -58,11 +59,12 @@ from interpbench.ops.dissect import (
     accumulate_tally,
     count_detectors,
     encode_concepts,
+    gathered_top,
     iou_from_tally,
     label_units,
     quantile_position,
+    sum_tally,
     threshold_from_top,
-    top_by_value_then_index,
     upsample_maps,
 )
 from interpbench.ops.hooks import capture_outputs, named_module
@@ -76,8 +78,6 @@ ImageTransform = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def in_eval_mode(fn: Callable) -> Callable:
     """Run ``fn(model, ...)`` with the model in eval mode (batch norm statistics frozen), restoring its mode."""
-    import functools
-
     @functools.wraps(fn)
     def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
         was_training = model.training
@@ -487,35 +487,6 @@ def dissect(
     return DissectionResult(concepts, out, n_images, float(quantile), float(iou_threshold), size)  # type: ignore[arg-type]
 
 
-def gathered_top(dist: Any, values: torch.Tensor, k: int,
-                 indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The top ``k`` per row over every rank (values sorted descending, ties to the lowest index when ``indices``
-    are given), from each rank's own top ``k`` (``U x <=k``, sorted): the union of the ranks' top ``k`` holds the
-    overall top ``k``, so the result is exact. In one process: the input."""
-    if dist.world == 1:
-        return values, indices
-    pad = k - values.shape[1]
-    values = F.pad(values, (0, pad), value=-math.inf)  # a rank with fewer than k values
-    gathered = dist.all_gather_tensor(values)  # world x U x k
-    merged = gathered.transpose(0, 1).reshape(values.shape[0], -1)
-    if indices is None:
-        return torch.topk(merged, k, dim=1, largest=True, sorted=True).values, None
-    indices = F.pad(indices, (0, pad), value=-1)
-    all_indices = dist.all_gather_tensor(indices).transpose(0, 1).reshape(values.shape[0], -1)
-    return top_by_value_then_index(merged, all_indices, k)
-
-
-def sum_tally(dist: Any, tally: Tally) -> Tally:
-    """``tally`` summed over the ranks (exact int64 sums; in place). In one process: ``tally``."""
-    if dist.world == 1:
-        return tally
-    for counts in (tally.intersection, tally.activation, tally.unit_pixels, tally.ground_truth):
-        dist.all_reduce_sum(counts)
-    images = dist.all_reduce_sum(torch.tensor([tally.images], dtype=torch.long, device=tally.intersection.device))
-    tally.images = int(images.item())
-    return tally
-
-
 # --------------------------------------------------------------------------------------------- figure
 
 
@@ -526,8 +497,6 @@ def unit_figure(model: nn.Module, dataset: Any, result: DissectionResult, layer:
     """A PNG of the best units of ``layer``: each row a unit (label, category, IoU) and its top-activating probe
     images, the unit's mask (``A_k > T_k`` at the image resolution) shown bright with a yellow border, the rest
     dimmed (as NetDissect's unit images)."""
-    from PIL import Image, ImageDraw
-
     dis = result.layers[layer]
     order = sorted(range(dis.units), key=lambda u: (-float(dis.labels.score[u]), u))[:units]
     picks = {u: [int(i) for i in dis.top_images[u, :images]] for u in order}

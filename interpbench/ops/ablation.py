@@ -244,3 +244,15 @@ def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     """Spearman's rank correlation (average ranks for ties); NaN when either side is constant
     (:func:`interpbench.ops.drift.rank_correlation_rows` on one row)."""
     return float(rank_correlation_rows(x.reshape(1, -1), y.reshape(1, -1))[0])
+
+
+def split_halves(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    """Long ``[N]``: 0 (ranking half) or 1 (measurement half) per image, stratified: each class's images in a
+    permutation seeded with ``seed``, the first ``ceil(n_c / 2)`` ranking, the rest measuring."""
+    generator = torch.Generator().manual_seed(int(seed) % (2**63))
+    split = torch.ones(len(labels), dtype=torch.long)
+    for c in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        split[members[: (len(members) + 1) // 2]] = 0
+    return split

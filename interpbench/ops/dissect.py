@@ -778,6 +778,40 @@ def tally_reference_numpy(activations: np.ndarray, thresholds: np.ndarray, pixel
             "ground_truth": ground_truth}
 
 
+# --------------------------------------------------------------------------------------------- distributed runs
+# What a dissection on several ranks combines: the ranks' top activations and their tallies (``dist``: an
+# :class:`interpbench.core.state.Dist`, or anything with ``world``, ``all_gather_tensor`` and ``all_reduce_sum``).
+
+
+def gathered_top(dist: Any, values: torch.Tensor, k: int,
+                 indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The top ``k`` per row over every rank (values sorted descending, ties to the lowest index when ``indices``
+    are given), from each rank's own top ``k`` (``U x <=k``, sorted): the union of the ranks' top ``k`` holds the
+    overall top ``k``, so the result is exact. In one process: the input."""
+    if dist.world == 1:
+        return values, indices
+    pad = k - values.shape[1]
+    values = F.pad(values, (0, pad), value=-math.inf)  # a rank with fewer than k values
+    gathered = dist.all_gather_tensor(values)  # world x U x k
+    merged = gathered.transpose(0, 1).reshape(values.shape[0], -1)
+    if indices is None:
+        return torch.topk(merged, k, dim=1, largest=True, sorted=True).values, None
+    indices = F.pad(indices, (0, pad), value=-1)
+    all_indices = dist.all_gather_tensor(indices).transpose(0, 1).reshape(values.shape[0], -1)
+    return top_by_value_then_index(merged, all_indices, k)
+
+
+def sum_tally(dist: Any, tally: Tally) -> Tally:
+    """``tally`` summed over the ranks (exact int64 sums; in place). In one process: ``tally``."""
+    if dist.world == 1:
+        return tally
+    for counts in (tally.intersection, tally.activation, tally.unit_pixels, tally.ground_truth):
+        dist.all_reduce_sum(counts)
+    images = dist.all_reduce_sum(torch.tensor([tally.images], dtype=torch.long, device=tally.intersection.device))
+    tally.images = int(images.item())
+    return tally
+
+
 __all__ = [
     "Bands",
     "ConceptSet",
@@ -793,12 +827,14 @@ __all__ = [
     "count_mask_pixels",
     "encode_concepts",
     "exact_float",
+    "gathered_top",
     "ground_truth_counts",
     "iou_from_tally",
     "label_units",
     "pil_bilinear",
     "quantile_position",
     "resize_labels",
+    "sum_tally",
     "tally_reference_numpy",
     "threshold_from_top",
     "top_by_value_then_index",

@@ -6,7 +6,8 @@ docs/protocols.md, "Unit drift under transfer, fine-tuning, distillation, compre
   examples (Kornblith, Norouzi, Lee, Hinton, ICML 2019), invariant to orthogonal transforms (e.g. a rotation of the
   units), by default with the unbiased HSIC (:func:`hsic_unbiased`, Song et al., JMLR 2012; for CKA Nguyen, Raghu
   & Kornblith, ICLR 2021), the plug-in one (:func:`hsic_biased`) beside it; :class:`GramAccumulator` builds the
-  ``n x n`` Gram matrices block by block and :func:`permuted_cka` gives the value of unrelated examples;
+  ``n x n`` Gram matrices block by block, :func:`permuted_cka` gives the value of unrelated examples and
+  :func:`cka_values` the four values ``unit_drift`` reports per layer pair (both estimators and their floors);
 - :class:`CrossCorrelation`: streaming Pearson correlation between every unit of A and every unit of B over the
   probe (images x positions), the similarity that matches units (Li, Yosinski, Clune, Lipson, Hopcroft,
   "Convergent learning", ICLR 2016);
@@ -122,6 +123,19 @@ def permuted_cka(k: torch.Tensor, l: torch.Tensor, permutations: int = 10, seed:
         order = torch.randperm(k.shape[0], generator=generator).to(l.device)
         values.append(cka_from_grams(k, l[order][:, order], debiased))
     return float(sum(values) / len(values))
+
+
+def cka_values(k: torch.Tensor, l: torch.Tensor, permutations: int = 10) -> dict[str, float]:
+    """``cka`` (debiased: unbiased HSIC, Song et al. 2012; Nguyen, Raghu & Kornblith 2021; from 4 images),
+    ``cka_biased`` (plug-in HSIC, Kornblith et al. 2019), and each one's noise floor (``cka_floor``,
+    ``cka_biased_floor``): the same estimator with the images of B shuffled against A's (:func:`permuted_cka`,
+    ``permutations`` seeded draws), what "no similarity" reads as on these features."""
+    out = {"cka_biased": cka_from_grams(k, l, debiased=False),
+           "cka_biased_floor": permuted_cka(k, l, permutations, seed=0, debiased=False)}
+    if k.shape[0] >= 4:
+        out["cka"] = cka_from_grams(k, l)
+        out["cka_floor"] = permuted_cka(k, l, permutations, seed=0)
+    return out
 
 
 class GramAccumulator:
@@ -240,6 +254,7 @@ def hungarian_partners(corr: torch.Tensor) -> torch.Tensor:
     """One-to-one matching of A's units (rows) to B's (columns) maximising the summed correlation
     (``scipy.optimize.linear_sum_assignment``; Li et al. 2016). LongTensor ``[U]``: the partner, -1 when A has
     more units than B and the unit is left unmatched."""
+    # lazy: scipy.optimize is slow to import and only this matching needs it
     from scipy.optimize import linear_sum_assignment
 
     rows, cols = linear_sum_assignment(corr.detach().double().cpu().numpy(), maximize=True)
@@ -328,6 +343,7 @@ def map_ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     [0, 1] by its own minimum and maximum (a constant map becomes 0), then
     ``skimage.metrics.structural_similarity`` with its defaults (7 x 7 uniform window, K1 = 0.01, K2 = 0.03) and
     ``data_range=1``. Maps smaller than 7 pixels on a side use the largest odd window that fits."""
+    # lazy: scikit-image is slow to import and only SSIM needs it
     from skimage.metrics import structural_similarity
 
     if a.shape != b.shape or a.dim() != 3:
@@ -475,6 +491,7 @@ __all__: list[Any] = [
     "average_ranks",
     "best_partners",
     "cka_from_grams",
+    "cka_values",
     "concept_set_overlap",
     "gram",
     "hsic_biased",

@@ -2,7 +2,7 @@
 detectors that keep their concept label, the IoU change and the relative activation change.
 
 Layer: ops (plain tensor maths, imports nothing from the package). Used by
-:class:`interpbench.metrics.adversarial.AdversarialConsistency` (docs/protocols.md); Dong et al.'s class
+:class:`interpbench.metrics.adversarial_consistency.AdversarialConsistency` (docs/protocols.md); Dong et al.'s class
 consistency is in :mod:`interpbench.ops.consistency`.
 """
 
