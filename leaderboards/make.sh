@@ -26,7 +26,20 @@ interpbench run --experiment shortcut \
   --methods gradient,input_x_gradient,integrated_gradients,smoothgrad,guided_backprop,gradcam,gradcam_pp,scorecam,occlusion,random,center \
   --metrics shortcut_localization --out leaderboards/shortcut --no-progress
 
-for experiment in leaderboards/default leaderboards/lite0-embedded leaderboards/shortcut; do
+# 4. Remove and retrain (ROAR) and keep and retrain (KAR), Hooker et al. 2019, on shapes:cnn: 9 fractions x 3 seeds,
+#    each a network retrained from scratch (interpbench/models/retrain.py); deletion, insertion and ROAD MoRF on the
+#    same 128 test images for the rank agreement (tables/agreement.md). The methods whose maps of the 512 training
+#    images or whose retrainings do not fit the experiment's budget (about 25 minutes on 2 CPU cores) are left out
+#    (docs/protocols.md, ROAR and KAR). One intra-op thread: the small retrained networks lose most of their time to
+#    thread synchronisation otherwise.
+rm -rf leaderboards/roar
+OMP_NUM_THREADS=1 interpbench run --experiment roar \
+  --models shapes:cnn --dataset shapes --limit 128 \
+  --methods random,center,gradient,input_x_gradient,integrated_gradients,smoothgrad,guided_backprop,gradcam,gradcam_pp \
+  --metrics roar,kar,deletion,insertion,road_morf --out leaderboards/roar --no-progress
+python benchmarks/roar.py leaderboards/roar       # leaderboards/roar/roar.md: curves and the rank agreement
+
+for experiment in leaderboards/default leaderboards/lite0-embedded leaderboards/shortcut leaderboards/roar; do
   interpbench table "$experiment" --print none   # writes $experiment/tables/
   interpbench report "$experiment"               # writes $experiment/report.html
   if [[ "${CHECK:-0}" == 1 ]]; then              # CHECK=1: re-run each and demand identical numbers (twice the time)

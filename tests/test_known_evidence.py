@@ -15,6 +15,14 @@ image, object included (0.47). LeRF then measures how well the kept pixels let t
 which favours scattered over compact kept sets whatever they mark (on the photos, ``random`` gets the best LeRF
 score); with the contiguous order it ranks the maps as the models' evidence says.
 
+ROAR (remove and retrain) fails on ``shapes:cnn.shortcut`` by construction, and the test pins it: it retrains a new
+network on the images with the map's pixels removed, so it ranks maps by what information the data keeps, not by
+what the explained model used. On the shortcut world both cues predict the label; the network retrained without
+the object learns the patch, which names another class on every conflict test image (its accuracy falls towards
+0), while the one retrained without the patch learns the shape; the object map then wins by about 0.33 in accuracy
+(128 images, t = 0.3, one seed). On ``shapes:cnn`` (trained without a patch) it passes: removing the object leaves
+nothing to learn.
+
 Run as a script for the table (metric x model, which map wins, by how much, with a bootstrap CI over images):
 
     python tests/test_known_evidence.py --images 64
@@ -30,6 +38,13 @@ from scipy.ndimage import distance_transform_edt
 
 from interpbench.api import load_dataset, load_metric, load_model
 from interpbench.core.base import Batch
+from interpbench.datasets.shortcut import ShortcutWorld
+from interpbench.models.retrain import (
+    RETRAIN_DEFAULTS,
+    retrain_from_scratch,
+    retrain_task,
+)
+from interpbench.ops.roar import replace_pixels
 
 MODELS = {"shapes:cnn.shortcut": "patch", "shapes:cnn": "object"}  # model -> the map that must win
 # metric name -> parameters; deletion/insertion at 16 steps (4 rows of 64 px each), ROAD at five fractions
@@ -116,6 +131,52 @@ def test_road_lerf_needs_compact_orders():
     assert winner(patch_advantage("shapes:cnn", "road_lerf", params, 8)) == "patch"  # the failure
 
 
+ROAR_CHECK = {"n_train": 384, "n_test": 128, "fraction": 0.3, "seed": 0}  # the test's small configuration
+
+
+def roar_patch_advantage(model_spec: str, n_train: int = 512, n_test: int = 128, fraction: float = 0.3,
+                         seed: int = 0, outside: str = "noise") -> torch.Tensor:
+    """ROAR's version of :func:`patch_advantage`: per test image, whether the network retrained with the patch map's
+    top ``fraction`` removed is wrong where the one retrained with the object map's removed is right (+1), the
+    reverse (-1), or neither (0); positive: the patch map wins (ROAR: lower accuracy is better).
+
+    Training images: those the model was trained on (``shapes:cnn.shortcut``: the shortcut world's training split,
+    patch included, a quarter relabelled; ``shapes:cnn``: the same images without the patch, shape labels), with
+    their evidence maps; test images: the conflict test split, as in the other checks, labelled by shape. One seed,
+    the default retraining recipe (interpbench/models/retrain.py)."""
+    model = load_model(model_spec).eval()
+    task = retrain_task(model)
+    world = ShortcutWorld("train", model.input_size, n=n_train, mode="agree")
+    train = [world[i] for i in range(n_train)]
+    if task == "shortcut":
+        train_images, train_labels = torch.stack([s["image"] for s in train]), torch.tensor([s["label"] for s in train])
+    else:  # shapes:cnn was trained on the shapes world: the same images without the patch, labelled by shape
+        train_images = torch.stack([s["clean_image"] for s in train])
+        train_labels = torch.tensor([s["shape_label"] for s in train])
+    ds = load_dataset("shapes-shortcut", split="test")
+    test = [ds[i] for i in range(n_test)]
+    test_images, test_labels = torch.stack([s["image"] for s in test]), torch.tensor([s["label"] for s in test])
+    fill = model.mean.flatten()
+    correct = []
+    for train_map, test_map in zip(evidence_maps(train, outside), evidence_maps(test, outside)):
+        net = retrain_from_scratch(task, replace_pixels(train_images, train_map, fraction, fill), train_labels, seed,
+                                   dict(RETRAIN_DEFAULTS))
+        with torch.no_grad():
+            predicted = net(replace_pixels(test_images, test_map, fraction, fill)).argmax(1)
+        correct.append((predicted == test_labels).float())
+    return correct[1] - correct[0]  # object map's correctness minus the patch map's: positive when the patch wins
+
+
+def test_roar_ranks_the_information_left_in_the_data_not_the_model():
+    """ROAR passes on ``shapes:cnn`` and fails on ``shapes:cnn.shortcut`` (the module docstring says why): on the
+    shortcut world the network retrained without the object learns the patch, which names another class on every
+    conflict test image, so the object map gets the lower accuracy whatever the explained model relied on."""
+    adv = roar_patch_advantage("shapes:cnn", **ROAR_CHECK)
+    assert winner(adv) == MODELS["shapes:cnn"], adv.mean()
+    adv = roar_patch_advantage("shapes:cnn.shortcut", **ROAR_CHECK)
+    assert winner(adv) == "object", adv.mean()  # the failure: the patch map should win on the shortcut model
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="the known-evidence table")
     ap.add_argument("--images", type=int, default=64)
@@ -130,6 +191,12 @@ def main() -> None:
                 low, high = bootstrap_ci(adv)
                 print(f"| {metric_name} | {model_spec} | {outside} | {expected} | {winner(adv)} | "
                       f"{float(adv.mean()):+.3f} [{low:+.3f}, {high:+.3f}] |", flush=True)
+    for model_spec, expected in MODELS.items():  # ROAR: one retraining per map (ROAR_CHECK, n_test images)
+        for outside in args.outside.split(","):
+            adv = roar_patch_advantage(model_spec, **{**ROAR_CHECK, "n_test": args.images}, outside=outside)
+            low, high = bootstrap_ci(adv)
+            print(f"| roar (t = {ROAR_CHECK['fraction']}) | {model_spec} | {outside} | {expected} | {winner(adv)} | "
+                  f"{float(adv.mean()):+.3f} [{low:+.3f}, {high:+.3f}] |", flush=True)
 
 
 if __name__ == "__main__":

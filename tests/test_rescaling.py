@@ -50,6 +50,11 @@ WORLDS = {
     "shortcut_localization": (FAST, _shortcut),
     "road_morf": ({"fractions": [0.3, 0.7], "max_iter": 10}, None),  # the imputation's solve, cut short
     "road_lerf": ({"fractions": [0.3, 0.7], "max_iter": 10}, None),
+    # remove and retrain: a model with a from-scratch recipe, one fraction and seed, a tiny retraining
+    "roar": ({"fractions": [0.5], "seeds": [0], "recipe": {"n_train": 64, "epochs": 1}, "baseline": False},
+             lambda: _shapes(16)),
+    "kar": ({"fractions": [0.5], "seeds": [0], "recipe": {"n_train": 64, "epochs": 1}, "baseline": False},
+            lambda: _shapes(16)),
 }
 
 

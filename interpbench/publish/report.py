@@ -30,6 +30,8 @@ from interpbench.engine.runner import snapshot_path
 from interpbench.publish.grid import half_width
 from interpbench.publish.ranking import ALPHA, GROUP, _isnan
 from interpbench.publish.results import Experiment, load_experiment
+from interpbench.publish.summary import render_html as summary_html
+from interpbench.publish.summary import sanity_checks
 from interpbench.publish.tables import PaperTables
 
 # matplotlib's "inferno" at 9 evenly spaced points (Smith & van der Walt's perceptually uniform colour maps)
@@ -357,6 +359,28 @@ def curves_section(exp: Experiment) -> str:
     return "\n".join(charts) if charts else "<p>No metric stored per-sample curves.</p>"
 
 
+def retrain_section(exp: Experiment) -> str:
+    """ROAR / KAR: test accuracy of the retrained network against the fraction of pixels removed or kept, per method
+    (the ``acc@PCT`` values; the band: min-max over the seeds)."""
+    charts = []
+    part = exp.table[exp.table["metric"].isin(["roar", "kar"]) & (exp.table["status"] == "done")]
+    for (model, dataset, metric), rows in part.groupby(["model", "dataset", "metric"], sort=False):
+        series = []
+        for i, (method, r) in enumerate(rows.groupby("method", sort=False)):
+            points = sorted((float(str(v)[4:].replace("p", ".")) / 100, m) for v, m in zip(r["value_name"], r["mean"])
+                            if str(v).startswith("acc@") and str(v) != "acc@0")
+            if points:
+                series.append((str(method), PALETTE[i % len(PALETTE)], np.array([p[0] for p in points]),
+                               np.array([p[1] for p in points])))
+        if series:
+            action = "removed (ROAR)" if metric == "roar" else "kept (KAR)"
+            chart = svg_chart(series, f"{metric}: {model} on {dataset}", f"fraction of pixels {action}",
+                              "test accuracy after retraining", markers=True)
+            charts.append(_figure(chart, f"Accuracy of the network retrained from scratch per method, mean over the "
+                                         f"seeds ({html.escape(metric)}; random is the reference)."))
+    return "\n".join(charts)
+
+
 def _artifact_dirs(exp: Experiment, metric: str) -> list[tuple[str, str, Path]]:
     """(model, dataset, folder) of each model and dataset of ``metric`` whose artifact folder exists."""
     cells = exp.table[exp.table["metric"] == metric].drop_duplicates(["model", "dataset"])
@@ -379,8 +403,6 @@ def _png(path: Path, alt: str) -> str:
 def sanity_section(exp: Experiment) -> str:
     """The model-randomisation test as Adebayo et al. (NeurIPS 2018, Fig. 2) draw it: the rank correlation of each
     method's maps with the original model's as the model is re-initialised from the top, one line per method."""
-    from interpbench.publish.summary import sanity_checks
-
     threshold = float(((exp.manifest.get("metrics") or {}).get("explanation_drift") or {}).get("params", {}).get(
         "sanity_threshold", 0.5))
     charts = []
@@ -612,8 +634,6 @@ def render_html(exp: Experiment, *, alpha: float = ALPHA, digits: int = 3,
     """The page: the end-of-run summary, one section per metric family with its plots, the map gallery, every
     value (leaderboards with confidence intervals, bookkeeping columns, rankings, agreement) in a collapsed
     block, and the environment."""
-    from interpbench.publish.summary import render_html as summary_html
-
     tables = PaperTables.from_experiment(exp, alpha=alpha, digits=digits)
     name = html.escape(exp.name)
     command = html.escape(str(exp.manifest.get("command") or "interpbench.run(...)"))
@@ -622,6 +642,7 @@ def render_html(exp: Experiment, *, alpha: float = ALPHA, digits: int = 3,
         ("summary", "Summary", summary_html(exp.table)),
         ("curves", "Deletion and insertion curves", curves_section(exp) if
          exp.table["metric"].isin(["deletion", "insertion"]).any() else ""),
+        ("retrain", "Remove and retrain (ROAR, KAR)", retrain_section(exp)),
         ("sanity", "Sanity check: model randomisation", sanity_section(exp)),
         ("adversarial", "Adversarial detection", roc_section(exp)),
         ("dissection", "Network dissection", dissection_section(exp)),
