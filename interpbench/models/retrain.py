@@ -20,7 +20,6 @@ Layer: models (imports core, datasets and the models layer's own modules).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from interpbench.core.base import ComponentError, Model, NotApplicable
+from interpbench.core.identity import config_key
 from interpbench.datasets.shapes import GENERATOR_VERSION, TASKS
 from interpbench.models import shapes
 from interpbench.models.training import OPTIMIZER, RECIPES_VERSION, accuracy, fit
@@ -150,13 +150,9 @@ def retrain_identity(task: str, seed: int, recipe: dict[str, Any]) -> dict[str, 
             "task": task, "seed": int(seed), "recipe": dict(recipe)}
 
 
-def identity_hash(identity: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def cache_path(identity: dict[str, Any]) -> Path:
     """Where the result with ``identity`` is cached: ``$INTERPBENCH_CACHE/roar/<hash>.pt``."""
-    return shapes.cache_dir() / "roar" / f"{identity_hash(identity)}.pt"
+    return shapes.cache_dir() / "roar" / f"{config_key(identity)}.pt"
 
 
 def cached_result(identity: dict[str, Any], make: Callable[[], dict[str, float]]) -> dict[str, Any]:
@@ -186,6 +182,6 @@ def retrained_accuracy(task: str, train: tuple[torch.Tensor, torch.Tensor], test
         return accuracy(model, test[0], test[1], device=device)
 
 
-__all__ = ["RETRAIN_DEFAULTS", "RETRAIN_VERSION", "cache_path", "cached_result", "check_recipe", "identity_hash",
+__all__ = ["RETRAIN_DEFAULTS", "RETRAIN_VERSION", "cache_path", "cached_result", "check_recipe",
            "retrain_from_scratch", "retrain_identity", "retrain_net", "retrain_task", "retrained_accuracy",
            "training_split"]
