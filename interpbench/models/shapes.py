@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections import OrderedDict
@@ -39,7 +38,13 @@ from interpbench.datasets.shortcut import (
     ShortcutWorld,
 )
 from interpbench.models.timm_source import timm_cam_layer
-from interpbench.models.training import OPTIMIZER, RECIPES_VERSION, finetune_model
+from interpbench.models.training import (
+    OPTIMIZER,
+    RECIPES_VERSION,
+    deterministic,
+    finetune_model,
+    progress_bar,
+)
 from interpbench.models.weights import atomic_save, state_dict_sha256
 from interpbench.ops.tokens import token_grid_of
 
@@ -199,34 +204,6 @@ def accuracy(net: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_s
     return hits / max(len(images), 1)
 
 
-@contextlib.contextmanager
-def _deterministic():
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
-def _progress(total: int, description: str, show: bool | None):
-    """A rich progress bar on a TTY; otherwise None (progress goes to the logger per epoch)."""
-    if show is None:
-        show = sys.stderr.isatty()
-    if not show:
-        return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[status]}"), transient=True)
-
-
 def train_shapes_cnn(task: str = "shape", seed: int = 0, *, show_progress: bool | None = None,
                      **overrides: Any) -> tuple[nn.Sequential, float]:
     """Train ``shapes:cnn`` for ``task`` from ``seed``; return the network (eval mode) and its test accuracy.
@@ -259,10 +236,11 @@ def _fit(net: nn.Module, rec: dict[str, Any], task: str, seed: int, arch: str,
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=rec["lr"], epochs=rec["epochs"],
                                                    steps_per_epoch=steps_per_epoch)
     order_rng = torch.Generator().manual_seed(seed)
-    progress = _progress(rec["epochs"] * steps_per_epoch, f"training shapes:{arch}.{task}", show_progress)
+    progress = progress_bar(rec["epochs"] * steps_per_epoch, f"training shapes:{arch}.{task}", show_progress,
+                            transient=True)
     bar = progress.add_task(f"training shapes:{arch}.{task}", total=rec["epochs"] * steps_per_epoch, status="") \
         if progress else None
-    with _deterministic(), (progress or contextlib.nullcontext()):
+    with deterministic(torch.device("cpu")), (progress or contextlib.nullcontext()):
         for epoch in range(rec["epochs"]):
             net.train()
             order = torch.randperm(len(images), generator=order_rng)

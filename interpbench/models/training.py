@@ -140,8 +140,8 @@ def deterministic(device: torch.device):
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
 
 
-def progress_bar(total: int, description: str, show: bool | None):
-    """A rich progress bar (on a TTY unless ``show`` says otherwise), or None."""
+def progress_bar(total: int, description: str, show: bool | None, transient: bool = False):
+    """A rich progress bar (on a TTY unless ``show`` says otherwise), or None; ``transient``: erased when done."""
     if show is None:
         show = sys.stderr.isatty()
     if not show:
@@ -155,7 +155,7 @@ def progress_bar(total: int, description: str, show: bool | None):
     )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("{task.fields[status]}"), transient=False)
+                    TextColumn("{task.fields[status]}"), transient=transient)
 
 
 def fit(model: Model, images: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
