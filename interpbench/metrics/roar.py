@@ -53,6 +53,7 @@ from interpbench.models.retrain import (
     retrained_accuracy,
     training_split,
 )
+from interpbench.models.weights import update_digest
 from interpbench.ops.roar import curve_area, replace_pixels, seed_interval
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,7 @@ def fraction_name(fraction: float) -> str:
 def _digest(*tensors: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        update_digest(h, t)
     return h.hexdigest()[:20]
 
 

@@ -51,13 +51,18 @@ def offline() -> bool:
 # --------------------------------------------------------------------------------------------- fingerprints
 
 
+def update_digest(digest: Any, tensor: torch.Tensor, label: str = "") -> None:
+    """Feed ``label``, the dtype, the shape and the bytes of ``tensor`` to a hashlib ``digest``."""
+    t = tensor.detach().to("cpu").contiguous()
+    digest.update(f"{label}{t.dtype}|{tuple(t.shape)}|".encode())
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     """sha256 over (name, dtype, shape, bytes) of every tensor, in sorted name order: independent of file format."""
     digest = hashlib.sha256()
     for key in sorted(state_dict):
-        t = state_dict[key].detach().to("cpu").contiguous()
-        digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        update_digest(digest, state_dict[key], f"{key}|")
     return digest.hexdigest()
 
 
